@@ -1,0 +1,3 @@
+from pride.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""The `pride` command: one subcommand per stage. Parsing and dispatch only."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pride import __version__
+from pride.errors import PrideError
+
+STAGES_NOT_BUILT = {
+    "sft": "supervised fine-tuning",
+    "dpo": "offline preference training (DPO family)",
+    "online": "online DPO / SPPO iterations",
+    "eval": "benchmarks (MT-Bench, AlpacaEval 2, Arena-Hard, Open LLM)",
+    "serve": "OpenAI-compatible server for a model directory",
+    "run": "run the stages a recipe lists",
+}
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override any field, e.g. train.learning_rate=1e-5")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pride", description="Align Hugging Face causal LMs: "
+                                     "SFT -> offline DPO family -> online DPO / SPPO -> evaluation.")
+    parser.add_argument("--version", action="version", version=f"pride {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, text in STAGES_NOT_BUILT.items():
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("args", nargs="*")
+    demo = sub.add_parser("demo", help="the main job: the whole pipeline on a toy task, on CPU")
+    demo.add_argument("--output", default="runs/demo", help="directory for the demo's run")
+    data = sub.add_parser("data", help="data tools")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    insp = data_sub.add_parser("inspect", help="show rendered rows with trained tokens highlighted, plus counts")
+    _add_config_args(insp)
+    insp.add_argument("-n", "--rows", type=int, default=3, help="rows to show")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come before or after options (`-n 3 train.epochs=2`)
+    if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return _dispatch(args, parser)
+    except PrideError as e:
+        print(f"pride {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pride {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args, parser) -> int:
+    if args.command in STAGES_NOT_BUILT:
+        print(f"pride {args.command}: not built yet ({STAGES_NOT_BUILT[args.command]})", file=sys.stderr)
+        return 2
+    if args.command == "data":
+        if args.data_command != "inspect":
+            parser.parse_args(["data", "--help"])
+        from pride.config import load_config
+        from pride.data.inspect import inspect
+
+        inspect(load_config(args.config, args.overrides), n=args.rows)
+        return 0
+    if args.command == "demo":
+        from pride.demo import run_demo
+
+        return run_demo(args.output)
+    raise AssertionError(args.command)

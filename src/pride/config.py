@@ -1,0 +1,234 @@
+"""Typed run configuration: one YAML file, `section.key=value` overrides, one-line errors.
+
+Every stage reads the same `Config`; a section a stage does not use keeps its defaults.
+Validation errors name the key, the file and what is allowed, so a typo never becomes a
+silently ignored setting (pydantic models forbid unknown keys).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pride.errors import PrideError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSettings(Section):
+    """LoRA through peft; `load_in_4bit` on the model section turns it into QLoRA."""
+
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+
+
+class ModelSettings(Section):
+    path: str = Field(description="local HF model directory, hub id (when online), or tiny:<arch>")
+    revision: str | None = None
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+    chat_template: str | None = Field(
+        None, description="built-in template name; default: the tokenizer's own, else chatml"
+    )
+    lora: LoraSettings | None = None
+    load_in_4bit: bool = False
+    tiny: dict[str, Any] = Field(
+        default_factory=dict, description="size overrides for tiny:<arch> (hidden_size, ...)"
+    )
+
+
+class SourceSettings(Section):
+    path: str = Field(description="jsonl/json/parquet file, saved dataset dir, or hub id")
+    split: str = "train"
+    subset: str | None = None
+    fraction: float = Field(1.0, gt=0, le=1, description="share of this source's rows to use")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="pride field -> column name in this source"
+    )
+
+
+class DataSettings(Section):
+    sources: list[SourceSettings] = Field(min_length=1)
+    eval_sources: list[SourceSettings] = Field(default_factory=list)
+    eval_fraction: float = Field(0.0, ge=0, lt=1, description="held out from sources if no eval_sources")
+    dedup: bool = False
+    shuffle: bool = True
+    on_bad_row: Literal["error", "skip"] = "error"
+    train_on: Literal["all_assistant", "last_assistant", "all"] = "all_assistant"
+    max_rows: int | None = Field(None, gt=0)
+
+
+class TrainSettings(Section):
+    learning_rate: float = Field(2e-5, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="overrides epochs when set")
+    micro_batch_size: int = Field(8, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    max_length: int = Field(2048, gt=1, description="tokens per sample (and per packed row)")
+    truncation: Literal["truncate", "drop"] = "truncate"
+    packing: bool = True
+    logging_steps: int = Field(1, gt=0)
+    eval_steps: int | None = Field(None, gt=0)
+    save_steps: int | None = Field(None, gt=0)
+    save_total_limit: int = Field(2, gt=0)
+    resume: str = Field("auto", description="auto | never | path to a checkpoint dir")
+    on_nan: Literal["stop", "skip"] = "stop"
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
+    logps_chunk_size: int = Field(1024, gt=0, description="label positions per LM-head chunk")
+
+
+class Config(Section):
+    """The whole run. `model` and `data` are required; everything else has defaults."""
+
+    model: ModelSettings
+    data: DataSettings
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    output_dir: str = "runs/pride"
+    seed: int = 42
+
+
+# ---------------------------------------------------------------- loading
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (["a","b","c"], value parsed as YAML, so 1e-5 is a float)."""
+    if "=" not in text:
+        raise PrideError(f"override {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise PrideError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_override(tree: dict, parts: list[str], value: Any) -> None:
+    node: Any = tree
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(node, list):
+            node = node[_index(node, part, parts)]
+            continue
+        if part not in node or node[part] is None:
+            node[part] = [] if nxt.isdigit() else {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        idx = int(last) if last.isdigit() else None
+        if idx is None:
+            raise PrideError(f"override {'.'.join(parts)}: {last!r} is not a list index")
+        while len(node) <= idx:
+            node.append({})
+        node[idx] = value
+    else:
+        node[last] = value
+
+
+def _index(node: list, part: str, parts: list[str]) -> int:
+    if not part.isdigit():
+        raise PrideError(f"override {'.'.join(parts)}: {part!r} is not a list index")
+    idx = int(part)
+    while len(node) <= idx:
+        node.append({})
+    return idx
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> Config:
+    """Read YAML (or start from `base`), apply overrides, validate. Errors are one line."""
+    source = str(path) if path is not None else "<overrides>"
+    tree: dict = {}
+    if base is not None:
+        tree = json.loads(json.dumps(base))
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise PrideError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise PrideError(f"{p}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise PrideError(f"{p}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+        tree.update(loaded)
+    for text in overrides:
+        parts, value = parse_override(text)
+        apply_override(tree, parts, value)
+    return validate_config(tree, source)
+
+
+def validate_config(tree: dict, source: str, model: type[BaseModel] = Config):
+    try:
+        return model.model_validate(tree)
+    except ValidationError as e:
+        raise PrideError(f"{source}: {describe_error(e.errors()[0], model)}") from None
+
+
+def describe_error(err: dict, root: type[BaseModel]) -> str:
+    loc = [str(x) for x in err["loc"]]
+    key = ".".join(loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(root, err["loc"][:-1])
+        return f"unknown key '{key}' (allowed: {', '.join(allowed)})"
+    if kind == "missing":
+        return f"missing required key '{key}'"
+    shown = err.get("input")
+    shown = json.dumps(shown) if isinstance(shown, (str, int, float, bool)) or shown is None else type(shown).__name__
+    return f"key '{key}': {err['msg']} (got {shown})"
+
+
+def _allowed_keys(root: type[BaseModel], loc: tuple) -> list[str]:
+    model: Any = root
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        model = _section_type(field.annotation)
+        if model is None:
+            return []
+    return sorted(model.model_fields) if hasattr(model, "model_fields") else []
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) is not None or hasattr(annotation, "__args__"):
+        for arg in get_args(annotation):
+            found = _section_type(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def write_resolved(cfg: BaseModel, run_dir: str | Path) -> Path:
+    """Write the validated config (all defaults filled in) as `config.yaml` in the run dir."""
+    out = Path(run_dir) / "config.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    return out

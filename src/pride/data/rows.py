@@ -1,0 +1,216 @@
+"""Row formats: validate a raw row and normalise it to a conversation or a preference pair.
+
+Accepted layouts (column names can be mapped per source with `columns:`):
+
+* conversation: `messages` = [{role, content}, ...] (system?, then user/assistant
+  alternating; ShareGPT's {from, value} is accepted too)
+* prompt/completion: `prompt` and `completion`, each a string or a message list
+* preference: `prompt`, `chosen`, `rejected`; prompt a string or message list, chosen and
+  rejected a string, a single assistant message, or the full conversation including the
+  prompt (UltraFeedback-binarized); `chosen`/`rejected` without `prompt` (HH-RLHF message
+  lists sharing a prefix) also works
+* scored preference (SPPO): the above plus `chosen_win_prob`/`rejected_win_prob`
+  (and optionally `chosen_score`/`rejected_score`)
+
+Problems raise `RowError` with the field path; the caller adds the file and line.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+RowKind = Literal["conversation", "preference"]
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system", "chatgpt": "assistant", "bing": "assistant"}
+FIELDS = ("messages", "prompt", "completion", "chosen", "rejected", "chosen_win_prob",
+          "rejected_win_prob", "chosen_score", "rejected_score")
+
+
+class RowError(ValueError):
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"field '{field}': {problem}")
+        self.field = field
+
+
+@dataclass
+class Conversation:
+    messages: list[dict]
+    where: str = field(default="", compare=False)
+
+    def key(self) -> tuple:
+        return ("c", tuple((m["role"], m["content"]) for m in self.messages))
+
+
+@dataclass
+class PreferencePair:
+    prompt: list[dict]
+    chosen: str
+    rejected: str
+    chosen_win_prob: float | None = None
+    rejected_win_prob: float | None = None
+    chosen_score: float | None = None
+    rejected_score: float | None = None
+    where: str = field(default="", compare=False)
+
+    def key(self) -> tuple:
+        return ("p", tuple((m["role"], m["content"]) for m in self.prompt), self.chosen, self.rejected)
+
+
+def detect_kind(row: dict) -> str:
+    """The layout a (column-mapped) row is in: messages | prompt_completion | preference."""
+    if "chosen" in row and "rejected" in row:
+        return "preference"
+    if "messages" in row:
+        return "messages"
+    if "prompt" in row and "completion" in row:
+        return "prompt_completion"
+    raise RowError(
+        "<row>",
+        f"no known layout in columns {sorted(row)}: expected 'messages', 'prompt'+'completion', or "
+        "'prompt'+'chosen'+'rejected' (map other names with data.sources[].columns)",
+    )
+
+
+def map_columns(row: dict, columns: dict[str, str]) -> dict:
+    if not columns:
+        return row
+    out = dict(row)
+    for ours, theirs in columns.items():
+        if theirs in row:
+            out[ours] = row[theirs]
+    return out
+
+
+def normalize(row: dict, layout: str) -> Conversation | PreferencePair:
+    if layout == "messages":
+        return Conversation(_conversation(row.get("messages"), "messages", need_assistant=True))
+    if layout == "prompt_completion":
+        prompt = _prompt(row.get("prompt"), "prompt")
+        completion = _completion(row.get("completion"), "completion", prompt)
+        return Conversation(prompt + [{"role": "assistant", "content": completion}])
+    if layout == "preference":
+        return _preference(row)
+    raise ValueError(layout)
+
+
+# ------------------------------------------------------------------ pieces
+
+
+def _message(m, where: str) -> dict:
+    if not isinstance(m, dict):
+        raise RowError(where, f"expected a message object, got {type(m).__name__}")
+    if "role" in m:
+        role, content = m.get("role"), m.get("content")
+    elif "from" in m:  # ShareGPT
+        role, content = SHAREGPT_ROLES.get(str(m.get("from")).lower(), m.get("from")), m.get("value")
+    else:
+        raise RowError(where, "message has no 'role'")
+    if role not in ROLES:
+        raise RowError(f"{where}.role", f"unknown role {role!r} (allowed: {', '.join(ROLES)})")
+    if not isinstance(content, str):
+        raise RowError(f"{where}.content", f"expected a string, got {type(content).__name__}")
+    return {"role": role, "content": content}
+
+
+def _conversation(value, name: str, need_assistant: bool) -> list[dict]:
+    if value is None:
+        raise RowError(name, "missing")
+    if not isinstance(value, list):
+        raise RowError(name, f"expected a list of messages, got {type(value).__name__}")
+    msgs = [_message(m, f"{name}[{i}]") for i, m in enumerate(value)]
+    if not msgs:
+        raise RowError(name, "empty conversation")
+    start = 1 if msgs[0]["role"] == "system" else 0
+    for i in range(start, len(msgs)):
+        expected = "user" if (i - start) % 2 == 0 else "assistant"
+        if msgs[i]["role"] != expected:
+            raise RowError(f"{name}[{i}].role", f"expected {expected!r} here (system first, then user/assistant "
+                                                  f"alternating), got {msgs[i]['role']!r}")
+        if expected == "assistant" and not msgs[i]["content"].strip():
+            raise RowError(f"{name}[{i}].content", "empty assistant turn")
+    if need_assistant and not any(m["role"] == "assistant" for m in msgs):
+        raise RowError(name, "no assistant turn to train on")
+    return msgs
+
+
+def _prompt(value, name: str) -> list[dict]:
+    if value is None:
+        raise RowError(name, "missing")
+    if isinstance(value, str):
+        if not value.strip():
+            raise RowError(name, "empty prompt")
+        return [{"role": "user", "content": value}]
+    msgs = _conversation(value, name, need_assistant=False)
+    if msgs[-1]["role"] != "user":
+        raise RowError(f"{name}[{len(msgs) - 1}].role", "a prompt must end with a user turn")
+    return msgs
+
+
+def _completion(value, name: str, prompt: list[dict]) -> str:
+    """A completion: a string, one assistant message, or prompt + one assistant message."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, list):
+        msgs = [_message(m, f"{name}[{i}]") for i, m in enumerate(value)]
+        head = [(m["role"], m["content"]) for m in msgs[:-1]]
+        if head and head != [(m["role"], m["content"]) for m in prompt]:
+            raise RowError(name, "the messages before the last one do not match the prompt")
+        if not msgs or msgs[-1]["role"] != "assistant":
+            raise RowError(f"{name}[{len(msgs) - 1}].role", "the completion must end with an assistant message")
+        text = msgs[-1]["content"]
+    elif isinstance(value, dict):
+        text = _message(value, name)["content"]
+    elif value is None:
+        raise RowError(name, "missing")
+    else:
+        raise RowError(name, f"expected a string or messages, got {type(value).__name__}")
+    if not text.strip():
+        raise RowError(name, "empty completion")
+    return text
+
+
+def _prob(row: dict, name: str) -> float | None:
+    v = row.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or not 0.0 <= v <= 1.0:
+        raise RowError(name, f"expected a probability in [0, 1], got {v!r}")
+    return float(v)
+
+
+def _score(row: dict, name: str) -> float | None:
+    v = row.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+        raise RowError(name, f"expected a number, got {v!r}")
+    return float(v)
+
+
+def _preference(row: dict) -> PreferencePair:
+    chosen, rejected = row.get("chosen"), row.get("rejected")
+    if "prompt" in row and row["prompt"] is not None:
+        prompt = _prompt(row["prompt"], "prompt")
+    else:  # HH-RLHF style: two full conversations sharing everything but the last turn
+        if not (isinstance(chosen, list) and isinstance(rejected, list)):
+            raise RowError("prompt", "missing (needed unless chosen and rejected are full conversations)")
+        c = _conversation(chosen, "chosen", need_assistant=True)
+        prompt = c[:-1]
+        if not prompt or prompt[-1]["role"] != "user":
+            raise RowError("chosen", "cannot find the prompt: the conversation must end with user -> assistant")
+    pair = PreferencePair(
+        prompt=prompt,
+        chosen=_completion(chosen, "chosen", prompt),
+        rejected=_completion(rejected, "rejected", prompt),
+        chosen_win_prob=_prob(row, "chosen_win_prob"),
+        rejected_win_prob=_prob(row, "rejected_win_prob"),
+        chosen_score=_score(row, "chosen_score"),
+        rejected_score=_score(row, "rejected_score"),
+    )
+    if (pair.chosen_win_prob is None) != (pair.rejected_win_prob is None):
+        missing = "rejected_win_prob" if pair.rejected_win_prob is None else "chosen_win_prob"
+        raise RowError(missing, "win probabilities come in pairs: both chosen_win_prob and rejected_win_prob")
+    return pair

@@ -1,0 +1,120 @@
+"""Read raw rows from one source, each with its location ("train.jsonl line 3").
+
+jsonl and json are parsed here (so a broken line is reported by number, and a non-UTF-8
+line too); parquet, arrow, saved datasets, dataset directories and hub ids go through
+`datasets`. A row that cannot be read is yielded as a `BadRow` for the caller's
+`on_bad_row` policy to raise or count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from pride.config import SourceSettings
+from pride.errors import PrideError
+
+
+@dataclass(frozen=True)
+class BadRow:
+    where: str
+    problem: str
+
+
+def read_source(src: SourceSettings) -> Iterator[tuple[str, dict | BadRow]]:
+    """Yield (location, row) for every row of the source, or (location, BadRow)."""
+    path = Path(src.path).expanduser()
+    if path.is_file():
+        suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+        if suffix in (".jsonl", ".ndjson"):
+            yield from _read_jsonl(path)
+        elif suffix == ".json":
+            yield from _read_json(path)
+        elif suffix in (".parquet", ".arrow", ".csv"):
+            yield from _read_with_datasets(path, src, kind=suffix.lstrip("."))
+        else:
+            raise PrideError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json, .parquet, .arrow or .csv)")
+        return
+    if path.is_dir():
+        yield from _read_with_datasets(path, src, kind="dir")
+        return
+    if src.path.startswith((".", "/", "~")) or src.path.count("/") > 1 or Path(src.path).suffix:
+        raise PrideError(f"data file not found: {src.path}")
+    yield from _read_with_datasets(None, src, kind="hub")
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[str, dict | BadRow]]:
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            where = f"{path} line {number}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield where, BadRow(where, f"not UTF-8 (byte {e.start})")
+                continue
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                yield where, BadRow(where, f"bad JSON ({e.msg} at column {e.colno})")
+                continue
+            if not isinstance(row, dict):
+                yield where, BadRow(where, f"expected a JSON object, got {type(row).__name__}")
+                continue
+            yield where, row
+
+
+def _read_json(path: Path) -> Iterator[tuple[str, dict | BadRow]]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PrideError(f"{path}: not UTF-8 (byte {e.start})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        # Many ".json" files are really JSON lines.
+        if text.lstrip().startswith("{") and "\n" in text.strip():
+            yield from _read_jsonl(path)
+            return
+        raise PrideError(f"{path} line {e.lineno}: bad JSON ({e.msg} at column {e.colno})") from None
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))
+    if not isinstance(data, list):
+        raise PrideError(f"{path}: expected a JSON array of rows, got {type(data).__name__}")
+    for i, row in enumerate(data):
+        where = f"{path} row {i}"
+        if not isinstance(row, dict):
+            yield where, BadRow(where, f"expected a JSON object, got {type(row).__name__}")
+        else:
+            yield where, row
+
+
+def _read_with_datasets(path: Path | None, src: SourceSettings, kind: str) -> Iterator[tuple[str, dict]]:
+    import datasets
+
+    name = str(path) if path is not None else src.path
+    try:
+        if kind in ("parquet", "arrow", "csv"):
+            ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+        elif kind == "dir" and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                if src.split not in ds:
+                    raise PrideError(f"{name}: no split {src.split!r} (has: {', '.join(ds)})")
+                ds = ds[src.split]
+        else:
+            if kind == "hub" and os.environ.get("HF_HUB_OFFLINE") == "1":
+                raise PrideError(f"dataset {name!r} is not a local path and the hub is off (HF_HUB_OFFLINE=1): "
+                                 "download it and point data.sources[].path at the file or directory")
+            ds = datasets.load_dataset(name, src.subset, split=src.split)
+    except PrideError:
+        raise
+    except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
+        raise PrideError(f"{name}: could not load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    label = f"{name}[{src.split}]" if kind in ("dir", "hub") else name
+    for i, row in enumerate(ds):
+        yield f"{label} row {i}", row

@@ -1,0 +1,173 @@
+"""Load a causal LM and its tokenizer from a model reference.
+
+A reference is a local HF directory, a hub id (only when online; offline gives a clear
+error naming the path to use instead), or `tiny:<arch>` for a small random-init model.
+Here too: dtype, attention backend, gradient checkpointing, LoRA/QLoRA, and the chat
+template's special tokens (added, with the embeddings resized, when the tokenizer lacks them).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+from pride.chat import ChatFormat, chat_format, missing_special_tokens
+from pride.config import ModelSettings
+from pride.errors import PrideError
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_dtype(name: str, device: str | torch.device | None = None) -> torch.dtype:
+    """auto: fp32 on CPU; bf16 on GPUs that support it, else fp16."""
+    if name != "auto":
+        return DTYPES[name]
+    dev = torch.device(device) if device is not None else _default_device()
+    if dev.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def resolve_attention(name: str, device: str | torch.device | None = None) -> str:
+    """auto: flash-attention 2 when installed and on a GPU, else sdpa."""
+    if name != "auto":
+        if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            raise PrideError("model.attn_implementation=flash_attention_2 but flash-attn is not installed "
+                             "(pip install flash-attn --no-build-isolation), or use sdpa")
+        return name
+    dev = torch.device(device) if device is not None else _default_device()
+    if dev.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def is_tiny(ref: str) -> bool:
+    return ref.startswith("tiny:")
+
+
+def _check_reference(ref: str) -> None:
+    """Fail early and clearly when a reference is neither local nor reachable."""
+    if is_tiny(ref) or Path(ref).is_dir():
+        return
+    looks_like_hub_id = not ref.startswith((".", "/", "~")) and ref.count("/") <= 1
+    if not looks_like_hub_id:
+        raise PrideError(f"model directory not found: {ref}")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise PrideError(
+            f"model {ref!r} is not a local directory and the hub is off (HF_HUB_OFFLINE=1): "
+            f"download it (huggingface-cli download {ref} --local-dir DIR) and set model.path=DIR"
+        )
+
+
+def load_tokenizer(settings: ModelSettings):
+    ref = settings.path
+    _check_reference(ref)
+    if is_tiny(ref):
+        from pride.tiny import tiny_tokenizer
+
+        tok = tiny_tokenizer(ref.split(":", 1)[1])
+    else:
+        from transformers import AutoTokenizer
+
+        tok = _from_hub_or_dir(AutoTokenizer.from_pretrained, ref, revision=settings.revision,
+                               trust_remote_code=settings.trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(settings: ModelSettings, *, seed: int = 0, device: str | torch.device | None = None,
+               dtype: torch.dtype | None = None, tokenizer=None):
+    """The model in `dtype` (default: settings.dtype resolved for the device), eval mode off."""
+    ref = settings.path
+    _check_reference(ref)
+    dtype = dtype or resolve_dtype(settings.dtype, device)
+    attn = resolve_attention(settings.attn_implementation, device)
+    quantization = _bnb_4bit(dtype) if settings.load_in_4bit else None
+    if quantization is not None and is_tiny(ref):
+        raise PrideError("model.load_in_4bit applies to model directories; save the tiny model first")
+    if is_tiny(ref):
+        from pride.tiny import tiny_model
+
+        model = tiny_model(ref.split(":", 1)[1], seed=seed, overrides=settings.tiny, tokenizer=tokenizer)
+        model = model.to(dtype)
+        model.set_attn_implementation(attn)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        kwargs = dict(dtype=dtype, attn_implementation=attn, trust_remote_code=settings.trust_remote_code,
+                      revision=settings.revision)
+        if quantization is not None:
+            kwargs["quantization_config"] = quantization
+        model = _from_hub_or_dir(AutoModelForCausalLM.from_pretrained, ref, **kwargs)
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if settings.lora is not None:
+        model = _apply_lora(model, settings)
+    return model
+
+
+def load_model_and_tokenizer(settings: ModelSettings, *, seed: int = 0, device=None, dtype=None):
+    """Model, tokenizer and chat format, consistent with each other (template tokens added)."""
+    tokenizer = load_tokenizer(settings)
+    fmt = chat_format(tokenizer, settings.chat_template)
+    missing = missing_special_tokens(tokenizer, fmt.template)
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    if fmt.template is not None:
+        tokenizer.chat_template = fmt.template.jinja()  # saved with the model: same format at inference
+    model = load_model(settings, seed=seed, device=device, dtype=dtype, tokenizer=tokenizer)
+    embeddings = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    return model, tokenizer, fmt
+
+
+def load_chat(settings: ModelSettings) -> tuple[object, ChatFormat]:
+    """Tokenizer and chat format only (data preparation needs no weights)."""
+    tokenizer = load_tokenizer(settings)
+    fmt = chat_format(tokenizer, settings.chat_template)
+    missing = missing_special_tokens(tokenizer, fmt.template)
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    return tokenizer, fmt
+
+
+def _from_hub_or_dir(loader, ref: str, **kwargs):
+    try:
+        return loader(ref, **kwargs)
+    except OSError as e:
+        if Path(ref).is_dir():
+            raise PrideError(f"{ref}: not a loadable Hugging Face directory ({e})") from None
+        raise PrideError(
+            f"model {ref!r} is not a local directory and could not be fetched from the hub ({e}). "
+            f"Offline, download it elsewhere and set model.path=/path/to/dir"
+        ) from None
+
+
+def _bnb_4bit(dtype: torch.dtype):
+    if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
+        raise PrideError("model.load_in_4bit (QLoRA) needs a CUDA GPU and bitsandbytes (pip install bitsandbytes)")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype)
+
+
+def _apply_lora(model, settings: ModelSettings):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if settings.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=settings.gradient_checkpointing)
+    lora = settings.lora
+    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                     target_modules=lora.target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)

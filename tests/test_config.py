@@ -1,0 +1,79 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pride.cli import main
+from pride.config import load_config, write_resolved
+from pride.errors import PrideError
+
+
+def write(tmp_path, text):
+    p = tmp_path / "run.yaml"
+    p.write_text(text)
+    return p
+
+
+BASE = "model:\n  path: tiny:llama\ndata:\n  sources:\n    - path: d.jsonl\n"
+
+
+def test_defaults_and_overrides(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["train.learning_rate=1e-5", "train.packing=false",
+                                              "data.sources.0.fraction=0.5", "data.sources.1.path=e.jsonl",
+                                              "model.tiny.hidden_size=32", "seed=7"])
+    assert cfg.train.learning_rate == 1e-5 and isinstance(cfg.train.learning_rate, float)
+    assert cfg.train.packing is False
+    assert cfg.data.sources[0].fraction == 0.5 and cfg.data.sources[1].path == "e.jsonl"
+    assert cfg.model.tiny == {"hidden_size": 32} and cfg.seed == 7
+
+
+@pytest.mark.parametrize("text,override,expected", [
+    (BASE + "train:\n  lerning_rate: 1e-5\n", [], "unknown key 'train.lerning_rate' (allowed: "),
+    (BASE, ["train.micro_batch_size=abc"], "key 'train.micro_batch_size'"),
+    (BASE, ["train.lr_scheduler=exponential"], "'cosine', 'linear' or 'constant'"),
+    ("data:\n  sources:\n    - path: d.jsonl\n", [], "missing required key 'model'"),
+    ("model: {}\n" + BASE.split("\n", 2)[2], [], "missing required key 'model.path'"),
+    (BASE + "bogus: 1\n", [], "unknown key 'bogus'"),
+    (BASE, ["data.sources.0.fraction=2"], "key 'data.sources.0.fraction'"),
+])
+def test_errors_name_key_and_file(tmp_path, text, override, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(PrideError) as e:
+        load_config(path, override)
+    msg = str(e.value)
+    assert expected in msg and str(path) in msg and "\n" not in msg
+
+
+def test_unknown_key_lists_allowed(tmp_path):
+    with pytest.raises(PrideError) as e:
+        load_config(write(tmp_path, BASE), ["train.lerning_rate=1"])
+    assert "learning_rate" in str(e.value)
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(PrideError, match="not valid YAML"):
+        load_config(write(tmp_path, "model: [\n"))
+    with pytest.raises(PrideError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_resolved_config_written(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["train.epochs=3"])
+    out = write_resolved(cfg, tmp_path / "run")
+    again = yaml.safe_load(out.read_text())
+    assert again["train"]["epochs"] == 3 and again["train"]["warmup_ratio"] == 0.1
+    assert load_config(out) == cfg
+
+
+def test_cli_one_line_error_and_exit_code(tmp_path, capsys):
+    path = write(tmp_path, BASE + "train:\n  lerning_rate: 1e-5\n")
+    assert main(["data", "inspect", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.lerning_rate" in err and str(path) in err
+
+
+def test_help_lists_stages():
+    out = subprocess.run([sys.executable, "-m", "pride", "--help"], capture_output=True, text=True, check=True).stdout
+    for stage in ("sft", "dpo", "online", "eval", "serve", "run", "demo", "data"):
+        assert stage in out
