@@ -8,8 +8,8 @@ import sys
 from pride import __version__
 from pride.errors import PrideError
 
+STAGES = {"sft": "supervised fine-tuning (packing, assistant-only loss)"}
 STAGES_NOT_BUILT = {
-    "sft": "supervised fine-tuning",
     "dpo": "offline preference training (DPO family)",
     "online": "online DPO / SPPO iterations",
     "eval": "benchmarks (MT-Bench, AlpacaEval 2, Arena-Hard, Open LLM)",
@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "SFT -> offline DPO family -> online DPO / SPPO -> evaluation.")
     parser.add_argument("--version", action="version", version=f"pride {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, text in STAGES.items():
+        _add_config_args(sub.add_parser(name, help=text, description=text))
     for name, text in STAGES_NOT_BUILT.items():
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("args", nargs="*")
@@ -66,6 +68,15 @@ def _dispatch(args, parser) -> int:
     if args.command in STAGES_NOT_BUILT:
         print(f"pride {args.command}: not built yet ({STAGES_NOT_BUILT[args.command]})", file=sys.stderr)
         return 2
+    if args.command in STAGES:
+        from pride.config import load_config
+
+        cfg = load_config(args.config, args.overrides)
+        if args.command == "sft":
+            from pride.train.sft import run_sft
+
+            run_sft(cfg)
+        return 0
     if args.command == "data":
         if args.data_command != "inspect":
             parser.parse_args(["data", "--help"])

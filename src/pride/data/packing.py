@@ -1,0 +1,109 @@
+"""Token samples -> rows -> micro-batches, padding-free.
+
+A `Sample` is one tokenized sequence with its next-token targets already aligned
+(`labels[t]` is the token that position t must predict, or -100), so no label can ever
+cross into the next sample of a packed row. Rows hold one sample (padding-only batching)
+or several (best-fit-decreasing packing); `collate` lays rows out with `position_ids`
+restarting at every sample and no attention mask, which makes transformers build a
+block-causal mask (sdpa/eager) or use flash-attention's varlen path. Padding at the end of
+a row is one more segment with its own positions, so it never mixes with real tokens.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import torch
+
+IGNORE = -100
+
+
+@dataclass
+class Sample:
+    input_ids: list[int]
+    labels: list[int]  # aligned targets: labels[t] is predicted at position t, IGNORE elsewhere
+    seq: int = 0  # sequence id inside the example (DPO: 0 chosen, 1 rejected)
+    example: int = 0  # index of the example the sample came from
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_targets(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+def shift_targets(ids: list[int], mask: list[bool]) -> list[int]:
+    """Per-position targets: position t predicts ids[t+1] when that token is trained."""
+    return [ids[t + 1] if mask[t + 1] else IGNORE for t in range(len(ids) - 1)] + [IGNORE]
+
+
+def pack_bfd(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Best-fit-decreasing bin packing: indices grouped into rows of at most `capacity` tokens.
+
+    Longest first, each into the fullest row that still has room (O(n log n) with a sorted
+    list of free space). Deterministic: ties keep input order.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    free: list[tuple[int, int]] = []  # (free space, row id), sorted
+    rows: list[list[int]] = []
+    for i in order:
+        n = lengths[i]
+        if n > capacity:
+            raise ValueError(f"sample of {n} tokens exceeds row capacity {capacity}")
+        k = bisect.bisect_left(free, (n, -1))
+        if k < len(free):
+            space, row = free.pop(k)
+            rows[row].append(i)
+            if space - n > 0:
+                bisect.insort(free, (space - n, row))
+        else:
+            rows.append([i])
+            if capacity - n > 0:
+                bisect.insort(free, (capacity - n, len(rows) - 1))
+    return rows
+
+
+def collate(rows: list[list[Sample]], pad_id: int, flat: bool = False) -> dict:
+    """Rows of samples -> model inputs plus the targets the objective needs.
+
+    flat=True lays the whole micro-batch out as one row (flash-attention varlen: no padding
+    at all); otherwise rows are padded to the longest row. Returns input_ids/position_ids
+    [B, T], target_index (flat positions carrying a label), target_ids, target_seq (which
+    sample each target belongs to) and per-sample metadata.
+    """
+    if flat:
+        rows = [[s for row in rows for s in row]]
+    width = max(sum(len(s) for s in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    seg = torch.full((len(rows), width), -1, dtype=torch.long)
+    samples: list[Sample] = []
+    for r, row in enumerate(rows):
+        at = 0
+        for s in row:
+            n = len(s)
+            ids[r, at:at + n] = torch.tensor(s.input_ids)
+            pos[r, at:at + n] = torch.arange(n)
+            labels[r, at:at + n] = torch.tensor(s.labels)
+            seg[r, at:at + n] = len(samples)
+            samples.append(s)
+            at += n
+        if at < width:  # trailing padding: its own segment, positions restart
+            pos[r, at:] = torch.arange(width - at)
+    flat_labels, flat_seg = labels.view(-1), seg.view(-1)
+    target_index = (flat_labels != IGNORE).nonzero(as_tuple=True)[0]
+    return {
+        "input_ids": ids,
+        "position_ids": pos,
+        "target_index": target_index,
+        "target_ids": flat_labels[target_index],
+        "target_seq": flat_seg[target_index],
+        "n_seqs": len(samples),
+        "seq_kind": torch.tensor([s.seq for s in samples], dtype=torch.long),
+        "seq_example": torch.tensor([s.example for s in samples], dtype=torch.long),
+        "n_tokens": sum(len(s) for s in samples),
+        "n_slots": ids.numel(),
+    }

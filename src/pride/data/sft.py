@@ -1,0 +1,52 @@
+"""SFT data: conversations -> token samples (targets aligned) -> rows (packed or not)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pride.chat import ChatFormat
+from pride.data.packing import Sample, pack_bfd, shift_targets
+from pride.data.rows import Conversation
+
+
+@dataclass
+class SftData:
+    rows: list[list[Sample]]
+    stats: dict = field(default_factory=dict)
+
+
+def tokenize_conversations(convs: list[Conversation], fmt: ChatFormat, train_on: str, max_length: int,
+                           truncation: str) -> tuple[list[Sample], dict]:
+    """Encode each conversation; over-long ones are truncated (keep the start) or dropped."""
+    samples, truncated, dropped_long, dropped_empty = [], 0, 0, 0
+    for i, conv in enumerate(convs):
+        enc = fmt.encode(conv.messages, train_on)
+        ids, mask = enc.ids, enc.mask
+        if len(ids) > max_length:
+            if truncation == "drop":
+                dropped_long += 1
+                continue
+            ids, mask = ids[:max_length], mask[:max_length]
+            truncated += 1
+        labels = shift_targets(ids, mask)
+        if all(x == -100 for x in labels):
+            dropped_empty += 1
+            continue
+        samples.append(Sample(ids, labels, example=i))
+    stats = {"samples": len(samples), "truncated": truncated, "dropped_too_long": dropped_long,
+             "dropped_no_trained_tokens": dropped_empty}
+    return samples, stats
+
+
+def build_rows(samples: list[Sample], max_length: int, packing: bool) -> tuple[list[list[Sample]], dict]:
+    """Pack with best-fit-decreasing (packing=True) or one sample per row."""
+    if packing:
+        groups = pack_bfd([len(s) for s in samples], max_length)
+        rows = [[samples[i] for i in g] for g in groups]
+    else:
+        rows = [[s] for s in samples]
+    tokens = sum(len(s) for s in samples)
+    stats = {"rows": len(rows), "tokens": tokens, "trained_tokens": sum(s.n_targets for s in samples)}
+    if packing and rows:
+        stats["packing_efficiency"] = round(tokens / (len(rows) * max_length), 4)
+    return rows, stats

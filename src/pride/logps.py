@@ -1,0 +1,64 @@
+"""Per-token log-probs at labelled positions only, in chunks, never full-vocabulary logits.
+
+`TokenLogps` wraps a causal LM: the decoder gives hidden states, the positions that carry
+a label are gathered, and the LM head plus log-softmax run on chunks of those positions
+only. Each chunk is checkpointed, so the backward pass keeps one chunk's fp32 logits at a
+time instead of [batch, length, vocab] (the difference between fitting and not fitting a
+128k-256k vocabulary). Everything happens inside `forward`, so DDP, FSDP and ZeRO-3 see the
+LM head used inside the wrapped module and gather/synchronise it as usual.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+def _chunk_logps(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None):
+    logits = lm_head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def chunked_logps(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int,
+                  softcap: float | None = None) -> torch.Tensor:
+    """log p(targets[i] | hidden[i]) for each row of hidden [N, H], fp32, chunk by chunk."""
+    out = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
+        if torch.is_grad_enabled() and h.requires_grad:
+            out.append(checkpoint(_chunk_logps, lm_head, h, t, softcap, use_reentrant=False))
+        else:
+            out.append(_chunk_logps(lm_head, h, t, softcap))
+    if not out:
+        return hidden.new_zeros(0, dtype=torch.float32)
+    return torch.cat(out)
+
+
+class TokenLogps(nn.Module):
+    """model inputs -> log-probs of the targets (what every objective consumes)."""
+
+    def __init__(self, model: nn.Module, chunk_size: int = 1024):
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+        config = getattr(model, "config", None)
+        self.softcap = getattr(config, "final_logit_softcapping", None)
+
+    def _parts(self):
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return base.get_decoder(), base.get_output_embeddings()
+
+    def forward(self, input_ids, position_ids, target_index, target_ids, **_) -> torch.Tensor:
+        decoder, lm_head = self._parts()
+        hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, target_index)
+        return chunked_logps(lm_head, hidden, target_ids, self.chunk_size, self.softcap)
+
+
+def sequence_logps(token_logps: torch.Tensor, target_seq: torch.Tensor, n_seqs: int) -> torch.Tensor:
+    """Sum the token log-probs of each sequence: [N] -> [n_seqs]."""
+    out = token_logps.new_zeros(n_seqs)
+    return out.index_add(0, target_seq, token_logps)

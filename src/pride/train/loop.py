@@ -1,0 +1,290 @@
+"""The one training loop (accelerate). SFT, the DPO family and online rounds all use it.
+
+A stage hands over rows of token samples and an `Objective`: `batch -> (loss_sum, metric
+sums)` plus how many normalisation units (trained tokens, pairs) a micro-batch holds. The
+loop owns everything else, identically for every stage:
+
+* a deterministic schedule: rows shuffled per epoch by seed, cut into micro-batches, and
+  each optimizer step takes `processes x accumulation` consecutive micro-batches (rank r
+  takes every r-th), so 1 process x accumulation 8 and 2 processes x 4 see the same data;
+* the loss of a step is the sum over all its micro-batches and ranks divided by the step's
+  units, so micro-batch 2 x accumulation 4 gives the gradient of micro-batch 8;
+* AdamW, warmup + cosine/linear schedule, clipping, mixed precision, eval, progress bar,
+  metrics.jsonl (and TensorBoard / W&B through accelerate's trackers);
+* atomic checkpoints (temp dir, then rename) keeping the last K, and `resume=auto` from the
+  newest complete one with model, optimizer, scheduler, RNG and data position restored, so
+  an interrupted run ends with the weights of an uninterrupted one;
+* a non-finite loss or gradient stops (checkpoints intact) or skips the step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+from accelerate import Accelerator
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from pride.config import TrainSettings
+from pride.data.packing import Sample, collate
+from pride.errors import PrideError
+from pride.logps import TokenLogps
+
+
+class Objective(Protocol):
+    metric_names: tuple[str, ...]  # keys of the metric sums it returns (besides the loss)
+
+    def units(self, rows: list[list[Sample]]) -> float:
+        """Normalisation units in these rows (trained tokens for SFT, pairs for DPO)."""
+
+    def __call__(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss summed over units, metric sums) for one micro-batch."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    metrics: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def make_accelerator(cfg: TrainSettings, run_dir: Path) -> Accelerator:
+    mp = cfg.mixed_precision
+    if mp == "auto":
+        mp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if torch.cuda.is_available() else "no"
+    return Accelerator(mixed_precision=mp, log_with=list(cfg.report_to) or None, project_dir=str(run_dir),
+                       cpu=not torch.cuda.is_available())
+
+
+def epoch_schedule(n_rows: int, micro_batch_size: int, per_step: int, seed: int, epoch: int) -> list[list[list[int]]]:
+    """steps -> micro-batches -> row indices, for one epoch (same on every rank)."""
+    g = torch.Generator().manual_seed(seed * 1000003 + epoch)
+    order = torch.randperm(n_rows, generator=g).tolist()
+    mbs = [order[i:i + micro_batch_size] for i in range(0, n_rows, micro_batch_size)]
+    return [mbs[i:i + per_step] for i in range(0, len(mbs), per_step)]
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and "norm" not in name.lower() else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _scheduler(cfg: TrainSettings, optimizer, total_steps: int):
+    from transformers import get_scheduler
+
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.lr_scheduler]
+    return get_scheduler(name, optimizer, num_warmup_steps=round(cfg.warmup_ratio * total_steps),
+                         num_training_steps=total_steps)
+
+
+def find_checkpoint(run_dir: Path, resume: str) -> Path | None:
+    if resume == "never":
+        return None
+    if resume != "auto":
+        path = Path(resume)
+        if not (path / "trainer_state.json").exists():
+            raise PrideError(f"train.resume={resume}: not a complete checkpoint (no trainer_state.json)")
+        return path
+    done = [p for p in (run_dir / "checkpoints").glob("checkpoint-*")
+            if p.is_dir() and not p.name.endswith(".tmp") and (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def train(
+    cfg: TrainSettings,
+    *,
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    objective: Objective,
+    rows: list[list[Sample]],
+    eval_rows: list[list[Sample]] | None,
+    pad_id: int,
+    run_dir: Path,
+    seed: int,
+    console: Console | None = None,
+    on_step_end: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train `model` in place. The caller saves the final model (unwrapped) afterwards."""
+    acc = accelerator
+    console = console or Console(stderr=True, soft_wrap=True)
+    world, rank = acc.num_processes, acc.process_index
+    per_step = world * cfg.gradient_accumulation_steps
+    if not rows:
+        raise PrideError("no training rows left after tokenization and filtering")
+    n_mb = math.ceil(len(rows) / cfg.micro_batch_size)
+    steps_per_epoch = math.ceil(n_mb / per_step)
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    if sum(objective.units([r]) for r in rows) == 0:
+        raise PrideError("nothing to train: no row has a trained token (check data.train_on and the chat template)")
+
+    wrapper = TokenLogps(model, cfg.logps_chunk_size)
+    optimizer = torch.optim.AdamW(_param_groups(wrapper, cfg.weight_decay), lr=cfg.learning_rate,
+                                  betas=(cfg.adam_beta1, cfg.adam_beta2))
+    scheduler = _scheduler(cfg, optimizer, total_steps)
+    wrapper, optimizer = acc.prepare(wrapper, optimizer)
+    acc.register_for_checkpointing(scheduler)
+    flat = getattr(model.config, "_attn_implementation", "") == "flash_attention_2"
+
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.jsonl"
+    start_step = 0
+    ckpt = find_checkpoint(run_dir, cfg.resume)
+    if ckpt is not None:
+        acc.load_state(str(ckpt))
+        start_step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+        if acc.is_main_process:
+            console.print(f"resumed from {ckpt} at step {start_step}")
+            _truncate_metrics(metrics_path, start_step)
+    elif acc.is_main_process and metrics_path.exists() and cfg.resume == "never":
+        metrics_path.unlink()
+    if cfg.report_to:
+        acc.init_trackers("pride", config={"train": cfg.model_dump(mode="json")})
+
+    def batch_for(idx: list[int], source: list[list[Sample]]) -> dict:
+        batch = collate([source[i] for i in idx], pad_id, flat=flat)
+        return {k: (v.to(acc.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+    schedules: dict[int, list] = {}
+    result = TrainResult(steps=start_step)
+    skipped = 0
+    tokens_seen, t0 = 0, time.perf_counter()
+    progress = _progress(console, acc.is_main_process)
+    task = progress.add_task("train", total=total_steps, completed=start_step, info="")
+    with progress:
+        for step in range(start_step, total_steps):
+            epoch, k = divmod(step, steps_per_epoch)
+            if epoch not in schedules:
+                schedules = {epoch: epoch_schedule(len(rows), cfg.micro_batch_size, per_step, seed, epoch)}
+            step_mbs = schedules[epoch][k]
+            units = sum(objective.units([rows[i] for i in mb]) for mb in step_mbs)
+            mine = step_mbs[rank::world]
+            n_local = math.ceil(len(step_mbs) / world)
+            plan = [(mb, 1.0) for mb in mine] + [(step_mbs[0], 0.0)] * (n_local - len(mine))
+            names = ["loss", *objective.metric_names]
+            sums = {n: torch.zeros((), device=acc.device) for n in names}
+            local_tokens = 0
+            wrapper.train()
+            for i, (mb, weight) in enumerate(plan):
+                batch = batch_for(mb, rows)
+                sync = i == len(plan) - 1
+                with (nullcontext() if sync else acc.no_sync(wrapper)), acc.autocast():
+                    loss_sum, metrics = objective(wrapper, batch)
+                    acc.backward(loss_sum * (weight * world / max(units, 1e-12)))
+                for name, v in {"loss": loss_sum, **metrics}.items():
+                    sums[name] += weight * v.detach().float()
+                local_tokens += int(weight) * batch["n_tokens"]
+            reduced = acc.reduce(torch.stack([sums[n] for n in names]), "sum")
+            logged = {n: (reduced[j] / max(units, 1e-12)).item() for j, n in enumerate(names)}
+            grad_norm = None
+            if math.isfinite(logged["loss"]):
+                if cfg.max_grad_norm is not None:
+                    grad_norm = float(acc.clip_grad_norm_(wrapper.parameters(), cfg.max_grad_norm))
+                else:
+                    grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in wrapper.parameters()
+                                                              if p.grad is not None])))
+            if not math.isfinite(logged["loss"]) or grad_norm is None or not math.isfinite(grad_norm):
+                bad = "loss" if not math.isfinite(logged["loss"]) else "gradient norm"
+                if cfg.on_nan == "stop":
+                    last = find_checkpoint(run_dir, "auto")
+                    raise PrideError(f"non-finite {bad} at step {step + 1}; stopped. Last good checkpoint: "
+                                     f"{last or 'none'} (train.on_nan=skip skips such steps)")
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                continue
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            tokens_seen += int(acc.reduce(torch.tensor(local_tokens, device=acc.device), "sum").item())
+            elapsed = time.perf_counter() - t0
+            done = step + 1
+            record = {"step": done, "epoch": round(step / steps_per_epoch, 4), **logged,
+                      "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                      "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9), 1), "units": units}
+            if skipped:
+                record["skipped_steps"] = skipped
+            if cfg.eval_steps and eval_rows and (done % cfg.eval_steps == 0 or done == total_steps):
+                record.update(evaluate(acc, wrapper, objective, eval_rows, cfg.micro_batch_size, batch_for))
+            if done % cfg.logging_steps == 0 or done == total_steps:
+                result.metrics.append(record)
+                if acc.is_main_process:
+                    with open(metrics_path, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(record) + "\n")
+                if cfg.report_to:
+                    acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=done)
+            progress.update(task, completed=done, info=f"loss {logged['loss']:.4f}  lr {record['lr']:.2e}  "
+                                                        f"{record['tokens_per_s']:.0f} tok/s")
+            if cfg.save_steps and done % cfg.save_steps == 0 and done < total_steps:
+                save_checkpoint(acc, run_dir, done, cfg.save_total_limit)
+            result.steps = done
+            if on_step_end is not None:
+                on_step_end(done)
+    if cfg.report_to:
+        acc.end_training()
+    return result
+
+
+def evaluate(acc: Accelerator, wrapper, objective: Objective, eval_rows, micro_batch_size: int, batch_for) -> dict:
+    """Unit-weighted mean of the objective's loss and metrics over the eval rows."""
+    wrapper.eval()
+    world, rank = acc.num_processes, acc.process_index
+    mbs = [list(range(i, min(i + micro_batch_size, len(eval_rows)))) for i in range(0, len(eval_rows), micro_batch_size)]
+    names = ["loss", *objective.metric_names]
+    sums = {n: torch.zeros((), device=acc.device) for n in names}
+    units = sum(objective.units([eval_rows[i] for i in mb]) for mb in mbs)
+    with torch.no_grad():
+        for mb in mbs[rank::world]:
+            with acc.autocast():
+                loss_sum, metrics = objective(wrapper, batch_for(mb, eval_rows))
+            for name, v in {"loss": loss_sum, **metrics}.items():
+                sums[name] += v.detach().float()
+    reduced = acc.reduce(torch.stack([sums[n] for n in names]), "sum")
+    wrapper.train()
+    return {f"eval/{n}": (reduced[j] / max(units, 1e-12)).item() for j, n in enumerate(names)}
+
+
+def save_checkpoint(acc: Accelerator, run_dir: Path, step: int, keep: int) -> Path:
+    """Write checkpoint-<step> atomically: everything goes to a temp dir, renamed when complete."""
+    root = run_dir / "checkpoints"
+    final, tmp = root / f"checkpoint-{step}", root / f"checkpoint-{step}.tmp"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        done = sorted((p for p in root.glob("checkpoint-*") if not p.name.endswith(".tmp")),
+                      key=lambda p: int(p.name.split("-")[1]))
+        for old in done[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+    return final
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines written after the checkpoint we resume from (they will be redone)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+
+def _progress(console: Console, enabled: bool) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
+                    TimeRemainingColumn(), console=console, disable=not enabled, transient=False)

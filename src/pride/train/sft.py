@@ -1,0 +1,63 @@
+"""`pride sft`: supervised fine-tuning with packing and assistant-only loss."""
+
+from __future__ import annotations
+
+from pride.config import Config
+from pride.data import load_rows
+from pride.data.packing import Sample
+from pride.data.sft import build_rows, tokenize_conversations
+from pride.logps import TokenLogps
+from pride.train.loop import make_accelerator, train
+from pride.train.stage import (console_for, load_for_training, prepare_run_dir, save_final_model, seed_everything,
+                               write_json)
+
+
+class SftObjective:
+    """Negative log-likelihood summed over trained tokens (the loop divides by the step's total)."""
+
+    metric_names = ()
+
+    def units(self, rows: list[list[Sample]]) -> float:
+        return float(sum(s.n_targets for row in rows for s in row))
+
+    def __call__(self, model: TokenLogps, batch: dict):
+        logps = model(**batch)
+        return -logps.sum(), {}
+
+
+def prepare_sft_rows(cfg: Config, fmt, rows: list) -> tuple[list[list[Sample]], dict]:
+    samples, tok_stats = tokenize_conversations(rows, fmt, cfg.data.train_on, cfg.train.max_length,
+                                                cfg.train.truncation)
+    packed, pack_stats = build_rows(samples, cfg.train.max_length, cfg.train.packing)
+    return packed, {**tok_stats, **pack_stats}
+
+
+def run_sft(cfg: Config) -> dict:
+    seed_everything(cfg.seed)
+    acc = make_accelerator(cfg.train, cfg.output_dir)
+    console = console_for(acc)
+    run_dir = prepare_run_dir(cfg, acc)
+    model, tokenizer, fmt = load_for_training(cfg, acc)
+    data = load_rows(cfg.data, want="conversation", seed=cfg.seed)
+    rows, stats = prepare_sft_rows(cfg, fmt, data.train)
+    eval_rows, _ = prepare_sft_rows(cfg, fmt, data.eval) if data.eval else ([], {})
+    stats.update({k: v for k, v in data.stats.items() if k != "bad_row_examples"})
+    console.print(f"[bold]sft[/] {len(data.train)} conversations -> {stats['samples']} samples -> "
+                  f"{stats['rows']} rows; packing efficiency {stats.get('packing_efficiency', 'n/a')}; "
+                  f"truncated {stats['truncated']}, dropped {stats['dropped_too_long'] + stats['dropped_no_trained_tokens']}"
+                  f"{', skipped bad rows ' + str(stats['skipped_bad_rows']) if stats.get('skipped_bad_rows') else ''}")
+    if acc.is_main_process:
+        write_json(run_dir / "data_stats.json", stats)
+    result = train(cfg.train, accelerator=acc, model=model, objective=SftObjective(), rows=rows,
+                   eval_rows=eval_rows, pad_id=tokenizer.pad_token_id, run_dir=run_dir, seed=cfg.seed,
+                   console=console)
+    out = save_final_model(acc, model, tokenizer, run_dir / "model")
+    summary = {"model": str(out), "steps": result.steps, "data": stats,
+               "final": result.metrics[-1] if result.metrics else {}}
+    if acc.is_main_process:
+        write_json(run_dir / "summary.json", summary)
+        console.print(f"[bold green]done[/]: model saved to {out}")
+    return summary
+
+
+__all__ = ["SftObjective", "run_sft", "prepare_sft_rows"]

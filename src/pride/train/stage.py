@@ -1,0 +1,73 @@
+"""What every training stage does around the loop: run dir, seeds, model, final save."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from rich.console import Console
+
+from pride.config import Config, write_resolved
+from pride.models import load_model_and_tokenizer
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_run_dir(cfg: Config, acc: Accelerator) -> Path:
+    run_dir = Path(cfg.output_dir)
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_resolved(cfg, run_dir)
+    acc.wait_for_everyone()
+    return run_dir
+
+
+def load_for_training(cfg: Config, acc: Accelerator):
+    """Model (in the configured dtype, on the accelerator's device) + tokenizer + chat format."""
+    return load_model_and_tokenizer(cfg.model, seed=cfg.seed, device=acc.device)
+
+
+def save_final_model(acc: Accelerator, wrapper_or_model, tokenizer, out_dir: Path) -> Path:
+    """An HF directory (safetensors + tokenizer + chat template) that transformers/vLLM load as is.
+
+    LoRA adapters are merged into the weights (the adapter alone goes to `adapter/`).
+    """
+    out_dir = Path(out_dir)
+    unwrapped = acc.unwrap_model(wrapper_or_model)
+    model = getattr(unwrapped, "model", unwrapped)
+    state = acc.get_state_dict(wrapper_or_model)
+    prefix = "model."
+    state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+    if acc.is_main_process:
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        if hasattr(model, "merge_and_unload"):  # peft
+            model.save_pretrained(tmp / "adapter")
+            model = model.merge_and_unload()
+            state = None
+        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            import shutil
+
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    acc.wait_for_everyone()
+    return out_dir
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def console_for(acc: Accelerator) -> Console:
+    return Console(stderr=True, quiet=not acc.is_main_process, soft_wrap=True)
