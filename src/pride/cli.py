@@ -8,9 +8,9 @@ import sys
 from pride import __version__
 from pride.errors import PrideError
 
-STAGES = {"sft": "supervised fine-tuning (packing, assistant-only loss)"}
+STAGES = {"sft": "supervised fine-tuning (packing, assistant-only loss)",
+          "dpo": "offline preference training (DPO family, precomputed reference log-probs)"}
 STAGES_NOT_BUILT = {
-    "dpo": "offline preference training (DPO family)",
     "online": "online DPO / SPPO iterations",
     "eval": "benchmarks (MT-Bench, AlpacaEval 2, Arena-Hard, Open LLM)",
     "serve": "OpenAI-compatible server for a model directory",
@@ -76,6 +76,10 @@ def _dispatch(args, parser) -> int:
             from pride.train.sft import run_sft
 
             run_sft(cfg)
+        elif args.command == "dpo":
+            from pride.train.preference import run_dpo
+
+            run_dpo(cfg)
         return 0
     if args.command == "data":
         if args.data_command != "inspect":

@@ -94,12 +94,34 @@ class TrainSettings(Section):
     logps_chunk_size: int = Field(1024, gt=0, description="label positions per LM-head chunk")
 
 
+LossType = Literal["sigmoid", "ipo", "hinge", "dpo_gamma", "slic_dpo", "simpo", "sppo", "sppo_hard", "robust",
+                   "bco_pair", "nca_pair", "apo_zero", "apo_down"]
+
+
+class PreferenceSettings(Section):
+    """The DPO family (offline `pride dpo`, and each online / SPPO round)."""
+
+    loss_type: LossType = "sigmoid"
+    beta: float = Field(0.1, gt=0, description="SPPO: eta = 1/beta")
+    gamma: float = Field(0.0, description="margin: dpo_gamma, simpo")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO (sigmoid), robust")
+    delta: float = Field(1.0, description="margin of slic_dpo")
+    nll_weight: float = Field(0.0, ge=0, description="weight of an NLL term on the chosen completion (RPO)")
+    max_length: int = Field(1024, gt=1, description="prompt + completion tokens per sequence")
+    max_prompt_length: int = Field(512, gt=0, description="prompts keep their end (and BOS)")
+    reference: Literal["precomputed", "live"] = "precomputed"
+    reference_model: str | None = Field(None, description="default: the starting policy")
+    reference_batch_size: int = Field(16, gt=0, description="pairs per forward when precomputing")
+    padding_free: bool = Field(True, description="pack a micro-batch's sequences into rows (no padding)")
+
+
 class Config(Section):
     """The whole run. `model` and `data` are required; everything else has defaults."""
 
     model: ModelSettings
     data: DataSettings
     train: TrainSettings = Field(default_factory=TrainSettings)
+    preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
     output_dir: str = "runs/pride"
     seed: int = 42
 

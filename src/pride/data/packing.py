@@ -65,16 +65,33 @@ def pack_bfd(lengths: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def collate(rows: list[list[Sample]], pad_id: int, flat: bool = False) -> dict:
+def repack(rows: list[list[Sample]]) -> list[list[Sample]]:
+    """Re-pack a micro-batch's samples into rows no longer than its longest sample.
+
+    Removes most padding while never making a row longer than the padded layout would be
+    (so sdpa's attention cost, quadratic in row length, does not grow).
+    """
+    samples = [s for row in rows for s in row]
+    groups = pack_bfd([len(s) for s in samples], max(len(s) for s in samples))
+    return [[samples[i] for i in g] for g in groups]
+
+
+def collate(rows: list[list[Sample]], pad_id: int, flat: bool = False, layout: str = "rows") -> dict:
     """Rows of samples -> model inputs plus the targets the objective needs.
 
-    flat=True lays the whole micro-batch out as one row (flash-attention varlen: no padding
-    at all); otherwise rows are padded to the longest row. Returns input_ids/position_ids
-    [B, T], target_index (flat positions carrying a label), target_ids, target_seq (which
-    sample each target belongs to) and per-sample metadata.
+    layout: "rows" keeps the rows as given (SFT: already packed, or one sample each),
+    "repack" re-packs the micro-batch's samples (see `repack`: padding-free pairs), "split"
+    puts each sample in its own padded row. flat=True lays everything out as one row
+    (flash-attention varlen: no padding at all). Returns input_ids/position_ids [B, T],
+    target_index (flat positions carrying a label), target_ids, target_seq (which sample
+    each target belongs to) and per-sample metadata.
     """
     if flat:
         rows = [[s for row in rows for s in row]]
+    elif layout == "repack":
+        rows = repack(rows)
+    elif layout == "split":
+        rows = [[s] for row in rows for s in row]
     width = max(sum(len(s) for s in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     pos = torch.zeros((len(rows), width), dtype=torch.long)

@@ -152,7 +152,7 @@ def train(
         acc.init_trackers("pride", config={"train": cfg.model_dump(mode="json")})
 
     def batch_for(idx: list[int], source: list[list[Sample]]) -> dict:
-        batch = collate([source[i] for i in idx], pad_id, flat=flat)
+        batch = collate([source[i] for i in idx], pad_id, flat=flat, layout=getattr(objective, "layout", "rows"))
         return {k: (v.to(acc.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
     schedules: dict[int, list] = {}

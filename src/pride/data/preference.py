@@ -1,0 +1,69 @@
+"""Preference data: pairs -> token samples (prompt + chosen, prompt + rejected).
+
+The prompt is tokenized once and shared by both completions, so the prompt/completion
+boundary is exact (no string diffing) and identical on both sides. Truncation: the prompt
+keeps its end (and its BOS) within `max_prompt_length`; completions keep their start within
+`max_length`. Pairs left with an empty completion, and pairs whose chosen equals rejected,
+are skipped and counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pride.chat import ChatFormat
+from pride.data.packing import IGNORE, Sample
+from pride.data.rows import PreferencePair
+
+
+@dataclass
+class PairData:
+    rows: list[list[Sample]]  # one row per kept pair: [chosen sample, rejected sample]
+    kept: list[int]  # input index of each kept pair
+    status: list[str]  # per input pair: ok | empty_completion | identical
+    stats: dict = field(default_factory=dict)
+
+
+def pair_samples(prompt: list[int], chosen: list[int], rejected: list[int], example: int) -> list[Sample]:
+    out = []
+    for kind, completion in ((0, chosen), (1, rejected)):
+        ids = prompt + completion
+        labels = [IGNORE] * (len(prompt) - 1) + completion + [IGNORE]
+        out.append(Sample(ids, labels, seq=kind, example=example))
+    return out
+
+
+def truncate_prompt(prompt: list[int], limit: int, bos: int | None) -> list[int]:
+    if len(prompt) <= limit:
+        return prompt
+    if bos is not None and prompt[:1] == [bos] and limit > 1:
+        return [bos] + prompt[len(prompt) - (limit - 1):]
+    return prompt[len(prompt) - limit:]
+
+
+def tokenize_pairs(pairs: list[PreferencePair], fmt: ChatFormat, max_length: int, max_prompt_length: int,
+                   first_example: int = 0) -> PairData:
+    bos = fmt.tokenizer.bos_token_id
+    rows, kept, status = [], [], []
+    truncated = 0
+    for i, pair in enumerate(pairs):
+        prompt = fmt.encode_prompt(pair.prompt)
+        chosen = fmt.encode_completion(pair.prompt, pair.chosen)
+        rejected = fmt.encode_completion(pair.prompt, pair.rejected)
+        short = truncate_prompt(prompt, max_prompt_length, bos)
+        budget = max_length - len(short)
+        c, r = chosen[:max(budget, 0)], rejected[:max(budget, 0)]
+        truncated += (short != prompt) or len(c) < len(chosen) or len(r) < len(rejected)
+        if not c or not r:
+            status.append("empty_completion")
+            continue
+        if c == r:
+            status.append("identical")
+            continue
+        status.append("ok")
+        kept.append(i)
+        rows.append(pair_samples(short, c, r, example=first_example + len(kept) - 1))
+    stats = {"pairs": len(pairs), "kept": len(kept), "truncated": int(truncated),
+             "skipped_empty_completion": status.count("empty_completion"),
+             "skipped_identical": status.count("identical")}
+    return PairData(rows, kept, status, stats)
