@@ -9,9 +9,9 @@ from pride import __version__
 from pride.errors import PrideError
 
 STAGES = {"sft": "supervised fine-tuning (packing, assistant-only loss)",
-          "dpo": "offline preference training (DPO family, precomputed reference log-probs)"}
+          "dpo": "offline preference training (DPO family, precomputed reference log-probs)",
+          "online": "online DPO / SPPO: sample K per prompt, judge, pair, train, repeat"}
 STAGES_NOT_BUILT = {
-    "online": "online DPO / SPPO iterations",
     "eval": "benchmarks (MT-Bench, AlpacaEval 2, Arena-Hard, Open LLM)",
     "serve": "OpenAI-compatible server for a model directory",
     "run": "run the stages a recipe lists",
@@ -80,6 +80,10 @@ def _dispatch(args, parser) -> int:
             from pride.train.preference import run_dpo
 
             run_dpo(cfg)
+        elif args.command == "online":
+            from pride.online.loop import run_online
+
+            run_online(cfg)
         return 0
     if args.command == "data":
         if args.data_command != "inspect":

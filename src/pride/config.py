@@ -66,6 +66,7 @@ class DataSettings(Section):
     on_bad_row: Literal["error", "skip"] = "error"
     train_on: Literal["all_assistant", "last_assistant", "all"] = "all_assistant"
     max_rows: int | None = Field(None, gt=0)
+    allow_empty_completions: bool = Field(False, description="accept empty chosen/rejected (online samples)")
 
 
 class TrainSettings(Section):
@@ -115,6 +116,40 @@ class PreferenceSettings(Section):
     padding_free: bool = Field(True, description="pack a micro-batch's sequences into rows (no padding)")
 
 
+class JudgeSettings(Section):
+    """Who ranks the samples: a Python function, a reward model, PairRM, or an LLM endpoint."""
+
+    type: Literal["function", "reward_model", "pairrm", "llm"] = "function"
+    function: str | None = Field(None, description="module:function(prompt, response) -> float")
+    path: str | None = Field(None, description="reward model or PairRM-hf directory")
+    url: str | None = Field(None, description="OpenAI-compatible base URL (llm judge)")
+    model: str | None = Field(None, description="model name at that endpoint")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
+    batch_size: int = Field(16, gt=0)
+    max_length: int = Field(2048, gt=0, description="tokens per judged input (reward model)")
+
+
+class OnlineSettings(Section):
+    """Online DPO (LIONs: K samples, best vs worst) and SPPO self-play iterations."""
+
+    iterations: int = Field(2, gt=0)
+    samples_per_prompt: int = Field(5, ge=2, description="K")
+    temperature: float = Field(0.8, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(256, gt=0)
+    sampler: Literal["auto", "vllm", "transformers", "openai"] = "auto"
+    sampler_url: str | None = Field(None, description="OpenAI-compatible base URL (sampler=openai)")
+    sampler_model: str | None = None
+    sampler_api_key_env: str = "OPENAI_API_KEY"
+    generation_batch_size: int = Field(16, gt=0, description="prompts per generate call / resume chunk")
+    pairs: Literal["best_worst", "sppo"] = "best_worst"
+    prompt_split: Literal["reuse", "split"] = Field("reuse", description="split: disjoint prompts per iteration")
+    max_prompts: int | None = Field(None, gt=0, description="prompts used per iteration")
+    mix_offline: SourceSettings | None = Field(None, description="offline preference rows mixed into each round")
+    mix_fraction: float = Field(0.0, ge=0, lt=1, description="share of offline pairs in each round's training set")
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
+
+
 class Config(Section):
     """The whole run. `model` and `data` are required; everything else has defaults."""
 
@@ -122,6 +157,7 @@ class Config(Section):
     data: DataSettings
     train: TrainSettings = Field(default_factory=TrainSettings)
     preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
+    online: OnlineSettings = Field(default_factory=OnlineSettings)
     output_dir: str = "runs/pride"
     seed: int = 42
 

@@ -27,7 +27,7 @@ class Rows:
     stats: dict = field(default_factory=dict)
 
 
-def read_rows(src: SourceSettings, want: Want, on_bad_row: str, stats: dict) -> list:
+def read_rows(src: SourceSettings, want: Want, on_bad_row: str, stats: dict, allow_empty: bool = False) -> list:
     """All usable rows of one source, normalised. Raises on the first bad row unless skipping."""
     out: list = []
     layout = None
@@ -39,7 +39,7 @@ def read_rows(src: SourceSettings, want: Want, on_bad_row: str, stats: dict) -> 
             if layout is None:
                 layout = detect_kind(row)
                 _check_layout(layout, want, src)
-            item = normalize(row, layout)
+            item = normalize(row, layout, allow_empty)
         except RowError as e:
             problem = str(e).replace("field '<row>': ", "")
             if on_bad_row == "error":
@@ -90,7 +90,7 @@ def load_rows(data: DataSettings, want: Want, seed: int) -> Rows:
     def gather(sources: list[SourceSettings]) -> list:
         rows: list = []
         for src in sources:
-            got = read_rows(src, want, data.on_bad_row, stats)
+            got = read_rows(src, want, data.on_bad_row, stats, data.allow_empty_completions)
             taken = take_fraction(got, src.fraction, rng)
             stats["sources"].append({"path": src.path, "rows": len(got), "used": len(taken)})
             rows += taken

@@ -84,7 +84,7 @@ def map_columns(row: dict, columns: dict[str, str]) -> dict:
     return out
 
 
-def normalize(row: dict, layout: str) -> Conversation | PreferencePair:
+def normalize(row: dict, layout: str, allow_empty: bool = False) -> Conversation | PreferencePair:
     if layout == "messages":
         return Conversation(_conversation(row.get("messages"), "messages", need_assistant=True))
     if layout == "prompt_completion":
@@ -92,7 +92,7 @@ def normalize(row: dict, layout: str) -> Conversation | PreferencePair:
         completion = _completion(row.get("completion"), "completion", prompt)
         return Conversation(prompt + [{"role": "assistant", "content": completion}])
     if layout == "preference":
-        return _preference(row)
+        return _preference(row, allow_empty)
     raise ValueError(layout)
 
 
@@ -149,7 +149,7 @@ def _prompt(value, name: str) -> list[dict]:
     return msgs
 
 
-def _completion(value, name: str, prompt: list[dict]) -> str:
+def _completion(value, name: str, prompt: list[dict], allow_empty: bool = False) -> str:
     """A completion: a string, one assistant message, or prompt + one assistant message."""
     if isinstance(value, str):
         text = value
@@ -167,7 +167,7 @@ def _completion(value, name: str, prompt: list[dict]) -> str:
         raise RowError(name, "missing")
     else:
         raise RowError(name, f"expected a string or messages, got {type(value).__name__}")
-    if not text.strip():
+    if not text.strip() and not allow_empty:
         raise RowError(name, "empty completion")
     return text
 
@@ -190,7 +190,7 @@ def _score(row: dict, name: str) -> float | None:
     return float(v)
 
 
-def _preference(row: dict) -> PreferencePair:
+def _preference(row: dict, allow_empty: bool = False) -> PreferencePair:
     chosen, rejected = row.get("chosen"), row.get("rejected")
     if "prompt" in row and row["prompt"] is not None:
         prompt = _prompt(row["prompt"], "prompt")
@@ -203,8 +203,8 @@ def _preference(row: dict) -> PreferencePair:
             raise RowError("chosen", "cannot find the prompt: the conversation must end with user -> assistant")
     pair = PreferencePair(
         prompt=prompt,
-        chosen=_completion(chosen, "chosen", prompt),
-        rejected=_completion(rejected, "rejected", prompt),
+        chosen=_completion(chosen, "chosen", prompt, allow_empty),
+        rejected=_completion(rejected, "rejected", prompt, allow_empty),
         chosen_win_prob=_prob(row, "chosen_win_prob"),
         rejected_win_prob=_prob(row, "rejected_win_prob"),
         chosen_score=_score(row, "chosen_score"),

@@ -70,4 +70,8 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def console_for(acc: Accelerator) -> Console:
-    return Console(stderr=True, quiet=not acc.is_main_process, soft_wrap=True)
+    """Main process only; wide enough for tables when writing to a file or pipe."""
+    import sys
+
+    return Console(stderr=True, quiet=not acc.is_main_process, soft_wrap=True,
+                   width=None if sys.stderr.isatty() else 160)

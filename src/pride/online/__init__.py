@@ -1,0 +1,1 @@
+"""Online preference learning: samplers, judges, pairs, and the iteration loop."""

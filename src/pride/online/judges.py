@@ -1,0 +1,154 @@
+"""Judges behind one interface: `judge(prompts, candidates) -> [Judgement]`.
+
+A Judgement has one score per candidate and, for pairwise judges (PairRM, LLM), the K x K
+matrix M with M[i][j] > 0 when i beats j (antisymmetric; scores are then the SPPO row
+scores s_i = mean_j (M[i][j] - M[j][i])).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from pride.config import JudgeSettings
+from pride.errors import PrideError
+
+
+@dataclass
+class Judgement:
+    scores: list[float]
+    matrix: list[list[float]] | None = None
+
+
+class Judge(Protocol):
+    def judge(self, prompts: list[list[dict]], candidates: list[list[str]]) -> list[Judgement]: ...
+
+
+def prompt_text(messages: list[dict]) -> str:
+    """The text a scalar or pairwise judge sees: the last user turn (earlier turns as context)."""
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    return "\n".join(users[-1:]) if len(users) <= 1 else "\n".join(f"USER: {u}" for u in users)
+
+
+def row_scores(matrix: list[list[float]]) -> list[float]:
+    k = len(matrix)
+    return [sum(matrix[i][j] - matrix[j][i] for j in range(k)) / k for i in range(k)]
+
+
+class FunctionJudge:
+    """A Python function `module:function(prompt: str, response: str) -> float` (rule rewards)."""
+
+    def __init__(self, spec: str | None):
+        if not spec or ":" not in spec:
+            raise PrideError("online.judge.function must be 'module:function' (e.g. pride.demo.task:judge)")
+        module, name = spec.split(":", 1)
+        try:
+            self.fn = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as e:
+            raise PrideError(f"online.judge.function={spec}: cannot import ({e})") from None
+
+    def judge(self, prompts, candidates):
+        return [Judgement([float(self.fn(prompt_text(p), c)) for c in cands]) for p, cands in zip(prompts, candidates)]
+
+
+class RewardModelJudge:
+    """A local sequence-classification directory; the score is its first logit."""
+
+    def __init__(self, s: JudgeSettings, device):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        if not s.path:
+            raise PrideError("online.judge.type=reward_model needs online.judge.path (a local model directory)")
+        self.tok = AutoTokenizer.from_pretrained(s.path)
+        self.model = AutoModelForSequenceClassification.from_pretrained(s.path).to(device).eval()
+        self.s, self.device = s, device
+
+    def text(self, prompt: list[dict], response: str) -> str:
+        conv = prompt + [{"role": "assistant", "content": response}]
+        if getattr(self.tok, "chat_template", None):
+            return self.tok.apply_chat_template(conv, tokenize=False)
+        return "\n\n".join(m["content"] for m in conv)
+
+    @torch.no_grad()
+    def judge(self, prompts, candidates):
+        flat = [self.text(p, c) for p, cands in zip(prompts, candidates) for c in cands]
+        scores: list[float] = []
+        for i in range(0, len(flat), self.s.batch_size):
+            enc = self.tok(flat[i:i + self.s.batch_size], return_tensors="pt", padding=True, truncation=True,
+                           max_length=self.s.max_length).to(self.device)
+            scores += self.model(**enc).logits[:, 0].float().tolist()
+        out, at = [], 0
+        for cands in candidates:
+            out.append(Judgement(scores[at:at + len(cands)]))
+            at += len(cands)
+        return out
+
+
+class PairRMJudge:
+    def __init__(self, s: JudgeSettings, device):
+        from pride.online.pairrm import PairRM
+
+        if not s.path:
+            raise PrideError("online.judge.type=pairrm needs online.judge.path (a local PairRM-hf directory)")
+        self.rm = PairRM(s.path, device=device, batch_size=s.batch_size)
+
+    def judge(self, prompts, candidates):
+        out = []
+        for p, cands in zip(prompts, candidates):
+            m = self.rm.compare_all(prompt_text(p), cands)
+            out.append(Judgement(row_scores(m), m))
+        return out
+
+
+PAIRWISE_PROMPT = (
+    "Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants "
+    "to the user question displayed below. Choose the assistant that follows the user's instructions and answers "
+    "the user's question better. Avoid any position bias, do not let the length of the responses influence your "
+    "evaluation, and be as objective as possible. After a short explanation, output your final verdict strictly "
+    'in this format: "[[A]]" if assistant A is better, "[[B]]" if assistant B is better, and "[[C]]" for a tie.'
+    "\n\n[User Question]\n{question}\n\n[The Start of Assistant A's Answer]\n{a}\n[The End of Assistant A's Answer]"
+    "\n\n[The Start of Assistant B's Answer]\n{b}\n[The End of Assistant B's Answer]"
+)
+VERDICT = re.compile(r"\[\[([ABC])\]\]")
+
+
+class LLMJudge:
+    """Any OpenAI-compatible chat endpoint; every ordered pair is judged, so both orders count."""
+
+    def __init__(self, s: JudgeSettings):
+        if not s.url or not s.model:
+            raise PrideError("online.judge.type=llm needs online.judge.url and online.judge.model")
+        self.s, self.key = s, os.environ.get(s.api_key_env, "")
+
+    def verdict(self, question: str, a: str, b: str) -> float:
+        from pride.online.samplers import chat_completion
+
+        body = {"model": self.s.model, "temperature": 0, "max_tokens": 1024,
+                "messages": [{"role": "user", "content": PAIRWISE_PROMPT.format(question=question, a=a, b=b)}]}
+        text = chat_completion(self.s.url, body, self.key)["choices"][0]["message"]["content"]
+        found = VERDICT.findall(text)
+        return {"A": 1.0, "B": -1.0}.get(found[-1], 0.0) if found else 0.0
+
+    def judge(self, prompts, candidates):
+        out = []
+        for p, cands in zip(prompts, candidates):
+            q, k = prompt_text(p), len(cands)
+            v = {(i, j): self.verdict(q, cands[i], cands[j]) for i in range(k) for j in range(k) if i != j}
+            m = [[0.0 if i == j else (v[i, j] - v[j, i]) / 2 for j in range(k)] for i in range(k)]
+            out.append(Judgement(row_scores(m), m))
+        return out
+
+
+def make_judge(s: JudgeSettings, device) -> Judge:
+    if s.type == "function":
+        return FunctionJudge(s.function)
+    if s.type == "reward_model":
+        return RewardModelJudge(s, device)
+    if s.type == "pairrm":
+        return PairRMJudge(s, device)
+    return LLMJudge(s)

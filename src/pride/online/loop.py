@@ -1,0 +1,246 @@
+"""`pride online`: sample K answers per prompt, judge them, pair them, train, repeat.
+
+Each iteration n writes `iteration-n/`:
+  generations.jsonl  {prompt_id, prompt, responses[K], seeds[K]}
+  scores.jsonl       {prompt_id, scores[K], matrix[K][K] for pairwise judges}
+  pairs.jsonl        {prompt_id, prompt, chosen, rejected, chosen_score, rejected_score
+                      (+ chosen_win_prob, rejected_win_prob for SPPO)}
+then trains one DPO-family stage on the pairs (reference log-probs precomputed from the
+iteration's starting model) into `iteration-n/model`, which the next iteration samples.
+
+Generation and judging append one line per prompt, chunk by chunk, to per-rank part files,
+so a killed run resumes without redoing finished prompts (a torn last line is dropped);
+parts are merged in prompt order when complete. A finished iteration is not redone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+from rich.table import Table
+
+from pride.config import Config, DataSettings, SourceSettings
+from pride.data import Conversation, load_rows, read_rows
+from pride.errors import PrideError
+from pride.models import load_model_and_tokenizer
+from pride.online.judges import make_judge
+from pride.online.pairs import make_pair
+from pride.online.samplers import make_sampler
+from pride.train.loop import make_accelerator
+from pride.train.stage import console_for, prepare_run_dir, seed_everything
+
+
+# ------------------------------------------------------------------ resumable jsonl
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Complete lines only; a torn last line (killed mid-write) is cut off the file."""
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    good_end = raw.rfind(b"\n") + 1
+    if good_end < len(raw):
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+    return [json.loads(line) for line in raw[:good_end].decode("utf-8").splitlines() if line.strip()]
+
+
+def append_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def chunked_stage(acc, it_dir: Path, name: str, prompts: list[dict], chunk_size: int, work) -> list[dict]:
+    """Run `work(chunk_index, todo_prompts) -> rows` over this rank's prompts, chunk by chunk,
+    appending to `name.part-<rank>.jsonl`; return all rows in prompt order once every rank is done."""
+    final = it_dir / f"{name}.jsonl"
+    if final.exists():
+        return read_jsonl(final)
+    part = it_dir / f"{name}.part-{acc.process_index}.jsonl"
+    done = {r["prompt_id"] for r in read_jsonl(part)}
+    mine = prompts[acc.process_index::acc.num_processes]
+    for ci in range(0, len(mine), chunk_size):
+        todo = [p for p in mine[ci:ci + chunk_size] if p["prompt_id"] not in done]
+        if todo:
+            append_jsonl(part, work(ci // chunk_size, todo))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        rows = {}
+        for p in sorted(it_dir.glob(f"{name}.part-*.jsonl")):
+            for r in read_jsonl(p):
+                rows.setdefault(r["prompt_id"], r)  # never a duplicate
+        missing = [p["prompt_id"] for p in prompts if p["prompt_id"] not in rows]
+        if missing:
+            raise PrideError(f"{it_dir}: {name} missing for prompts {missing[:5]}")
+        write_jsonl(final, [rows[p["prompt_id"]] for p in prompts])
+        for p in it_dir.glob(f"{name}.part-*.jsonl"):
+            p.unlink()
+    acc.wait_for_everyone()
+    return read_jsonl(final)
+
+
+# ------------------------------------------------------------------ prompts
+
+
+def load_prompts(cfg: Config) -> list[dict]:
+    rows = load_rows(cfg.data, want="any", seed=cfg.seed).train
+    prompts = []
+    for i, row in enumerate(rows):
+        if isinstance(row, Conversation):
+            msgs = row.messages
+            last_user = max(k for k, m in enumerate(msgs) if m["role"] == "user")
+            msgs = msgs[:last_user + 1]
+        else:
+            msgs = row.prompt
+        prompts.append({"prompt_id": f"p{i}", "prompt": msgs})
+    if not prompts:
+        raise PrideError("no prompts in data.sources")
+    return prompts
+
+
+def prompts_for_iteration(prompts: list[dict], cfg: Config, n: int) -> list[dict]:
+    s = cfg.online
+    if s.prompt_split == "split":
+        size = len(prompts) // s.iterations
+        if size == 0:
+            raise PrideError(f"online.prompt_split=split: {len(prompts)} prompts for {s.iterations} iterations")
+        prompts = prompts[(n - 1) * size:n * size]
+    return prompts[: s.max_prompts] if s.max_prompts else prompts
+
+
+# ------------------------------------------------------------------ one iteration
+
+
+def run_iteration(cfg: Config, acc, n: int, prompts: list[dict], model_ref: str, run_dir: Path, console) -> dict:
+    from pride.train.preference import run_dpo
+
+    s = cfg.online
+    it_dir = run_dir / f"iteration-{n}"
+    it_dir.mkdir(parents=True, exist_ok=True)
+    settings = cfg.model.model_copy(update={"path": model_ref, "lora": None, "gradient_checkpointing": False})
+    k = s.samples_per_prompt
+    timing = {}
+
+    t = time.perf_counter()
+    state: dict = {}
+
+    def generate(chunk: int, todo: list[dict]) -> list[dict]:
+        if "sampler" not in state:
+            state["sampler"] = make_sampler(s, model_ref, model_ref,
+                                            lambda: load_model_and_tokenizer(settings, seed=cfg.seed, device=acc.device),
+                                            acc.device, cfg.seed)
+        seed = cfg.seed * 1_000_003 + n * 10_007 + acc.process_index * 1_009 + chunk
+        outs = state["sampler"].sample([p["prompt"] for p in todo], [seed] * len(todo))
+        return [{"prompt_id": p["prompt_id"], "prompt": p["prompt"], "responses": rs,
+                 "seeds": [seed * 1000 + j for j in range(k)]} for p, rs in zip(todo, outs)]
+
+    generations = chunked_stage(acc, it_dir, "generations", prompts, s.generation_batch_size, generate)
+    if "sampler" in state:
+        state.pop("sampler").close()
+    timing["sample_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    by_id = {g["prompt_id"]: g for g in generations}
+
+    def score(chunk: int, todo: list[dict]) -> list[dict]:
+        if "judge" not in state:
+            state["judge"] = make_judge(s.judge, acc.device)
+        gens = [by_id[p["prompt_id"]] for p in todo]
+        judged = state["judge"].judge([g["prompt"] for g in gens], [g["responses"] for g in gens])
+        return [{"prompt_id": g["prompt_id"], "scores": j.scores, **({"matrix": j.matrix} if j.matrix else {})}
+                for g, j in zip(gens, judged)]
+
+    scores = chunked_stage(acc, it_dir, "scores", prompts, s.judge.batch_size, score)
+    state.pop("judge", None)
+    timing["judge_s"] = time.perf_counter() - t
+
+    pairs, dropped = [], {"identical": 0, "tie": 0}
+    for g, sc in zip(generations, scores):
+        pair, why = make_pair(g, sc, s.pairs)
+        if pair is None:
+            dropped[why] += 1
+        else:
+            pairs.append(pair)
+    if acc.is_main_process:
+        write_jsonl(it_dir / "pairs.jsonl", pairs)
+    acc.wait_for_everyone()
+    if not pairs:
+        raise PrideError(f"iteration {n}: every prompt was dropped (all responses identical or tied): "
+                         "raise online.temperature or samples_per_prompt")
+
+    t = time.perf_counter()
+    sources = [SourceSettings(path=str(it_dir / "pairs.jsonl"))]
+    if s.mix_offline is not None and s.mix_fraction > 0:
+        offline = len(read_rows(s.mix_offline, "preference", cfg.data.on_bad_row, {}))
+        wanted = round(len(pairs) * s.mix_fraction / (1 - s.mix_fraction))
+        sources.append(s.mix_offline.model_copy(update={"fraction": min(1.0, max(wanted, 1) / offline)}))
+    dpo_cfg = cfg.model_copy(update={"model": settings.model_copy(update={"lora": cfg.model.lora}),
+                                     "data": DataSettings(sources=sources, on_bad_row="error", allow_empty_completions=True),
+                                     "output_dir": str(it_dir), "seed": cfg.seed + n})
+    run_dpo(dpo_cfg)
+    timing["train_s"] = time.perf_counter() - t
+
+    flat = [x for sc in scores for x in sc["scores"]]
+    summary = {"iteration": n, "prompts": len(prompts), "samples": len(prompts) * k,
+               "score_mean": statistics.fmean(flat), "score_std": statistics.pstdev(flat),
+               "score_min": min(flat), "score_max": max(flat), "pairs": len(pairs),
+               "dropped_identical": dropped["identical"], "dropped_tie": dropped["tie"],
+               **{key: round(v, 2) for key, v in timing.items()}, "model": str(it_dir / "model")}
+    if acc.is_main_process:
+        (it_dir / "iteration.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def run_online(cfg: Config) -> list[dict]:
+    seed_everything(cfg.seed)
+    acc = make_accelerator(cfg.train, cfg.output_dir)
+    console = console_for(acc)
+    run_dir = prepare_run_dir(cfg, acc)
+    prompts = load_prompts(cfg)
+    model_ref = cfg.model.path
+    history = []
+    for n in range(1, cfg.online.iterations + 1):
+        it_dir = run_dir / f"iteration-{n}"
+        done = it_dir / "iteration.json"
+        if done.exists() and (it_dir / "model" / "config.json").exists():
+            summary = json.loads(done.read_text())
+            console.print(f"iteration {n}: finished earlier, skipped")
+        else:
+            console.rule(f"iteration {n}")
+            summary = run_iteration(cfg, acc, n, prompts_for_iteration(prompts, cfg, n), model_ref, run_dir, console)
+        history.append(summary)
+        model_ref = summary["model"]
+        acc.wait_for_everyone()
+    if acc.is_main_process:
+        write_jsonl(run_dir / "iterations.jsonl", history)
+        console.print(iteration_table(history))
+    return history
+
+
+def iteration_table(history: list[dict]) -> Table:
+    table = Table(title="online iterations: judge scores of each iteration's own samples")
+    for col in ("iteration", "prompts", "score mean", "score std", "pairs", "dropped", "sample s", "judge s", "train s"):
+        table.add_column(col, justify="right")
+    for h in history:
+        table.add_row(str(h["iteration"]), str(h["prompts"]), f"{h['score_mean']:.4f}", f"{h['score_std']:.4f}",
+                      str(h["pairs"]), str(h["dropped_identical"] + h["dropped_tie"]), f"{h['sample_s']:.1f}",
+                      f"{h['judge_s']:.1f}", f"{h['train_s']:.1f}")
+    return table
+
+
+__all__ = ["run_online", "read_jsonl", "append_jsonl", "chunked_stage"]

@@ -1,0 +1,231 @@
+"""Online DPO / SPPO: win probabilities, pairing rules, PairRM, resume after SIGKILL, end to end."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+import torch
+
+from pride.config import JudgeSettings, OnlineSettings
+from pride.online.judges import FunctionJudge, LLMJudge
+from pride.online.pairs import make_pair, win_probabilities
+from pride.online.samplers import OpenAISampler
+from tests.conftest import write_jsonl
+
+
+def sig(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def test_sppo_win_probabilities_on_hand_made_matrix():
+    M = [[0, 1, 2], [-1, 0, 0.5], [-2, -0.5, 0]]
+    s, P = win_probabilities(M)
+    # s_i = mean_j (M_ij - M_ji): worked out by hand
+    assert s == pytest.approx([2.0, -1 / 3, -5 / 3])
+    assert P[0][1] == pytest.approx(sig(7 / 3)) and P[1][2] == pytest.approx(sig(4 / 3)) and P[2][2] == 0.5
+    row = {"prompt_id": "a", "prompt": [{"role": "user", "content": "q"}], "responses": ["x", "y", "z"]}
+    pair, why = make_pair(row, {"scores": s, "matrix": M}, "sppo")
+    assert why == "ok" and (pair["chosen"], pair["rejected"]) == ("x", "z")
+    assert pair["chosen_win_prob"] == pytest.approx((0.5 + sig(7 / 3) + sig(11 / 3)) / 3)
+    assert pair["rejected_win_prob"] == pytest.approx((sig(-11 / 3) + sig(-4 / 3) + 0.5) / 3)
+
+
+def test_best_vs_worst_ties_and_identical():
+    row = {"prompt_id": "a", "prompt": [], "responses": ["r0", "r1", "r2", "r3"]}
+    pair, why = make_pair(row, {"scores": [0.2, 0.9, 0.1, 0.5]}, "best_worst")
+    assert why == "ok" and (pair["chosen"], pair["rejected"], pair["chosen_score"], pair["rejected_score"]) == (
+        "r1", "r2", 0.9, 0.1)
+    assert "chosen_win_prob" not in pair
+    assert make_pair(row, {"scores": [0.5] * 4}, "best_worst") == (None, "tie")
+    same = dict(row, responses=["same"] * 4)
+    assert make_pair(same, {"scores": [0.1, 0.2, 0.3, 0.4]}, "best_worst") == (None, "identical")
+
+
+def tiny_pairrm(path):
+    """A random-init PairRM-hf-shaped directory: tiny DeBERTa-v2 config, byte-level tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import DebertaV2Config, PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    from pride.online.pairrm import PairRMModel
+
+    b2u = bytes_to_unicode()
+    tok = Tokenizer(models.BPE(vocab={b2u[b]: b for b in range(256)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["[PAD]", "[CLS]", "[SEP]", "<|source|>", "<|candidate1|>", "<|candidate2|>"])
+    ids = {t: tok.token_to_id(t) for t in ["[PAD]", "[CLS]", "[SEP]", "<|source|>", "<|candidate1|>", "<|candidate2|>"]}
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[
+        ("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]")
+    config = DebertaV2Config(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=64, max_position_embeddings=512, n_tasks=1, drop_out=0.05,
+                             source_prefix_id=ids["<|source|>"], cand1_prefix_id=ids["<|candidate1|>"],
+                             cand2_prefix_id=ids["<|candidate2|>"], pad_token_id=ids["[PAD]"])
+    torch.manual_seed(0)
+    PairRMModel(config).save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+def test_pairrm_both_orders_antisymmetric(tmp_path):
+    from pride.online.judges import PairRMJudge
+
+    judge = PairRMJudge(JudgeSettings(type="pairrm", path=str(tiny_pairrm(tmp_path / "pairrm")), batch_size=4), "cpu")
+    calls = []
+    real = judge.rm.logits
+    judge.rm.logits = lambda triples: calls.extend(triples) or real(triples)
+    cands = ["Paris.", "It is Lyon, I think.", "The capital of France is Paris.", "no"]
+    (out,) = judge.judge([[{"role": "user", "content": "Capital of France?"}]], [cands])
+    M = torch.tensor(out.matrix)
+    assert M.shape == (4, 4) and torch.allclose(M, -M.T) and M.abs().sum() > 0
+    assert {(a, b) for _, a, b in calls} == {(cands[i], cands[j]) for i in range(4) for j in range(4) if i != j}
+    assert out.scores == pytest.approx([float(2 * M[i].sum() / 4) for i in range(4)])
+
+
+class FakeOpenAI(BaseHTTPRequestHandler):
+    """Answers chat completions on 127.0.0.1: judges prefer the longer answer, samplers echo the seed."""
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        text = body["messages"][-1]["content"]
+        if "[User Question]" in text:
+            a = text.split("[The Start of Assistant A's Answer]\n")[1].split("\n[The End")[0]
+            b = text.split("[The Start of Assistant B's Answer]\n")[1].split("\n[The End")[0]
+            content = "[[A]]" if len(a) > len(b) else "[[B]]" if len(b) > len(a) else "[[C]]"
+        else:
+            content = f"answer {body['seed']}"
+        FakeOpenAI.auth.append(self.headers.get("Authorization"))
+        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_server():
+    FakeOpenAI.auth = []
+    server = HTTPServer(("127.0.0.1", 0), FakeOpenAI)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+
+
+def test_llm_judge_and_openai_sampler(fake_server, monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", "sk-test")
+    judge = LLMJudge(JudgeSettings(type="llm", url=fake_server, model="judge", api_key_env="JUDGE_KEY"))
+    (out,) = judge.judge([[{"role": "user", "content": "q"}]], [["a", "abc", "ab"]])
+    assert out.matrix == [[0, -1, -1], [1, 0, 1], [1, -1, 0]] and out.scores.index(max(out.scores)) == 1
+    assert set(FakeOpenAI.auth) == {"Bearer sk-test"}
+    sampler = OpenAISampler(OnlineSettings(sampler="openai", sampler_url=fake_server, samples_per_prompt=3), "m")
+    assert sampler.sample([[{"role": "user", "content": "q"}]], [7]) == [["answer 7000", "answer 7001", "answer 7002"]]
+
+
+def test_function_judge():
+    judge = FunctionJudge("pride.demo.task:judge")
+    (out,) = judge.judge([[{"role": "user", "content": "What is 2+3?"}]], [["5", "6", "x"]])
+    assert out.scores == [1.0, 0.45, 0.0] and out.matrix is None
+
+
+RULE_JUDGE = "def judge(prompt, response):\n    return float(len(set(response)))  # distinct characters\n"
+
+
+def online_config(tmp_path, out, *extra):
+    """12 prompts; a rule judge module (written next to the data) that separates random outputs."""
+    from pride.demo.task import make_conversations
+
+    (tmp_path / "rule_judge.py").write_text(RULE_JUDGE)
+    if str(tmp_path) not in sys.path:
+        sys.path.insert(0, str(tmp_path))
+    data = write_jsonl(tmp_path / "prompts.jsonl", make_conversations(12, seed=0))
+    return ["model.path=tiny:llama", f"data.sources.0.path={data}", f"output_dir={out}", "online.iterations=2",
+            "online.samples_per_prompt=4", "online.max_new_tokens=6", "online.generation_batch_size=3",
+            "online.temperature=1.0", "online.judge.function=rule_judge:judge",
+            "train.micro_batch_size=4", "train.learning_rate=1e-4", "seed=0", *extra]
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    import pride.online.samplers as samplers
+    real = samplers.HFSampler.sample
+    calls = {"n": 0}
+    def sample(self, prompts, seeds):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, prompts, seeds)
+    samplers.HFSampler.sample = sample
+    from pride.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_sigkill_during_generation_then_resume(tmp_path):
+    (tmp_path / "killer.py").write_text(KILLER)
+    (tmp_path / "empty.yaml").write_text("# from the command line\n")
+    args = [str(tmp_path / "empty.yaml"), *online_config(tmp_path, tmp_path / "run", "online.iterations=1")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    killed = subprocess.run([sys.executable, str(tmp_path / "killer.py"), "online", *args], capture_output=True,
+                            text=True, env=env)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    part = tmp_path / "run" / "iteration-1" / "generations.part-0.jsonl"
+    assert len(part.read_text().splitlines()) == 6  # two chunks of three prompts survived
+    with open(part, "a") as f:
+        f.write('{"prompt_id": "p6", "prompt": [], "respo')  # a torn line, as a kill mid-write leaves
+    resumed = subprocess.run([sys.executable, "-m", "pride", "online", *args], capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = [json.loads(x) for x in (tmp_path / "run" / "iteration-1" / "generations.jsonl").read_text().splitlines()]
+    ids = [r["prompt_id"] for r in rows]
+    assert ids == [f"p{i}" for i in range(12)]  # all prompts, in order, no duplicates
+    assert all(len(r["responses"]) == 4 and len(r["seeds"]) == 4 for r in rows)
+    assert not part.exists()
+
+
+def test_online_end_to_end(tmp_path):
+    from pride.config import load_config
+    from pride.online.loop import run_online
+
+    history = run_online(load_config(None, online_config(tmp_path, tmp_path / "run")))
+    for n in (1, 2):
+        it = tmp_path / "run" / f"iteration-{n}"
+        for name in ("generations.jsonl", "scores.jsonl", "pairs.jsonl", "reference_logps.parquet", "iteration.json"):
+            assert (it / name).exists(), name
+        assert (it / "model" / "model.safetensors").exists()
+        scores = [json.loads(x) for x in (it / "scores.jsonl").read_text().splitlines()]
+        assert len(scores) == 12 and all(len(s["scores"]) == 4 for s in scores)
+    assert [h["iteration"] for h in history] == [1, 2]
+    assert all("score_mean" in h and "sample_s" in h and "judge_s" in h and "train_s" in h for h in history)
+    lines = (tmp_path / "run" / "iterations.jsonl").read_text().splitlines()
+    assert [json.loads(x)["score_mean"] for x in lines] == [h["score_mean"] for h in history]
+    # iteration 2 trains (and sampled) from iteration 1's model
+    assert f"path: {tmp_path / 'run' / 'iteration-1' / 'model'}" in (tmp_path / "run" / "iteration-2" / "config.yaml").read_text()
+    again = run_online(load_config(None, online_config(tmp_path, tmp_path / "run")))  # finished: nothing redone
+    assert again == history
+
+
+def test_sppo_self_play_with_split_prompts(tmp_path):
+    from pride.config import load_config
+    from pride.online.loop import run_online
+
+    history = run_online(load_config(None, online_config(
+        tmp_path, tmp_path / "sppo", "online.pairs=sppo", "online.prompt_split=split", "preference.loss_type=sppo",
+        "preference.beta=0.5")))
+    assert [h["prompts"] for h in history] == [6, 6]
+    ids = [{json.loads(x)["prompt_id"] for x in (tmp_path / "sppo" / f"iteration-{n}" / "generations.jsonl").read_text().splitlines()}
+           for n in (1, 2)]
+    assert not ids[0] & ids[1]  # disjoint prompts per iteration
+    pairs = [json.loads(x) for x in (tmp_path / "sppo" / "iteration-1" / "pairs.jsonl").read_text().splitlines()]
+    assert pairs and all(0 < p["rejected_win_prob"] < 0.5 < p["chosen_win_prob"] < 1 for p in pairs)
+    assert "loss_type: sppo" in (tmp_path / "sppo" / "iteration-1" / "config.yaml").read_text()
