@@ -33,6 +33,7 @@ def test_defaults_and_overrides(tmp_path):
     (BASE, ["train.micro_batch_size=abc"], "key 'train.micro_batch_size'"),
     (BASE, ["train.lr_scheduler=exponential"], "'cosine', 'linear' or 'constant'"),
     ("data:\n  sources:\n    - path: d.jsonl\n", [], "missing required key 'model'"),
+    ("model: {path: x}\ndata: {}\n", [], "missing required key 'data.sources'"),
     ("model: {}\n" + BASE.split("\n", 2)[2], [], "missing required key 'model.path'"),
     (BASE + "bogus: 1\n", [], "unknown key 'bogus'"),
     (BASE, ["data.sources.0.fraction=2"], "key 'data.sources.0.fraction'"),

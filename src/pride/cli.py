@@ -12,8 +12,6 @@ STAGES = {"sft": "supervised fine-tuning (packing, assistant-only loss)",
           "dpo": "offline preference training (DPO family, precomputed reference log-probs)",
           "online": "online DPO / SPPO: sample K per prompt, judge, pair, train, repeat"}
 STAGES_NOT_BUILT = {
-    "eval": "benchmarks (MT-Bench, AlpacaEval 2, Arena-Hard, Open LLM)",
-    "serve": "OpenAI-compatible server for a model directory",
     "run": "run the stages a recipe lists",
 }
 
@@ -33,6 +31,22 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in STAGES_NOT_BUILT.items():
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("args", nargs="*")
+    ev = sub.add_parser("eval", help="benchmarks: MT-Bench, AlpacaEval 2, Arena-Hard, Open LLM",
+                        description="pride eval CONFIG [key=value ...] [--num-runs N]   or   "
+                                    "pride eval score mt-bench|alpaca-eval|arena-hard FILE... (re-score saved judgments)")
+    ev.add_argument("config", help="YAML config, or 'score'")
+    ev.add_argument("overrides", nargs="*", metavar="key=value | FILE")
+    ev.add_argument("--num-runs", type=int, default=None, help="repeat generation; report mean and std")
+    ev.add_argument("--difficulty", default=None, help="score alpaca-eval: instruction_difficulty.csv for the LC win rate")
+    ev.add_argument("--baseline", default=None, help="score arena-hard: baseline model name")
+    ev.add_argument("--rounds", type=int, default=100, help="score arena-hard: bootstrap rounds")
+    srv = sub.add_parser("serve", help="OpenAI-compatible server for a model directory (127.0.0.1 by default)")
+    srv.add_argument("model", help="model directory (or tiny:<arch>)")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--model-name", default=None, help="name reported by /v1/models")
+    srv.add_argument("--api-key-env", default=None, help="environment variable holding the required API key")
+    srv.add_argument("--max-batch-size", type=int, default=8)
     demo = sub.add_parser("demo", help="the main job: the whole pipeline on a toy task, on CPU")
     demo.add_argument("--output", default="runs/demo", help="directory for the demo's run")
     data = sub.add_parser("data", help="data tools")
@@ -85,6 +99,14 @@ def _dispatch(args, parser) -> int:
 
             run_online(cfg)
         return 0
+    if args.command == "serve":
+        from pride.eval.server import serve
+
+        serve(args.model, host=args.host, port=args.port, api_key_env=args.api_key_env, model_name=args.model_name,
+              max_batch_size=args.max_batch_size)
+        return 0
+    if args.command == "eval":
+        return _eval(args)
     if args.command == "data":
         if args.data_command != "inspect":
             parser.parse_args(["data", "--help"])
@@ -98,3 +120,38 @@ def _dispatch(args, parser) -> int:
 
         return run_demo(args.output)
     raise AssertionError(args.command)
+
+
+def _eval(args) -> int:
+    import json
+    from pathlib import Path
+
+    if args.config == "score":
+        if len(args.overrides) < 2:
+            raise PrideError("usage: pride eval score mt-bench|alpaca-eval|arena-hard FILE...")
+        bench, files = args.overrides[0], [Path(f) for f in args.overrides[1:]]
+        for f in files:
+            if not f.is_file():
+                raise PrideError(f"file not found: {f}")
+        if bench == "alpaca-eval":
+            from pride.eval.alpaca_eval import score_annotations
+
+            result = score_annotations(files, Path(args.difficulty) if args.difficulty else None)
+        elif bench == "mt-bench":
+            from pride.eval.mt_bench import score_files
+
+            result = score_files(files)
+        elif bench == "arena-hard":
+            from pride.eval.arena_hard import score_files
+
+            result = score_files(files, args.baseline, args.rounds)
+        else:
+            raise PrideError(f"unknown benchmark {bench!r} (mt-bench, alpaca-eval, arena-hard)")
+        print(json.dumps(result))
+        return 0
+    from pride.config import load_config
+    from pride.eval.run import run_eval
+
+    overrides = list(args.overrides) + ([f"eval.num_runs={args.num_runs}"] if args.num_runs else [])
+    run_eval(load_config(args.config, overrides))
+    return 0

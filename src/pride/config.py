@@ -150,14 +150,48 @@ class OnlineSettings(Section):
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
 
 
+class EvalJudgeSettings(Section):
+    url: str | None = Field(None, description="OpenAI-compatible base URL of the judge")
+    model: str | None = Field(None, description="judge model name at that endpoint")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the judge's API key")
+    requests_per_second: float | None = Field(None, gt=0)
+    max_retries: int = Field(5, ge=0)
+    max_tokens: int | None = Field(None, gt=0, description="cap on judge output (default: each benchmark's own)")
+
+
+class EvalSettings(Section):
+    """`pride eval`: benchmarks on a model directory (or every checkpoint of a run)."""
+
+    benchmarks: list[Literal["mt_bench", "alpaca_eval", "arena_hard", "open_llm_v1", "open_llm_v2"]] = Field(
+        default_factory=lambda: ["mt_bench"])
+    data_dir: str | None = Field(None, description="benchmark files (layout in the README)")
+    output_dir: str = "runs/eval"
+    model_name: str | None = Field(None, description="name in answer files; default: the model dir's name")
+    checkpoints: bool = Field(False, description="also evaluate each checkpoint-N next to model.path")
+    server: Literal["auto", "vllm", "sglang", "pride"] = "auto"
+    server_url: str | None = Field(None, description="use a running OpenAI-compatible endpoint instead")
+    max_new_tokens: int = Field(1024, gt=0)
+    num_runs: int = Field(1, gt=0, description="repeat generation; report mean and std")
+    max_questions: int | None = Field(None, gt=0, description="first N questions of each benchmark")
+    judge: EvalJudgeSettings = Field(default_factory=EvalJudgeSettings)
+    arena_hard_set: str = Field("arena_hard_v0.1", description="folder of the question set in data_dir")
+    arena_hard_baseline: str = "gpt-4-0314"
+    bootstrap_rounds: int = Field(100, gt=0)
+    style_control: bool = False
+    open_llm_tasks: list[str] | None = None
+    open_llm_limit: int | None = Field(None, gt=0)
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
+
+
 class Config(Section):
-    """The whole run. `model` and `data` are required; everything else has defaults."""
+    """The whole run. `model` is required; `data` for every stage that trains or samples."""
 
     model: ModelSettings
-    data: DataSettings
+    data: DataSettings | None = None
     train: TrainSettings = Field(default_factory=TrainSettings)
     preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
     online: OnlineSettings = Field(default_factory=OnlineSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
     output_dir: str = "runs/pride"
     seed: int = 42
 

@@ -83,7 +83,9 @@ def dedup(rows: list) -> tuple[list, int]:
     return out, len(rows) - len(out)
 
 
-def load_rows(data: DataSettings, want: Want, seed: int) -> Rows:
+def load_rows(data: DataSettings | None, want: Want, seed: int) -> Rows:
+    if data is None:
+        raise PrideError("missing required key 'data' (this stage reads data.sources)")
     stats: dict = {"sources": []}
     rng = random.Random(seed)
 

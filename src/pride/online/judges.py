@@ -8,7 +8,6 @@ scores s_i = mean_j (M[i][j] - M[j][i])).
 from __future__ import annotations
 
 import importlib
-import os
 import re
 from dataclasses import dataclass
 from typing import Protocol
@@ -123,14 +122,13 @@ class LLMJudge:
     def __init__(self, s: JudgeSettings):
         if not s.url or not s.model:
             raise PrideError("online.judge.type=llm needs online.judge.url and online.judge.model")
-        self.s, self.key = s, os.environ.get(s.api_key_env, "")
+        from pride.api import ChatClient
+
+        self.client = ChatClient(s.url, s.model, s.api_key_env)
 
     def verdict(self, question: str, a: str, b: str) -> float:
-        from pride.online.samplers import chat_completion
-
-        body = {"model": self.s.model, "temperature": 0, "max_tokens": 1024,
-                "messages": [{"role": "user", "content": PAIRWISE_PROMPT.format(question=question, a=a, b=b)}]}
-        text = chat_completion(self.s.url, body, self.key)["choices"][0]["message"]["content"]
+        text = self.client.text([{"role": "user", "content": PAIRWISE_PROMPT.format(question=question, a=a, b=b)}],
+                                temperature=0, max_tokens=1024)
         found = VERDICT.findall(text)
         return {"A": 1.0, "B": -1.0}.get(found[-1], 0.0) if found else 0.0
 

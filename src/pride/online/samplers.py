@@ -12,9 +12,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import urllib.request
 from typing import Protocol
 
 import torch
@@ -91,36 +88,23 @@ class OpenAISampler:
     def __init__(self, s: OnlineSettings, model_name: str):
         if not s.sampler_url:
             raise PrideError("online.sampler=openai needs online.sampler_url (an OpenAI-compatible base URL)")
-        self.s, self.url = s, s.sampler_url.rstrip("/")
-        self.model = s.sampler_model or model_name
-        self.key = os.environ.get(s.sampler_api_key_env, "")
+        from pride.api import ChatClient
+
+        self.s = s
+        self.client = ChatClient(s.sampler_url, s.sampler_model or model_name, s.sampler_api_key_env)
 
     def sample(self, prompts: list[list[dict]], seeds: list[int]) -> list[list[str]]:
         out = []
         for messages, seed in zip(prompts, seeds):
             answers = []
             for j in range(self.s.samples_per_prompt):
-                body = {"model": self.model, "messages": messages, "temperature": self.s.temperature,
-                        "top_p": self.s.top_p, "max_tokens": self.s.max_new_tokens, "seed": seed * 1000 + j}
-                answers.append(chat_completion(self.url, body, self.key)["choices"][0]["message"]["content"].strip())
+                answers.append(self.client.text(messages, temperature=self.s.temperature, top_p=self.s.top_p,
+                                                max_tokens=self.s.max_new_tokens, seed=seed * 1000 + j).strip())
             out.append(answers)
         return out
 
     def close(self) -> None:
         pass
-
-
-def chat_completion(base_url: str, body: dict, api_key: str = "", timeout: float = 600) -> dict:
-    """POST {base_url}/chat/completions; the key goes in a header and nowhere else."""
-    url = base_url.rstrip("/") + "/chat/completions"
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json",
-                                          **({"Authorization": f"Bearer {api_key}"} if api_key else {})})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read())
-    except OSError as e:
-        raise PrideError(f"request to {url} failed: {e}") from None
 
 
 def make_sampler(s: OnlineSettings, model_dir: str, model_name: str, load, device, seed: int) -> Sampler:

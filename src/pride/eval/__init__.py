@@ -1,0 +1,1 @@
+"""Evaluation: serving, judges, MT-Bench, AlpacaEval 2, Arena-Hard, Open LLM, reports."""

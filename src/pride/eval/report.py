@@ -1,0 +1,67 @@
+"""report.md, a chart (PNG) and scores.json for one evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HEADLINE = {"mt_bench": ("average", "MT-Bench (1-10)"), "alpaca_eval": ("length_controlled_winrate", "AlpacaEval 2 LC %"),
+            "arena_hard": ("score", "Arena-Hard %"), "open_llm_v1": ("average", "Open LLM v1"),
+            "open_llm_v2": ("average", "Open LLM v2")}
+
+
+def headline(bench: str, result: dict) -> float | None:
+    key = HEADLINE[bench][0]
+    value = result.get(key)
+    if value is None and bench == "alpaca_eval":
+        value = result.get("win_rate")
+    return value
+
+
+def write_report(out_dir: Path, scores: dict) -> None:
+    """scores: {model: {bench: {"mean": {...}, "std": {...}, "runs": [...]}}}."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+    lines = ["# pride evaluation", ""]
+    benches = sorted({b for m in scores.values() for b in m})
+    lines.append("| model | " + " | ".join(HEADLINE[b][1] for b in benches) + " |")
+    lines.append("| --- |" + " --- |" * len(benches))
+    for model, res in scores.items():
+        cells = []
+        for b in benches:
+            if b not in res:
+                cells.append("")
+                continue
+            mean, std = res[b]["headline_mean"], res[b]["headline_std"]
+            cell = "n/a" if mean is None else f"{mean:.2f}" + (f" ± {std:.2f}" if std else "")
+            ci = res[b]["mean"].get("ci_lower")
+            if ci is not None:
+                cell += f" ({ci:.1f}, {res[b]['mean']['ci_upper']:.1f})"
+            cells.append(cell)
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    lines += ["", "Mean over runs (± standard deviation when several); Arena-Hard with its 95% bootstrap interval.", ""]
+    for model, res in scores.items():
+        for b in benches:
+            if b in res:
+                lines.append(f"## {model} — {b}\n\n```json\n{json.dumps(res[b]['mean'], indent=2)}\n```\n")
+    (out_dir / "report.md").write_text("\n".join(lines))
+    _chart(out_dir / "scores.png", scores, benches)
+
+
+def _chart(path: Path, scores: dict, benches: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(benches), figsize=(4 * len(benches), 3.5), squeeze=False)
+    for ax, b in zip(axes[0], benches):
+        models = [m for m in scores if b in scores[m] and scores[m][b]["headline_mean"] is not None]
+        vals = [scores[m][b]["headline_mean"] for m in models]
+        errs = [scores[m][b]["headline_std"] or 0 for m in models]
+        ax.bar(range(len(models)), vals, yerr=errs, color="#4c72b0", capsize=4)
+        ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
+        ax.set_title(HEADLINE[b][1])
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
