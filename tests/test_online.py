@@ -135,8 +135,9 @@ def test_llm_judge_and_openai_sampler(fake_server, monkeypatch):
 
 def test_function_judge():
     judge = FunctionJudge("pride.demo.task:judge")
-    (out,) = judge.judge([[{"role": "user", "content": "What is 2+3?"}]], [["5", "6", "x"]])
-    assert out.scores == [1.0, 0.45, 0.0] and out.matrix is None
+    (out,) = judge.judge([[{"role": "user", "content": "Write the word abc 2 times."}]],
+                         [["1. abc\n2. abc", "1. abc", "abc abc"]])
+    assert out.scores == [1.0, 0.75, 0.0] and out.matrix is None
 
 
 RULE_JUDGE = "def judge(prompt, response):\n    return float(len(set(response)))  # distinct characters\n"

@@ -147,3 +147,10 @@ def test_json_array_and_parquet_and_saved_dataset(tmp_path, conversations):
     assert len(rows_of(tmp_path / "saved", split="test")) == 1
     with pytest.raises(PrideError, match="no split 'dev'"):
         rows_of(tmp_path / "saved", split="dev")
+
+
+def test_prompt_only_rows(tmp_path):
+    rows = rows_of(write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Say hi"}]))
+    assert rows[0].messages == [{"role": "user", "content": "Say hi"}]
+    with pytest.raises(PrideError, match="prompt-only rows"):
+        rows_of(tmp_path / "p.jsonl", want="conversation")

@@ -145,6 +145,7 @@ def test_sft_on_local_model_dir_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     stats = json.loads((out / "data_stats.json").read_text())
     assert stats["packing_efficiency"] >= 0.95, stats
+    assert set(weights(out)) == set(load_file(str(tmp_path / "base" / "model.safetensors")))  # same tensor names
     curve = losses(out)
     assert sum(curve[-3:]) / 3 < 0.8 * sum(curve[:3]) / 3, curve
     # Loads with plain transformers, pride made unimportable.

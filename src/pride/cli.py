@@ -11,9 +11,7 @@ from pride.errors import PrideError
 STAGES = {"sft": "supervised fine-tuning (packing, assistant-only loss)",
           "dpo": "offline preference training (DPO family, precomputed reference log-probs)",
           "online": "online DPO / SPPO: sample K per prompt, judge, pair, train, repeat"}
-STAGES_NOT_BUILT = {
-    "run": "run the stages a recipe lists",
-}
+STAGES_NOT_BUILT: dict[str, str] = {}
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -47,8 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--model-name", default=None, help="name reported by /v1/models")
     srv.add_argument("--api-key-env", default=None, help="environment variable holding the required API key")
     srv.add_argument("--max-batch-size", type=int, default=8)
+    run = sub.add_parser("run", help="run the stages a recipe lists (sft, dpo, online, sppo, eval)")
+    run.add_argument("config", help="recipe YAML (see recipes/)")
+    run.add_argument("overrides", nargs="*", metavar="key=value", help="shared key=value, or STAGE.key=value")
     demo = sub.add_parser("demo", help="the main job: the whole pipeline on a toy task, on CPU")
     demo.add_argument("--output", default="runs/demo", help="directory for the demo's run")
+    demo.add_argument("--quick", action="store_true", help="a smaller run (about a minute)")
+    demo.add_argument("--seed", type=int, default=0)
     data = sub.add_parser("data", help="data tools")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
     insp = data_sub.add_parser("inspect", help="show rendered rows with trained tokens highlighted, plus counts")
@@ -118,7 +121,13 @@ def _dispatch(args, parser) -> int:
     if args.command == "demo":
         from pride.demo import run_demo
 
-        return run_demo(args.output)
+        run_demo(args.output, quick=args.quick, seed=args.seed)
+        return 0
+    if args.command == "run":
+        from pride.recipe import run_recipe
+
+        run_recipe(args.config, args.overrides)
+        return 0
     raise AssertionError(args.command)
 
 

@@ -71,6 +71,7 @@ class DataSettings(Section):
 
 class TrainSettings(Section):
     learning_rate: float = Field(2e-5, gt=0)
+    optimizer: Literal["adamw", "rmsprop"] = "adamw"
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, gt=0, description="overrides epochs when set")
     micro_batch_size: int = Field(8, gt=0)

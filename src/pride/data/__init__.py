@@ -57,6 +57,8 @@ def read_rows(src: SourceSettings, want: Want, on_bad_row: str, stats: dict, all
 
 
 def _check_layout(layout: str, want: Want, src: SourceSettings) -> None:
+    if want == "conversation" and layout == "prompt":
+        raise PrideError(f"{src.path}: has prompt-only rows; this stage needs conversations with assistant turns")
     if want == "conversation" and layout == "preference":
         raise PrideError(f"{src.path}: has preference rows (chosen/rejected); this stage needs conversations "
                          "('messages' or 'prompt'+'completion')")

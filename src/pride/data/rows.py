@@ -11,6 +11,7 @@ Accepted layouts (column names can be mapped per source with `columns:`):
   lists sharing a prefix) also works
 * scored preference (SPPO): the above plus `chosen_win_prob`/`rejected_win_prob`
   (and optionally `chosen_score`/`rejected_score`)
+* prompt only: `prompt` (a string or message list), for online rounds and evaluation
 
 Problems raise `RowError` with the field path; the caller adds the file and line.
 """
@@ -67,6 +68,8 @@ def detect_kind(row: dict) -> str:
         return "messages"
     if "prompt" in row and "completion" in row:
         return "prompt_completion"
+    if "prompt" in row:
+        return "prompt"
     raise RowError(
         "<row>",
         f"no known layout in columns {sorted(row)}: expected 'messages', 'prompt'+'completion', or "
@@ -93,6 +96,8 @@ def normalize(row: dict, layout: str, allow_empty: bool = False) -> Conversation
         return Conversation(prompt + [{"role": "assistant", "content": completion}])
     if layout == "preference":
         return _preference(row, allow_empty)
+    if layout == "prompt":  # prompts alone: for sampling (online rounds, evaluation)
+        return Conversation(_prompt(row.get("prompt"), "prompt"))
     raise ValueError(layout)
 
 

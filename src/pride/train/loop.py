@@ -53,7 +53,7 @@ class Objective(Protocol):
 class TrainResult:
     steps: int
     metrics: list[dict] = field(default_factory=list)
-    stopped_early: bool = False
+    prepared: torch.nn.Module | None = None  # the accelerate-prepared TokenLogps (what to save from)
 
 
 def make_accelerator(cfg: TrainSettings, run_dir: Path) -> Accelerator:
@@ -129,8 +129,11 @@ def train(
         raise PrideError("nothing to train: no row has a trained token (check data.train_on and the chat template)")
 
     wrapper = TokenLogps(model, cfg.logps_chunk_size)
-    optimizer = torch.optim.AdamW(_param_groups(wrapper, cfg.weight_decay), lr=cfg.learning_rate,
-                                  betas=(cfg.adam_beta1, cfg.adam_beta2))
+    if cfg.optimizer == "rmsprop":  # SPPO's published runs
+        optimizer = torch.optim.RMSprop(_param_groups(wrapper, cfg.weight_decay), lr=cfg.learning_rate)
+    else:
+        optimizer = torch.optim.AdamW(_param_groups(wrapper, cfg.weight_decay), lr=cfg.learning_rate,
+                                      betas=(cfg.adam_beta1, cfg.adam_beta2))
     scheduler = _scheduler(cfg, optimizer, total_steps)
     wrapper, optimizer = acc.prepare(wrapper, optimizer)
     acc.register_for_checkpointing(scheduler)
@@ -156,7 +159,7 @@ def train(
         return {k: (v.to(acc.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
     schedules: dict[int, list] = {}
-    result = TrainResult(steps=start_step)
+    result = TrainResult(steps=start_step, prepared=wrapper)
     skipped = 0
     tokens_seen, t0 = 0, time.perf_counter()
     progress = _progress(console, acc.is_main_process)

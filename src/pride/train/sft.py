@@ -51,7 +51,7 @@ def run_sft(cfg: Config) -> dict:
     result = train(cfg.train, accelerator=acc, model=model, objective=SftObjective(), rows=rows,
                    eval_rows=eval_rows, pad_id=tokenizer.pad_token_id, run_dir=run_dir, seed=cfg.seed,
                    console=console)
-    out = save_final_model(acc, model, tokenizer, run_dir / "model")
+    out = save_final_model(acc, result.prepared, tokenizer, run_dir / "model")
     summary = {"model": str(out), "steps": result.steps, "data": stats,
                "final": result.metrics[-1] if result.metrics else {}}
     if acc.is_main_process:

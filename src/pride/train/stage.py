@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -36,30 +37,32 @@ def load_for_training(cfg: Config, acc: Accelerator):
     return load_model_and_tokenizer(cfg.model, seed=cfg.seed, device=acc.device)
 
 
-def save_final_model(acc: Accelerator, wrapper_or_model, tokenizer, out_dir: Path) -> Path:
+def save_final_model(acc: Accelerator, prepared, tokenizer, out_dir: Path) -> Path:
     """An HF directory (safetensors + tokenizer + chat template) that transformers/vLLM load as is.
 
+    `prepared` is what the loop trained (the accelerate-prepared `TokenLogps`): its state
+    dict is gathered from every rank (FSDP, ZeRO-3) and stripped of the wrapper's prefix.
     LoRA adapters are merged into the weights (the adapter alone goes to `adapter/`).
     """
+    from pride.logps import TokenLogps
+
     out_dir = Path(out_dir)
-    unwrapped = acc.unwrap_model(wrapper_or_model)
-    model = getattr(unwrapped, "model", unwrapped)
-    state = acc.get_state_dict(wrapper_or_model)
-    prefix = "model."
-    state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+    unwrapped = acc.unwrap_model(prepared)
+    model = unwrapped.model if isinstance(unwrapped, TokenLogps) else unwrapped
+    state = acc.get_state_dict(prepared)
+    if isinstance(unwrapped, TokenLogps):
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     if acc.is_main_process:
         tmp = out_dir.with_name(out_dir.name + ".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
         if hasattr(model, "merge_and_unload"):  # peft
             model.save_pretrained(tmp / "adapter")
             model = model.merge_and_unload()
             state = None
         model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            import shutil
-
-            shutil.rmtree(out_dir)
+        shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(tmp, out_dir)
     acc.wait_for_everyone()
     return out_dir

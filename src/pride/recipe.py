@@ -1,0 +1,172 @@
+"""`pride run RECIPE.yaml`: the stages a recipe lists, each in its own run directory.
+
+A recipe is one YAML file: shared sections (`model`, `train`, `preference`, `online`,
+`eval`, `seed`), `output_dir`, and `stages`, each with a `name`, a `type` (sft | dpo |
+online | sppo | eval) and its own sections, merged over the shared ones. A stage starts
+from the model of the stage before it (or of the stage named in `from`); the first from
+`model.path`. Overrides: `key=value` for the shared sections, `STAGE.key=value` for one
+stage (e.g. `sft.data.sources.0.path=chat.jsonl`).
+
+Each finished stage writes `stage.json` with a hash of its resolved config; a re-run skips
+a stage whose hash matches (its outputs match its inputs) and resumes an interrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from pride.config import Config, apply_override, parse_override, validate_config
+from pride.errors import PrideError
+
+StageType = Literal["sft", "dpo", "online", "sppo", "eval"]
+SHARED = ("model", "data", "train", "preference", "online", "eval", "seed")
+
+
+class StageSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    type: StageType
+    from_: str | None = Field(None, alias="from")
+
+
+class RecipeFile(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str | None = None
+    source: str | None = Field(None, description="the paper/repository this recipe reproduces")
+    reproduces: str | None = None
+    output_dir: str = "runs/recipe"
+    stages: list[StageSpec] = Field(min_length=1)
+
+
+@dataclass
+class Stage:
+    name: str
+    type: str
+    start_from: str | None
+    config: Config
+    raw: dict
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[RecipeFile, list[Stage]]:
+    path = Path(path)
+    if not path.is_file():
+        raise PrideError(f"recipe not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise PrideError(f"{path}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    names = [s.get("name") for s in tree.get("stages", []) if isinstance(s, dict)]
+    for text in overrides:
+        parts, value = parse_override(text)
+        if parts[0] in names and len(parts) > 1:
+            apply_override(tree["stages"][names.index(parts[0])], parts[1:], value)
+        else:
+            apply_override(tree, parts, value)
+    recipe = validate_config(tree, str(path), RecipeFile)
+    unknown = set(tree) - set(SHARED) - set(RecipeFile.model_fields)
+    if unknown:
+        raise PrideError(f"{path}: unknown key '{sorted(unknown)[0]}' (allowed: "
+                         f"{', '.join(sorted(set(SHARED) | set(RecipeFile.model_fields)))})")
+    shared = {k: tree[k] for k in SHARED if k in tree}
+    stages, seen = [], set()
+    for i, spec in enumerate(recipe.stages):
+        if spec.name in seen:
+            raise PrideError(f"{path}: stage name '{spec.name}' is used twice")
+        if spec.from_ is not None and spec.from_ not in seen:
+            raise PrideError(f"{path}: stage '{spec.name}' starts from '{spec.from_}', which is not an earlier stage")
+        seen.add(spec.name)
+        own = {k: v for k, v in tree["stages"][i].items() if k not in ("name", "type", "from")}
+        bad = set(own) - set(SHARED)
+        if bad:
+            raise PrideError(f"{path}: stage '{spec.name}': unknown key '{sorted(bad)[0]}' (allowed: {', '.join(SHARED)})")
+        merged = deep_merge(shared, own)
+        merged["output_dir"] = str(Path(recipe.output_dir) / spec.name)
+        if spec.type == "sppo":
+            merged = deep_merge({"online": {"pairs": "sppo"}, "preference": {"loss_type": "sppo"}}, merged)
+        if spec.type == "eval":
+            merged = deep_merge(merged, {"eval": {"output_dir": merged["output_dir"]}})
+        config = validate_config(merged, f"{path} stage '{spec.name}'")
+        stages.append(Stage(spec.name, spec.type, spec.from_, config, merged))
+    return recipe, stages
+
+
+def stage_model(stage: Stage) -> str:
+    """Where a finished stage leaves its model."""
+    out = Path(stage.config.output_dir)
+    if stage.type in ("online", "sppo"):
+        return str(out / f"iteration-{stage.config.online.iterations}" / "model")
+    return str(out / "model")
+
+
+def config_hash(cfg: Config) -> str:
+    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def run_recipe(path: str | Path, overrides: list[str] = (), console=None) -> list[dict]:
+    from rich.console import Console
+
+    console = console or Console(stderr=True, soft_wrap=True)
+    recipe, stages = load_recipe(path, overrides)
+    models: dict[str, str] = {}
+    previous: str | None = None
+    done = []
+    for stage in stages:
+        start = models[stage.start_from] if stage.start_from else previous
+        cfg = stage.config
+        if start is not None:
+            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": start})})
+        marker = Path(cfg.output_dir) / "stage.json"
+        digest = config_hash(cfg)
+        if marker.exists() and json.loads(marker.read_text()).get("config_hash") == digest:
+            info = json.loads(marker.read_text())
+            console.print(f"[bold]{stage.name}[/] ({stage.type}): finished earlier with the same inputs, skipped")
+        else:
+            console.rule(f"{stage.name} ({stage.type})")
+            t = time.perf_counter()
+            run_stage(stage.type, cfg)
+            info = {"stage": stage.name, "type": stage.type, "config_hash": digest, "model": None,
+                    "seconds": round(time.perf_counter() - t, 1)}
+            if stage.type != "eval":
+                info["model"] = stage_model(Stage(stage.name, stage.type, None, cfg, stage.raw))
+            Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps(info, indent=2) + "\n")
+        if info.get("model"):
+            models[stage.name] = info["model"]
+            previous = info["model"]
+        done.append(info)
+    return done
+
+
+def run_stage(kind: str, cfg: Config) -> None:
+    if kind == "sft":
+        from pride.train.sft import run_sft
+
+        run_sft(cfg)
+    elif kind == "dpo":
+        from pride.train.preference import run_dpo
+
+        run_dpo(cfg)
+    elif kind in ("online", "sppo"):
+        from pride.online.loop import run_online
+
+        run_online(cfg)
+    else:
+        from pride.eval.run import run_eval
+
+        run_eval(cfg)

@@ -1,0 +1,45 @@
+"""`pride demo --quick`: the whole pipeline on the toy task, end to end, as the README's first command runs it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pride.demo.evaluate import per_prompt_scores
+from pride.demo.task import correct_answer, corrupt, judge
+
+
+def test_judge_rewards_exactly_what_the_task_asks():
+    p = "Write the word abc 3 times."
+    assert judge(p, "1. abc\n2. abc\n3. abc") == 1.0 == judge(p, correct_answer("abc", 3))
+    assert judge(p, "1. abc\n2. abc") == pytest.approx(0.5 * (2 / 3) / 2 + 0.5)  # one line short
+    assert judge(p, "1. abc\n2. abx\n3. abc") == pytest.approx(0.5 + 0.5 * 2 / 3)  # one copy misspelled
+    assert judge(p, "abc abc abc") == 0.0 and judge(p, "") == 0.0  # not numbered lines
+    assert judge("not a task prompt", "1. abc") == 0.0
+
+
+def test_corruptions_are_always_flawed_when_forced():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(200):
+        assert corrupt("abc", 3, rng, force=True) != correct_answer("abc", 3)
+
+
+def test_demo_quick_runs_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    run = subprocess.run([sys.executable, "-m", "pride", "demo", "--quick", "--output", str(out)],
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert [r["stage"] for r in results] == ["base", "sft", "dpo", "online_dpo_1", "online_dpo_2", "sppo_1"]
+    for r in results:
+        assert set(r) >= {"stage", "score", "ci", "win_rate_vs_sft", "n_prompts", "seconds"}
+        assert r["ci"][0] <= r["score"] <= r["ci"][1] and r["n_prompts"] == 100
+    by = {r["stage"]: r["score"] for r in results}
+    assert by["sft"] > by["base"]  # SFT learned the task
+    assert (out / "scores.png").stat().st_size > 1000 and "held-out judge score" in run.stdout
+    # the same seed gives the same numbers: re-scoring a stage reproduces its per-prompt scores
+    again = per_prompt_scores(str(out / "sft" / "model"), ["Write the word abc 3 times."] * 3, samples=2)
+    assert again == per_prompt_scores(str(out / "sft" / "model"), ["Write the word abc 3 times."] * 3, samples=2)

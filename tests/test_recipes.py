@@ -1,0 +1,81 @@
+"""Every published recipe validates, and runs once in tiny form (override keys only, no edits)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pride.errors import PrideError
+from pride.recipe import load_recipe, run_recipe
+from tests.conftest import write_jsonl
+from tests.test_online import tiny_pairrm
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+ARCH = {"google/gemma-2b": "tiny:gemma", "meta-llama/Meta-Llama-3-8B": "tiny:llama",
+        "meta-llama/Meta-Llama-3-8B-Instruct": "tiny:llama", "mistralai/Mistral-7B-Instruct-v0.2": "tiny:mistral",
+        "HuggingFaceH4/mistral-7b-sft-beta": "tiny:mistral", "allenai/tulu-2-7b": "tiny:llama"}
+
+
+def test_recipes_exist_and_name_their_source():
+    assert len(RECIPES) >= 8
+    for path in RECIPES:
+        recipe, stages = load_recipe(path)
+        assert recipe.source and recipe.reproduces and stages, path
+        assert stages[0].config.model.path in ARCH, f"{path}: add its architecture to ARCH"
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tinydata")
+    chats = [{"messages": [{"role": "user", "content": f"Say {i}."}, {"role": "assistant", "content": f"{i} it is."}]}
+             for i in range(12)]
+    prefs = [{"prompt": f"Say {i}.", "chosen": f"{i}.", "rejected": f"No, {i + 1}."} for i in range(12)]
+    return {"chat": write_jsonl(d / "chat.jsonl", chats), "pref": write_jsonl(d / "pref.jsonl", prefs),
+            "prompts": write_jsonl(d / "prompts.jsonl", [{"prompt": f"Count to {i}."} for i in range(8)]),
+            "pairrm": tiny_pairrm(d / "pairrm")}
+
+
+def tiny_overrides(path: Path, files: dict, out: Path) -> list[str]:
+    _, stages = load_recipe(path)
+    over = [f"model.path={ARCH[stages[0].config.model.path]}", "model.dtype=fp32", f"output_dir={out}"]
+    for s in stages:
+        data = {"sft": files["chat"], "dpo": files["pref"]}.get(s.type, files["prompts"])
+        over += [f"{s.name}.data.sources=[{{path: '{data}'}}]", f"{s.name}.data.eval_sources=[]",
+                 f"{s.name}.train.max_steps=2", f"{s.name}.train.max_length=256", f"{s.name}.train.save_steps=null"]
+        if s.type in ("online", "sppo"):
+            over += [f"{s.name}.online.max_new_tokens=6", f"{s.name}.online.iterations=2",
+                     f"{s.name}.online.temperature=1.0"]
+            if s.config.online.judge.type == "pairrm":
+                over.append(f"{s.name}.online.judge.path={files['pairrm']}")
+    return over
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_recipe_runs_in_tiny_form(path, tiny_files, tmp_path):
+    done = run_recipe(path, tiny_overrides(path, tiny_files, tmp_path / "run"))
+    _, stages = load_recipe(path)
+    assert [d["stage"] for d in done] == [s.name for s in stages]
+    for d in done:
+        assert Path(d["model"], "config.json").exists(), d
+
+
+def test_rerun_skips_finished_stages_and_reruns_changed_ones(tiny_files, tmp_path, capsys):
+    path = Path(__file__).resolve().parents[1] / "recipes" / "tulu2-dpo.yaml"
+    over = tiny_overrides(path, tiny_files, tmp_path / "run")
+    first = run_recipe(path, over)
+    stamp = (tmp_path / "run" / "dpo" / "model" / "model.safetensors").stat().st_mtime_ns
+    again = run_recipe(path, over)
+    assert again[0]["config_hash"] == first[0]["config_hash"]
+    assert (tmp_path / "run" / "dpo" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
+    changed = run_recipe(path, over + ["dpo.preference.beta=0.2"])
+    assert changed[0]["config_hash"] != first[0]["config_hash"]
+
+
+def test_recipe_errors_name_the_stage(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {path: tiny:llama}\nstages:\n  - {name: a, type: sft, train: {lerning_rate: 1}}\n")
+    with pytest.raises(PrideError, match=r"stage 'a'.*unknown key 'train.lerning_rate'"):
+        load_recipe(bad)
+    bad.write_text("model: {path: tiny:llama}\nstages:\n  - {name: a, type: dpo, from: z}\n")
+    with pytest.raises(PrideError, match="starts from 'z'"):
+        load_recipe(bad)
