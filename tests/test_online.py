@@ -137,7 +137,7 @@ def test_function_judge():
     judge = FunctionJudge("pride.demo.task:judge")
     (out,) = judge.judge([[{"role": "user", "content": "Write the word abc 2 times."}]],
                          [["1. abc\n2. abc", "1. abc", "abc abc"]])
-    assert out.scores == [1.0, 0.75, 0.0] and out.matrix is None
+    assert out.scores == [1.0, 0.625, 0.0] and out.matrix is None  # one line short of two: (1/2)/2 count credit
 
 
 RULE_JUDGE = "def judge(prompt, response):\n    return float(len(set(response)))  # distinct characters\n"
