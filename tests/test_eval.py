@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 
 import numpy as np

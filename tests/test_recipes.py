@@ -1,6 +1,5 @@
 """Every published recipe validates, and runs once in tiny form (override keys only, no edits)."""
 
-import json
 from pathlib import Path
 
 import pytest

@@ -36,7 +36,7 @@ def mixed_conversations(n, seed=0):
 
 
 def config(tmp_path, data, out, *overrides):
-    base = [f"model.path=tiny:llama", f"data.sources.0.path={data}", f"output_dir={out}",
+    base = ["model.path=tiny:llama", f"data.sources.0.path={data}", f"output_dir={out}",
             "train.learning_rate=1e-3", "train.max_length=256", "train.warmup_ratio=0", "seed=0"]
     return load_config(None, base + list(overrides))
 
@@ -117,7 +117,7 @@ def test_two_processes_match_one_process_with_double_accumulation(tmp_path, data
 
     Tolerance: relative 1e-5 on each logged loss (only the order of float sums differs).
     """
-    common = [f"model.path=tiny:llama", f"data.sources.0.path={data}", "train.learning_rate=1e-3",
+    common = ["model.path=tiny:llama", f"data.sources.0.path={data}", "train.learning_rate=1e-3",
               "train.max_length=256", "train.micro_batch_size=2", "train.max_steps=6", "seed=0"]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "pride", "sft",

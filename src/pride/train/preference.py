@@ -26,7 +26,7 @@ from pride.losses import NEEDS_WIN_PROB, REFERENCE_FREE, preference_loss
 from pride.models import load_model
 from pride.reference import PairLogps, cache_key, compute_pair_logps, model_fingerprint, read_cached, write_parquet
 from pride.train.loop import make_accelerator, train
-from pride.train.stage import console_for, load_for_training, prepare_run_dir, save_final_model, seed_everything, write_json
+from pride.train.stage import console_for, load_for_training, prepare_run_dir, finish_stage, seed_everything, write_json
 
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
            "logps/rejected", "nll_loss")
@@ -178,13 +178,7 @@ def run_dpo(cfg: Config) -> dict:
     result = train(cfg.train, accelerator=acc, model=model, objective=objective, rows=train_data.rows,
                    eval_rows=eval_data.rows, pad_id=tokenizer.pad_token_id, run_dir=run_dir, seed=cfg.seed,
                    console=console)
-    out = save_final_model(acc, result.prepared, tokenizer, run_dir / "model")
-    summary = {"model": str(out), "steps": result.steps, "data": stats,
-               "final": result.metrics[-1] if result.metrics else {}}
-    if acc.is_main_process:
-        write_json(run_dir / "summary.json", summary)
-        console.print(f"[bold green]done[/]: model saved to {out}")
-    return summary
+    return finish_stage(acc, result, tokenizer, run_dir, stats, console)
 
 
 def _live_reference(cfg: Config, acc, policy):

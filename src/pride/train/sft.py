@@ -8,7 +8,7 @@ from pride.data.packing import Sample
 from pride.data.sft import build_rows, tokenize_conversations
 from pride.logps import TokenLogps
 from pride.train.loop import make_accelerator, train
-from pride.train.stage import (console_for, load_for_training, prepare_run_dir, save_final_model, seed_everything,
+from pride.train.stage import (console_for, load_for_training, prepare_run_dir, finish_stage, seed_everything,
                                write_json)
 
 
@@ -51,13 +51,7 @@ def run_sft(cfg: Config) -> dict:
     result = train(cfg.train, accelerator=acc, model=model, objective=SftObjective(), rows=rows,
                    eval_rows=eval_rows, pad_id=tokenizer.pad_token_id, run_dir=run_dir, seed=cfg.seed,
                    console=console)
-    out = save_final_model(acc, result.prepared, tokenizer, run_dir / "model")
-    summary = {"model": str(out), "steps": result.steps, "data": stats,
-               "final": result.metrics[-1] if result.metrics else {}}
-    if acc.is_main_process:
-        write_json(run_dir / "summary.json", summary)
-        console.print(f"[bold green]done[/]: model saved to {out}")
-    return summary
+    return finish_stage(acc, result, tokenizer, run_dir, stats, console)
 
 
 __all__ = ["SftObjective", "run_sft", "prepare_sft_rows"]

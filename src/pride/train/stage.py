@@ -68,6 +68,17 @@ def save_final_model(acc: Accelerator, prepared, tokenizer, out_dir: Path) -> Pa
     return out_dir
 
 
+def finish_stage(acc: Accelerator, result, tokenizer, run_dir: Path, stats: dict, console: Console) -> dict:
+    """Save the final model and `summary.json` (model path, steps, data stats, last metrics)."""
+    out = save_final_model(acc, result.prepared, tokenizer, run_dir / "model")
+    summary = {"model": str(out), "steps": result.steps, "data": stats,
+               "final": result.metrics[-1] if result.metrics else {}}
+    if acc.is_main_process:
+        write_json(run_dir / "summary.json", summary)
+        console.print(f"[bold green]done[/]: model saved to {out}")
+    return summary
+
+
 def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
