@@ -93,7 +93,7 @@ class TrainSettings(Section):
     resume: str = Field("auto", description="auto | never | path to a checkpoint dir")
     on_nan: Literal["stop", "skip"] = "stop"
     report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
-    logps_chunk_size: int = Field(1024, gt=0, description="label positions per LM-head chunk")
+    logps_chunk_size: int = Field(256, gt=0, description="label positions per LM-head chunk (fp32 logits: chunk x vocab)")
 
 
 LossType = Literal["sigmoid", "ipo", "hinge", "dpo_gamma", "slic_dpo", "simpo", "sppo", "sppo_hard", "robust",

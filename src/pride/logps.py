@@ -40,7 +40,7 @@ def chunked_logps(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tenso
 class TokenLogps(nn.Module):
     """model inputs -> log-probs of the targets (what every objective consumes)."""
 
-    def __init__(self, model: nn.Module, chunk_size: int = 1024):
+    def __init__(self, model: nn.Module, chunk_size: int = 256):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size

@@ -59,7 +59,7 @@ def cache_key(fingerprint: str, rows: list[list[Sample]]) -> str:
 
 @torch.no_grad()
 def compute_pair_logps(acc: Accelerator, model: torch.nn.Module, rows: list[list[Sample]], pad_id: int,
-                       batch_size: int, chunk_size: int = 1024) -> PairLogps:
+                       batch_size: int, chunk_size: int = 256) -> PairLogps:
     """Summed completion log-probs of every pair, split across ranks, gathered on all."""
     wrapper = TokenLogps(model, chunk_size)
     was_training = model.training
