@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pride.errors import PrideError
+from pride.eval.files import read_jsonl
 
 SYSTEM = (
     "Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants to "
@@ -240,13 +241,6 @@ def score(judgments: list[dict], baseline: str, rounds: int = 100, seed: int = 0
 
 def score_files(paths: list[Path], baseline: str | None = None, rounds: int = 100) -> dict:
     """`pride eval score arena-hard FILE...`: judgment files (one per model) -> scores."""
-    judgments = []
-    for p in paths:
-        for n, line in enumerate(Path(p).read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                try:
-                    judgments.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise PrideError(f"{p} line {n}: bad JSON ({e.msg})") from None
+    judgments = [j for p in paths for j in read_jsonl(Path(p))]
     baseline = baseline or next((j["baseline"] for j in judgments if "baseline" in j), "gpt-4-0314")
     return score(judgments, baseline, rounds)

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import ast
-import json
 import re
 import statistics
 import time
@@ -23,23 +22,13 @@ import uuid
 from pathlib import Path
 
 from pride.errors import PrideError
+from pride.eval.files import read_jsonl
 
 TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0, "reasoning": 0.0,
                "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0}
 NEED_REF = ("math", "reasoning", "coding", "arena-hard-200")
 RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise PrideError(f"{path} line {n}: bad JSON ({e.msg})") from None
-    return rows
 
 
 def load_questions(path: Path) -> list[dict]:
