@@ -1,35 +1,53 @@
 """Chat templates: a conversation -> token ids plus a per-token "trained" mask.
 
-Masks are computed at the token level, never by diffing rendered strings:
+Token ids are always the tokenizer's own tokenization of the whole rendered conversation
+(`tokenizer(text, add_special_tokens=False)`), which is what `apply_chat_template` and vLLM
+produce at inference. Pieces are never tokenized on their own: SentencePiece tokenizers add
+a "▁" at piece starts and BPE merges cross piece boundaries, so piecewise ids differ from
+what the model sees at inference.
 
-* Built-in templates (`chatml`, `llama3`, `gemma`, `tulu2`, ...) are declared as pieces
-  (role headers, end-of-turn). Each piece is tokenized on its own, so the mask is exact
-  by construction and the prompt tokens are identical for every completion of a prompt.
-  Each also exports an equivalent Jinja template that is saved with the tokenizer, so
-  transformers and vLLM format prompts the same way at inference.
-* A tokenizer's own Jinja template is rendered incrementally (conversation up to turn i,
-  then through turn i); the token ids of the shorter rendering must be a prefix of the
-  longer one, which is checked, and the difference is the assistant turn.
+The mask comes from character offsets: rendering records the character span of each
+assistant turn (content + end-of-turn), and a token is trained when it overlaps such a span
+(the rule of transformers' `return_assistant_tokens_mask`).
 
-BOS comes from the template only (never also from the tokenizer), and the end-of-turn
-token is always trained so the model learns to stop.
+* Built-in templates (`chatml`, `llama3`, `gemma`, `tulu2`, ...) render the official
+  template text (trimming, BOS) in Python, so the spans are known by construction; each
+  exports the equivalent Jinja template, saved with the tokenizer for inference.
+* A tokenizer's own Jinja template is rendered incrementally (conversation up to turn i with
+  the generation prompt, then through turn i); the shorter text must be a prefix of the
+  longer one, and the difference, through its end-of-turn token, is the assistant turn.
+
+Preference rows split the rendered conversation where the generation prompt ends: prompt
+ids are the prompt's own tokenization (as at inference); completion ids are the rest of the
+whole-string tokenization, or, where a token straddles the boundary (Llama-3 content that
+starts with "\\n"), the tokenization of the remaining text.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
+from pride.data.rows import RowError
 from pride.errors import PrideError
 
 TrainOn = Literal["all_assistant", "last_assistant", "all"]
 Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
+Span = tuple[int, int]  # characters [start, end) of one assistant turn: content + end-of-turn
+
+# End-of-turn tokens of common families, used to find where an assistant turn of a
+# tokenizer's own template ends (template whitespace after it is not trained).
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 
 
 @dataclass(frozen=True)
 class NamedTemplate:
-    """A chat format as pieces. `{content}` marks the message text, `{eos}` the EOS token."""
+    """A chat format as pieces. `{content}` marks the message text, `{eos}` the EOS token.
+
+    bos: the tokenizer's BOS token starts the conversation (when it has one).
+    trim: message contents are stripped of surrounding whitespace (Llama-3, Gemma).
+    """
 
     name: str
     bos: bool
@@ -38,10 +56,40 @@ class NamedTemplate:
     end_of_turn: str
     turn_tail: str = ""
     system: str | None = None  # None: the system prompt is merged into the first user turn
+    trim: bool = False
     special_tokens: tuple[str, ...] = ()
 
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool, bos_token: str | None,
+               eos_token: str | None) -> tuple[str, list[Span]]:
+        """The template's text for `messages` and the character span of each assistant turn."""
+        eos = eos_token or ""
+        text = bos_token if (self.bos and bos_token) else ""
+        spans: list[Span] = []
+        msgs = list(messages)
+        sys_prefix = ""
+        if msgs and msgs[0]["role"] == "system" and self.system is None:
+            sys_prefix = msgs[0]["content"] + "\n\n"
+            msgs = msgs[1:]
+        first_user = True
+        for m in msgs:
+            content = m["content"].strip() if self.trim else m["content"]
+            if m["role"] == "assistant":
+                text += self.assistant_prefix.replace("{eos}", eos)
+                start = len(text)
+                text += content + self.end_of_turn.replace("{eos}", eos)
+                spans.append((start, len(text)))
+                text += self.turn_tail.replace("{eos}", eos)
+                continue
+            if m["role"] == "user" and first_user:
+                content, first_user = sys_prefix + content, False
+            fmt = self.system if m["role"] == "system" else self.user
+            text += fmt.replace("{eos}", eos).replace("{content}", content)
+        if add_generation_prompt:
+            text += self.assistant_prefix.replace("{eos}", eos)
+        return text, spans
+
     def jinja(self) -> str:
-        """An equivalent Jinja chat template (what transformers/vLLM use at inference)."""
+        """The equivalent Jinja chat template (what transformers/vLLM use at inference)."""
 
         def lit(text: str) -> str:
             out = json.dumps(text).replace("{eos}", '" + eos_token + "')
@@ -51,6 +99,7 @@ class NamedTemplate:
             before, after = fmt.split("{content}")
             return lit(before) + "{{ " + content + " }}" + lit(after)
 
+        msg = "(message['content'] | trim)" if self.trim else "message['content']"
         head = "{%- if bos_token and " + ("true" if self.bos else "false") + " %}{{ bos_token }}{% endif -%}\n"
         if self.system is None:
             head += (
@@ -58,12 +107,12 @@ class NamedTemplate:
                 "{%- set sys_prefix = messages[0]['content'] + '\\n\\n' -%}{%- set msgs = messages[1:] -%}"
                 "{%- else -%}{%- set sys_prefix = '' -%}{%- set msgs = messages -%}{%- endif -%}\n"
             )
-            user_content = "(sys_prefix if loop.first else '') + message['content']"
+            user_content = f"(sys_prefix if loop.first else '') + {msg}"
             system_branch = ""
         else:
             head += "{%- set msgs = messages -%}\n"
-            user_content = "message['content']"
-            system_branch = "{%- if message['role'] == 'system' -%}" + wrap(self.system, "message['content']") + "\n{%- el"
+            user_content = msg
+            system_branch = "{%- if message['role'] == 'system' -%}" + wrap(self.system, msg) + "\n{%- el"
         body = (
             "{%- for message in msgs -%}\n"
             + (system_branch or "{%- ")
@@ -71,7 +120,7 @@ class NamedTemplate:
             + wrap(self.user, user_content)
             + "\n{%- elif message['role'] == 'assistant' -%}"
             + lit(self.assistant_prefix)
-            + "{{ message['content'] }}"
+            + "{{ " + msg + " }}"
             + lit(self.end_of_turn)
             + lit(self.turn_tail)
             + "\n{%- endif -%}\n{%- endfor -%}\n"
@@ -85,9 +134,9 @@ class NamedTemplate:
 TEMPLATES: dict[str, NamedTemplate] = {
     t.name: t
     for t in [
-        NamedTemplate(
+        NamedTemplate(  # BOS where the tokenizer has one (LION's Gemma chatml data starts with it)
             name="chatml",
-            bos=False,
+            bos=True,
             system="<|im_start|>system\n{content}<|im_end|>\n",
             user="<|im_start|>user\n{content}<|im_end|>\n",
             assistant_prefix="<|im_start|>assistant\n",
@@ -95,16 +144,17 @@ TEMPLATES: dict[str, NamedTemplate] = {
             turn_tail="\n",
             special_tokens=("<|im_start|>", "<|im_end|>"),
         ),
-        NamedTemplate(
+        NamedTemplate(  # Meta-Llama-3-8B-Instruct's template
             name="llama3",
             bos=True,
             system="<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
             user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
             assistant_prefix="<|start_header_id|>assistant<|end_header_id|>\n\n",
             end_of_turn="<|eot_id|>",
+            trim=True,
             special_tokens=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
         ),
-        NamedTemplate(
+        NamedTemplate(  # gemma-it's template; a system prompt joins the first user turn (as Gemma 3)
             name="gemma",
             bos=True,
             system=None,
@@ -112,6 +162,7 @@ TEMPLATES: dict[str, NamedTemplate] = {
             assistant_prefix="<start_of_turn>model\n",
             end_of_turn="<end_of_turn>",
             turn_tail="\n",
+            trim=True,
             special_tokens=("<start_of_turn>", "<end_of_turn>"),
         ),
         NamedTemplate(
@@ -123,7 +174,7 @@ TEMPLATES: dict[str, NamedTemplate] = {
             end_of_turn="{eos}",
             turn_tail="\n",
         ),
-        NamedTemplate(
+        NamedTemplate(  # Mixtral-8x7B-Instruct-v0.1's template
             name="mistral",
             bos=True,
             system=None,
@@ -168,161 +219,113 @@ class Encoded:
         return sum(self.mask)
 
 
+def overlap_mask(offsets: Sequence[tuple[int, int]], spans: Sequence[Span]) -> list[bool]:
+    """Per token: does its character range [s, e) overlap one of the sorted, disjoint spans?"""
+    out, k = [], 0
+    for s, e in offsets:  # tokens come in text order
+        while k < len(spans) and spans[k][1] <= s:
+            k += 1
+        out.append(k < len(spans) and spans[k][0] < max(e, s + 1))
+    return out
+
+
 @dataclass
 class ChatFormat:
     """Turns conversations into token ids with masks for one tokenizer."""
 
     tokenizer: object
     template: NamedTemplate | None  # None: the tokenizer's own Jinja template
-    _cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
         return self.template.name if self.template else "tokenizer"
 
-    # -- pieces ------------------------------------------------------------------
+    # -- rendering -----------------------------------------------------------------
 
-    def _tok(self, text: str) -> list[int]:
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = False) -> tuple[str, list[Span]]:
+        """The conversation's text and the character spans of its assistant turns."""
+        if self.template is not None:
+            return self.template.render(messages, add_generation_prompt, self.tokenizer.bos_token,
+                                        self.tokenizer.eos_token)
+        msgs = list(messages)
+        full = self._jinja(msgs, add_generation_prompt)
+        spans = []
+        for i, m in enumerate(msgs):
+            if m["role"] != "assistant":
+                continue
+            before = self._jinja(msgs[:i], True)
+            through = self._jinja(msgs[: i + 1], False)
+            if not through.startswith(before) or not full.startswith(through):
+                raise RowError(f"messages[{i}]", "the tokenizer's chat template is not prefix-stable here: the text "
+                               "of the conversation so far changes when a turn is added, so the assistant turn "
+                               "cannot be located. Set model.chat_template to a built-in template "
+                               f"({', '.join(sorted(TEMPLATES))})")
+            spans.append((len(before), len(before) + self._turn_end(through[len(before):])))
+        return full, spans
+
+    def _jinja(self, messages: list[Message], add_generation_prompt: bool) -> str:
+        if not messages:
+            return ""
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt)
+        except Exception as e:  # jinja2's TemplateError, raise_exception(...) in the template
+            raise RowError("messages", f"the chat template cannot render this conversation ({e})") from None
+
+    def _turn_end(self, turn: str) -> int:
+        """Length of an assistant turn's text through its last end-of-turn token."""
+        stops = {t for t in (self.tokenizer.eos_token, *END_OF_TURN_TOKENS) if t and t in self.tokenizer.get_vocab()}
+        ends = [turn.rfind(t) + len(t) for t in stops if t in turn]
+        return max(ends) if ends else len(turn)
+
+    # -- tokenizing ----------------------------------------------------------------
+
+    def tokenize(self, text: str, offsets: bool = False):
+        """The tokenizer's ids for `text` as one string (no special tokens added)."""
         if not text:
-            return []
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def _piece(self, text: str) -> list[int]:
-        """Tokenize a fixed template piece, cached (they repeat on every row)."""
-        text = text.replace("{eos}", self.tokenizer.eos_token or "")
-        if text not in self._cache:
-            self._cache[text] = self._tok(text)
-        return self._cache[text]
-
-    def _bos(self) -> list[int]:
-        bos = self.tokenizer.bos_token_id
-        return [bos] if (self.template and self.template.bos and bos is not None) else []
-
-    # -- public ------------------------------------------------------------------
+            return ([], []) if offsets else []
+        if not offsets:
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise PrideError(f"{type(self.tokenizer).__name__} is a slow tokenizer: pride needs a fast one "
+                             "(character offsets), e.g. a tokenizer.json next to the model")
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
     def encode(self, messages: Sequence[Message], train_on: TrainOn = "all_assistant") -> Encoded:
         """A whole conversation with its mask (what SFT trains on)."""
-        if self.template is None:
-            return self._encode_jinja(messages, train_on)
-        t = self.template
-        ids, mask = list(self._bos()), [False] * len(self._bos())
-        msgs = list(messages)
-        sys_prefix = ""
-        if msgs and msgs[0]["role"] == "system" and t.system is None:
-            sys_prefix = msgs[0]["content"] + "\n\n"
-            msgs = msgs[1:]
-        last_assistant = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=-1)
-        first_user = True
-        for i, m in enumerate(msgs):
-            role = m["role"]
-            if role == "assistant":
-                trained = train_on != "last_assistant" or i == last_assistant
-                head, body, eot, tail = (
-                    self._piece(t.assistant_prefix),
-                    self._tok(m["content"]),
-                    self._piece(t.end_of_turn),
-                    self._piece(t.turn_tail),
-                )
-                ids += head + body + eot + tail
-                mask += [False] * len(head) + [trained] * (len(body) + len(eot)) + [False] * len(tail)
-            else:
-                fmt = t.system if role == "system" else t.user
-                content = m["content"]
-                if role == "user" and first_user:
-                    content, first_user = sys_prefix + content, False
-                before, after = fmt.split("{content}")
-                part = self._piece(before) + self._tok(content) + self._piece(after)
-                ids += part
-                mask += [False] * len(part)
+        text, spans = self.render(messages)
+        ids, offsets = self.tokenize(text, offsets=True)
         if train_on == "all":
-            mask = [True] * len(ids)
-        return Encoded(ids, mask)
+            return Encoded(ids, [True] * len(ids))
+        if train_on == "last_assistant":
+            spans = spans[-1:]
+        return Encoded(ids, overlap_mask(offsets, spans))
 
     def encode_prompt(self, messages: Sequence[Message]) -> list[int]:
-        """Prompt ids ending with the assistant header (what generation continues from)."""
-        if self.template is None:
-            return self._jinja_ids(messages, add_generation_prompt=True)
-        enc = self.encode(messages, train_on="all")
-        return enc.ids + self._piece(self.template.assistant_prefix)
+        """Prompt ids ending with the assistant header: what generation continues from."""
+        return self.tokenize(self.render(messages, add_generation_prompt=True)[0])
+
+    def encode_pair(self, prompt: Sequence[Message], completions: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+        """Prompt ids and, per completion, the ids (content + end-of-turn) that follow them."""
+        prompt_text = self.render(prompt, add_generation_prompt=True)[0]
+        prompt_ids = self.tokenize(prompt_text)
+        out = []
+        for completion in completions:
+            text, spans = self.render(list(prompt) + [{"role": "assistant", "content": completion}])
+            if not text.startswith(prompt_text) or not spans:
+                raise RowError("prompt", "the chat template renders the prompt differently once an answer follows")
+            end = spans[-1][1]
+            ids, offsets = self.tokenize(text[:end], offsets=True)
+            if ids[: len(prompt_ids)] == prompt_ids:
+                out.append(ids[len(prompt_ids):])
+            else:  # a token straddles the boundary: keep the prompt as at inference
+                out.append(self.tokenize(text[len(prompt_text):end]))
+        return prompt_ids, out
 
     def encode_completion(self, prompt: Sequence[Message], completion: str) -> list[int]:
         """Completion ids (assistant content + end-of-turn) that follow `encode_prompt(prompt)`."""
-        if self.template is None:
-            p = self._jinja_ids(prompt, add_generation_prompt=True)
-            q = self._jinja_ids(list(prompt) + [{"role": "assistant", "content": completion}], False)
-            self._check_prefix(p, q, len(prompt))
-            return self._trim_tail(q[len(p):])
-        return self._tok(completion) + self._piece(self.template.end_of_turn)
-
-    def end_of_turn_ids(self) -> list[int]:
-        if self.template is not None:
-            return self._piece(self.template.end_of_turn)
-        return [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
-
-    # -- tokenizer's own Jinja template --------------------------------------------
-
-    def _jinja_ids(self, messages: Sequence[Message], add_generation_prompt: bool) -> list[int]:
-        if not messages:
-            text = ""
-        else:
-            text = self.tokenizer.apply_chat_template(
-                list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
-            )
-        ids = self._tok(text)
-        bos = self.tokenizer.bos_token_id
-        if bos is not None and _tokenizer_adds_bos(self.tokenizer) and ids[:1] != [bos]:
-            ids = [bos] + ids  # the tokenizer expects BOS but the template leaves it out
-        return ids
-
-    def _check_prefix(self, shorter: list[int], longer: list[int], turn: int) -> None:
-        if longer[: len(shorter)] != shorter:
-            raise PrideError(
-                f"the tokenizer's chat template is not prefix-stable at turn {turn}: the tokens "
-                "of the conversation so far change when a turn is added, so the assistant tokens "
-                "cannot be found exactly. Set model.chat_template to a built-in template "
-                f"({', '.join(sorted(TEMPLATES))})."
-            )
-
-    def _trim_tail(self, ids: list[int]) -> list[int]:
-        """Keep the assistant turn through its end-of-turn token; drop template whitespace after it."""
-        stops = {i for i in (self.tokenizer.eos_token_id, *self._extra_stop_ids()) if i is not None}
-        for k in range(len(ids) - 1, -1, -1):
-            if ids[k] in stops:
-                return ids[: k + 1]
-        return ids
-
-    def _extra_stop_ids(self) -> list[int]:
-        out = []
-        for tok in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"):
-            tid = self.tokenizer.convert_tokens_to_ids(tok)
-            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id:
-                out.append(tid)
-        return out
-
-    def _encode_jinja(self, messages: Sequence[Message], train_on: TrainOn) -> Encoded:
-        msgs = list(messages)
-        full = self._jinja_ids(msgs, add_generation_prompt=False)
-        mask = [train_on == "all"] * len(full)
-        if train_on == "all":
-            return Encoded(full, mask)
-        assistant_turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
-        if train_on == "last_assistant":
-            assistant_turns = assistant_turns[-1:]
-        for i in assistant_turns:
-            p = self._jinja_ids(msgs[:i], add_generation_prompt=True)
-            q = self._jinja_ids(msgs[: i + 1], add_generation_prompt=False)
-            self._check_prefix(p, q, i)
-            self._check_prefix(q, full, i)
-            turn = self._trim_tail(q[len(p):])
-            for k in range(len(p), len(p) + len(turn)):
-                mask[k] = True
-        return Encoded(full, mask)
-
-
-def _tokenizer_adds_bos(tokenizer) -> bool:
-    """Whether plain `tokenizer(text)` prepends BOS (Llama-style post-processors do)."""
-    bos = tokenizer.bos_token_id
-    return bos is not None and list(tokenizer("a")["input_ids"][:1]) == [bos]
+        return self.encode_pair(prompt, [completion])[1][0]
 
 
 def chat_format(tokenizer, template_name: str | None) -> ChatFormat:

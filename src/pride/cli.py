@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     insp = data_sub.add_parser("inspect", help="show rendered rows with trained tokens highlighted, plus counts")
     _add_config_args(insp)
     insp.add_argument("-n", "--rows", type=int, default=3, help="rows to show")
+    insp.add_argument("--export", default=None, metavar="FILE.jsonl",
+                      help="write every kept row as training sees it (token ids, labels)")
     return parser
 
 
@@ -116,7 +118,7 @@ def _dispatch(args, parser) -> int:
         from pride.config import load_config
         from pride.data.inspect import inspect
 
-        inspect(load_config(args.config, args.overrides), n=args.rows)
+        inspect(load_config(args.config, args.overrides), n=args.rows, export=args.export)
         return 0
     if args.command == "demo":
         from pride.demo import run_demo

@@ -1,20 +1,27 @@
 """`pride data inspect`: show rendered rows with the trained tokens highlighted, plus counts.
 
 Like axolotl's `preprocess --debug`: the quickest way to see that a template and a mask
-do what you think before paying for a run.
+do what you think before paying for a run. The rows go through the same tokenization as
+training (truncation included), and `--export FILE.jsonl` writes exactly those ids:
+SFT `{"input_ids", "labels"}` (labels -100 where not trained, unshifted as in transformers),
+preference `{"prompt_ids", "chosen_ids", "rejected_ids"}` (completions without the prompt).
 """
 
 from __future__ import annotations
 
+import json
 import statistics
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from pride.chat import ChatFormat
 from pride.config import Config
 from pride.data import Conversation, PreferencePair, load_rows
+from pride.data.packing import IGNORE
+from pride.data.preference import tokenize_pairs
+from pride.data.sft import tokenize_conversations
 from pride.models import load_chat
 
 
@@ -27,24 +34,38 @@ def render_tokens(tokenizer, ids: list[int], mask: list[bool]) -> Text:
     return text
 
 
-def inspect(cfg: Config, n: int = 3, console: Console | None = None) -> dict:
+def training_view(cfg: Config, fmt, rows: list) -> tuple[str, list[dict]]:
+    """Each kept row as training sees it (the `--export` lines)."""
+    convs = [r for r in rows if isinstance(r, Conversation)]
+    pairs = [r for r in rows if isinstance(r, PreferencePair)]
+    if pairs:
+        s = cfg.preference
+        data = tokenize_pairs(pairs, fmt, s.max_length, s.max_prompt_length)
+        return "preference", [{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r} for p, c, r in data.ids]
+    samples, _ = tokenize_conversations(convs, fmt, cfg.data.train_on, cfg.train.max_length, cfg.train.truncation)
+    return "sft", [{"input_ids": s.input_ids, "labels": [IGNORE] + s.labels[:-1]} for s in samples]
+
+
+def inspect(cfg: Config, n: int = 3, console: Console | None = None, export: str | None = None) -> dict:
     console = console or Console()
     tokenizer, fmt = load_chat(cfg.model)
     rows = load_rows(cfg.data, want="any", seed=cfg.seed)
+    kind, lines = training_view(cfg, fmt, rows.train)
     console.print(f"[bold]template[/]: {fmt.name}   [bold]train_on[/]: {cfg.data.train_on}")
-    for i, row in enumerate(rows.train[:n]):
-        console.rule(f"row {i}: {row.where}")
-        for label, ids, mask in _encode(fmt, row, cfg.data.train_on):
+    sequences = [_shown(kind, line) for line in lines]
+    for i, seqs in enumerate(sequences[:n]):
+        console.rule(f"row {i}")
+        for label, ids, mask in seqs:
             if label:
                 console.print(f"[bold]{label}[/]")
             console.print(render_tokens(tokenizer, ids, mask))
-    lengths, trained = [], []
-    for row in rows.train:
-        for _, ids, mask in _encode(fmt, row, cfg.data.train_on):
-            lengths.append(len(ids))
-            trained.append(sum(mask))
+    flat = [s for seqs in sequences for s in seqs]
+    lengths = [len(ids) for _, ids, _ in flat]
+    trained = [sum(mask) for _, _, mask in flat]
+    limit = cfg.preference.max_length if kind == "preference" else cfg.train.max_length
     counts = {
         "train_rows": len(rows.train),
+        "kept_rows": len(lines),
         "eval_rows": len(rows.eval),
         "skipped_bad_rows": rows.stats.get("skipped_bad_rows", 0),
         "duplicates_removed": rows.stats.get("duplicates_removed", 0),
@@ -53,8 +74,7 @@ def inspect(cfg: Config, n: int = 3, console: Console | None = None) -> dict:
         "trained_tokens": sum(trained),
         "tokens_per_sequence_mean": round(statistics.fmean(lengths), 1) if lengths else 0,
         "tokens_per_sequence_max": max(lengths, default=0),
-        "over_max_length": sum(1 for n_ in lengths if n_ > cfg.train.max_length),
-        "no_trained_tokens": sum(1 for t in trained if t == 0),
+        "at_max_length": sum(1 for n_ in lengths if n_ >= limit),
     }
     table = Table(title="counts", show_header=False)
     for k, v in counts.items():
@@ -62,17 +82,17 @@ def inspect(cfg: Config, n: int = 3, console: Console | None = None) -> dict:
     console.print(table)
     for example in rows.stats.get("bad_row_examples", []):
         console.print(f"[yellow]skipped[/] {example}")
+    if export:
+        path = Path(export)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+        console.print(f"exported {len(lines)} rows to {path}")
     return counts
 
 
-def _encode(fmt: ChatFormat, row, train_on):
-    if isinstance(row, Conversation):
-        enc = fmt.encode(row.messages, train_on)
-        return [("", enc.ids, enc.mask)]
-    assert isinstance(row, PreferencePair)
-    prompt = fmt.encode_prompt(row.prompt)
-    out = []
-    for label, completion in (("chosen", row.chosen), ("rejected", row.rejected)):
-        comp = fmt.encode_completion(row.prompt, completion)
-        out.append((label, prompt + comp, [False] * len(prompt) + [True] * len(comp)))
-    return out
+def _shown(kind: str, line: dict) -> list[tuple[str, list[int], list[bool]]]:
+    if kind == "sft":
+        return [("", line["input_ids"], [x != IGNORE for x in line["labels"]])]
+    p = line["prompt_ids"]
+    return [(label, p + line[key], [False] * len(p) + [True] * len(line[key]))
+            for label, key in (("chosen", "chosen_ids"), ("rejected", "rejected_ids"))]

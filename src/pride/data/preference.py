@@ -1,7 +1,7 @@
 """Preference data: pairs -> token samples (prompt + chosen, prompt + rejected).
 
-The prompt is tokenized once and shared by both completions, so the prompt/completion
-boundary is exact (no string diffing) and identical on both sides. Truncation: the prompt
+Ids come from `ChatFormat.encode_pair`: the prompt as tokenized at inference, shared by
+both completions, and each completion as the rest of the whole-string tokenization. Truncation: the prompt
 keeps its end (and its BOS) within `max_prompt_length`; completions keep their start within
 `max_length`. Pairs left with an empty completion, and pairs whose chosen equals rejected,
 are skipped and counted.
@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from pride.chat import ChatFormat
 from pride.data.packing import IGNORE, Sample
-from pride.data.rows import PreferencePair
+from pride.data.rows import PreferencePair, RowError
+from pride.errors import PrideError
 
 
 @dataclass
@@ -22,6 +23,7 @@ class PairData:
     kept: list[int]  # input index of each kept pair
     status: list[str]  # per input pair: ok | empty_completion | identical
     stats: dict = field(default_factory=dict)
+    ids: list[tuple[list[int], list[int], list[int]]] = field(default_factory=list)  # kept: prompt, chosen, rejected
 
 
 def pair_samples(prompt: list[int], chosen: list[int], rejected: list[int], example: int) -> list[Sample]:
@@ -44,12 +46,13 @@ def truncate_prompt(prompt: list[int], limit: int, bos: int | None) -> list[int]
 def tokenize_pairs(pairs: list[PreferencePair], fmt: ChatFormat, max_length: int, max_prompt_length: int,
                    first_example: int = 0) -> PairData:
     bos = fmt.tokenizer.bos_token_id
-    rows, kept, status = [], [], []
+    rows, kept, status, ids = [], [], [], []
     truncated = 0
     for i, pair in enumerate(pairs):
-        prompt = fmt.encode_prompt(pair.prompt)
-        chosen = fmt.encode_completion(pair.prompt, pair.chosen)
-        rejected = fmt.encode_completion(pair.prompt, pair.rejected)
+        try:
+            prompt, (chosen, rejected) = fmt.encode_pair(pair.prompt, [pair.chosen, pair.rejected])
+        except RowError as e:
+            raise PrideError(f"{pair.where}: {e}") from None
         short = truncate_prompt(prompt, max_prompt_length, bos)
         budget = max_length - len(short)
         c, r = chosen[:max(budget, 0)], rejected[:max(budget, 0)]
@@ -62,8 +65,9 @@ def tokenize_pairs(pairs: list[PreferencePair], fmt: ChatFormat, max_length: int
             continue
         status.append("ok")
         kept.append(i)
+        ids.append((short, c, r))
         rows.append(pair_samples(short, c, r, example=first_example + len(kept) - 1))
     stats = {"pairs": len(pairs), "kept": len(kept), "truncated": int(truncated),
              "skipped_empty_completion": status.count("empty_completion"),
              "skipped_identical": status.count("identical")}
-    return PairData(rows, kept, status, stats)
+    return PairData(rows, kept, status, stats, ids)

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 from pride.chat import ChatFormat
 from pride.data.packing import Sample, pack_bfd, shift_targets
-from pride.data.rows import Conversation
+from pride.data.rows import Conversation, RowError
+from pride.errors import PrideError
 
 
 @dataclass
@@ -20,7 +21,10 @@ def tokenize_conversations(convs: list[Conversation], fmt: ChatFormat, train_on:
     """Encode each conversation; over-long ones are truncated (keep the start) or dropped."""
     samples, truncated, dropped_long, dropped_empty = [], 0, 0, 0
     for i, conv in enumerate(convs):
-        enc = fmt.encode(conv.messages, train_on)
+        try:
+            enc = fmt.encode(conv.messages, train_on)
+        except RowError as e:
+            raise PrideError(f"{conv.where}: {e}") from None
         ids, mask = enc.ids, enc.mask
         if len(ids) > max_length:
             if truncation == "drop":
