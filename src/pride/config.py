@@ -82,7 +82,11 @@ class TrainSettings(Section):
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     max_grad_norm: float | None = Field(1.0, gt=0)
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    precision: Literal["mixed", "pure"] = Field(
+        "mixed", description="mixed: trainable weights and optimizer state in fp32, compute in model.dtype under "
+        "autocast; pure: train in model.dtype (bf16/fp16 updates smaller than a weight's resolution are lost)")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="autocast dtype; auto: model.dtype when it is bf16/fp16 (precision=mixed), else none")
     max_length: int = Field(2048, gt=1, description="tokens per sample (and per packed row)")
     truncation: Literal["truncate", "drop"] = "truncate"
     packing: bool = True

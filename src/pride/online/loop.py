@@ -208,7 +208,7 @@ def run_iteration(cfg: Config, acc, n: int, prompts: list[dict], model_ref: str,
 
 def run_online(cfg: Config) -> list[dict]:
     seed_everything(cfg.seed)
-    acc = make_accelerator(cfg.train, cfg.output_dir)
+    acc = make_accelerator(cfg.train, cfg.output_dir, cfg.model.dtype)
     console = console_for(acc)
     run_dir = prepare_run_dir(cfg, acc)
     prompts = load_prompts(cfg)

@@ -56,10 +56,30 @@ class TrainResult:
     prepared: torch.nn.Module | None = None  # the accelerate-prepared TokenLogps (what to save from)
 
 
-def make_accelerator(cfg: TrainSettings, run_dir: Path) -> Accelerator:
-    mp = cfg.mixed_precision
-    if mp == "auto":
-        mp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if torch.cuda.is_available() else "no"
+def autocast_dtype(cfg: TrainSettings, model_dtype: str) -> str:
+    """What accelerate autocasts to: the model's own low precision under precision=mixed.
+
+    Under precision=pure the weights already are low precision, so no autocast (and no fp16
+    grad scaler, which refuses fp16 weights)."""
+    if cfg.mixed_precision != "auto":
+        return cfg.mixed_precision
+    if cfg.precision == "pure":
+        return "no"
+    from pride.models import resolve_dtype
+
+    dtype = resolve_dtype(model_dtype)
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
+
+
+def make_accelerator(cfg: TrainSettings, run_dir: Path, model_dtype: str = "auto") -> Accelerator:
+    mp = autocast_dtype(cfg, model_dtype)
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != mp:
+        # accelerate keeps one process-wide state; stages run in one process (`pride run`, the demo)
+        # may autocast differently. Only the precision part is reset; the process group stays.
+        AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=mp, log_with=list(cfg.report_to) or None, project_dir=str(run_dir),
                        cpu=not torch.cuda.is_available())
 

@@ -24,7 +24,8 @@ from pride.errors import PrideError
 from pride.logps import TokenLogps, sequence_logps
 from pride.losses import NEEDS_WIN_PROB, REFERENCE_FREE, preference_loss
 from pride.models import load_model
-from pride.reference import PairLogps, cache_key, compute_pair_logps, model_fingerprint, read_cached, write_parquet
+from pride.reference import (PairLogps, cache_key, compute_pair_logps, model_fingerprint, read_cached, same_layout,
+                             write_parquet)
 from pride.train.loop import make_accelerator, train
 from pride.train.stage import console_for, load_for_training, prepare_run_dir, finish_stage, seed_everything, write_json
 
@@ -111,10 +112,13 @@ def reference_logps(cfg: Config, acc, policy, tokenizer, data: PairData, where: 
     """Load from the cache when it matches, else compute with the reference model and store."""
     ref_settings = cfg.model if cfg.preference.reference_model is None else cfg.model.model_copy(
         update={"path": cfg.preference.reference_model, "lora": None})
-    key = cache_key(model_fingerprint(ref_settings, cfg.seed), data.rows)
-    cached = read_cached(path, data, key)
+    key = cache_key(model_fingerprint(ref_settings, cfg.seed))
+    cached = read_cached(path, data, key, warn=console.print)
     if cached is not None:
         console.print(f"reference log-probs: cached in {path}")
+        if acc.is_main_process and not same_layout(path, data, where):  # re-align rows to this input
+            write_parquet(path, data, cached, key, where)
+        acc.wait_for_everyone()
         return cached
     if cfg.preference.reference_model is None:
         model = policy  # the starting policy is the reference: no second model in memory
@@ -136,10 +140,10 @@ def reference_logps(cfg: Config, acc, policy, tokenizer, data: PairData, where: 
 def run_dpo(cfg: Config) -> dict:
     seed_everything(cfg.seed)
     s = cfg.preference
-    acc = make_accelerator(cfg.train, cfg.output_dir)
+    acc = make_accelerator(cfg.train, cfg.output_dir, cfg.model.dtype)
     console = console_for(acc)
     run_dir = prepare_run_dir(cfg, acc)
-    model, tokenizer, fmt = load_for_training(cfg, acc)
+    model, tokenizer, fmt = load_for_training(cfg, acc, console)
     model.to(acc.device)
     rows = load_rows(cfg.data, want="preference", seed=cfg.seed)
     train_data = tokenize_pairs(rows.train, fmt, s.max_length, s.max_prompt_length)

@@ -34,10 +34,10 @@ def prepare_sft_rows(cfg: Config, fmt, rows: list) -> tuple[list[list[Sample]], 
 
 def run_sft(cfg: Config) -> dict:
     seed_everything(cfg.seed)
-    acc = make_accelerator(cfg.train, cfg.output_dir)
+    acc = make_accelerator(cfg.train, cfg.output_dir, cfg.model.dtype)
     console = console_for(acc)
     run_dir = prepare_run_dir(cfg, acc)
-    model, tokenizer, fmt = load_for_training(cfg, acc)
+    model, tokenizer, fmt = load_for_training(cfg, acc, console)
     data = load_rows(cfg.data, want="conversation", seed=cfg.seed)
     rows, stats = prepare_sft_rows(cfg, fmt, data.train)
     eval_rows, _ = prepare_sft_rows(cfg, fmt, data.eval) if data.eval else ([], {})
