@@ -64,3 +64,22 @@ def test_qlora_needs_gpu():
         pytest.skip("GPU present")
     with pytest.raises(PrideError, match="needs a CUDA GPU"):
         load_model_and_tokenizer(ModelSettings(path="tiny:llama", load_in_4bit=True, lora=LoraSettings()))
+
+
+def test_auto_attention_picks_what_the_architecture_supports():
+    """Gemma-2 has no sdpa path in transformers: auto must pick eager there (flash-attn absent)."""
+    model, _, _ = load_model_and_tokenizer(ModelSettings(path="tiny:gemma2"))
+    assert model.config._attn_implementation == "eager"
+    assert model.config.final_logit_softcapping and model.config.attn_logit_softcapping
+    model, _, _ = load_model_and_tokenizer(ModelSettings(path="tiny:llama"))
+    assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(PrideError, match="attn_implementation=sdpa: Gemma2ForCausalLM does not support it"):
+        load_model_and_tokenizer(ModelSettings(path="tiny:gemma2", attn_implementation="sdpa"))
+
+
+def test_gemma2_model_dir_loads_with_defaults(tmp_path):
+    model, tok, _ = load_model_and_tokenizer(ModelSettings(path="tiny:gemma2"))
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded, _, _ = load_model_and_tokenizer(ModelSettings(path=str(tmp_path)))
+    assert loaded.config._attn_implementation == "eager"

@@ -34,13 +34,17 @@ def loss_and_grads(wrapper, rows, pad_id):
     return loss.detach(), logps.detach(), grads
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma"])
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+ARCH_ATTN = [(a, attn) for a in ("llama", "gemma", "mistral", "qwen2") for attn in ("sdpa", "eager")] + [
+    (a, "auto") for a in ("qwen3", "gemma2", "gemma3", "phi3")]
+
+
+@pytest.mark.parametrize("arch,attn", ARCH_ATTN)
 def test_packed_equals_one_by_one(arch, attn):
     model, tok, fmt = load_model_and_tokenizer(ModelSettings(path=f"tiny:{arch}", attn_implementation=attn), seed=1)
     model.train()
     wrapper = TokenLogps(model, chunk_size=7)  # several chunks, a ragged last one
     samples = make_samples(fmt, 9)
+    assert max(len(s) for s in samples) > 2 * 16  # longer than the tiny sliding windows (gemma2/3)
     rows = [[samples[i] for i in g] for g in pack_bfd([len(s) for s in samples], 160)]
     assert any(len(r) > 1 for r in rows), "the test must pack several samples into a row"
     packed_loss, packed_logps, packed_grads = loss_and_grads(wrapper, rows, tok.pad_token_id)

@@ -9,6 +9,7 @@ template's special tokens (added, with the embeddings resized, when the tokenize
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -31,17 +32,44 @@ def resolve_dtype(name: str, device: str | torch.device | None = None) -> torch.
     return torch.float32
 
 
-def resolve_attention(name: str, device: str | torch.device | None = None) -> str:
-    """auto: flash-attention 2 when installed and on a GPU, else sdpa."""
+def resolve_attention(name: str, device: str | torch.device | None = None, model_class=None) -> str:
+    """auto: flash-attention 2 on a GPU where installed, else sdpa, else eager, each only where
+    the architecture supports it (Gemma-2 has no sdpa: eager, which keeps its softcapping)."""
+    fa2 = importlib.util.find_spec("flash_attn") is not None
+    supports = {"flash_attention_2": getattr(model_class, "_supports_flash_attn", True),
+                "sdpa": getattr(model_class, "_supports_sdpa", True), "eager": True}
     if name != "auto":
-        if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        if name == "flash_attention_2" and not fa2:
             raise PrideError("model.attn_implementation=flash_attention_2 but flash-attn is not installed "
                              "(pip install flash-attn --no-build-isolation), or use sdpa")
+        if not supports[name]:
+            raise PrideError(f"model.attn_implementation={name}: {model_class.__name__} does not support it "
+                             "(use auto, or eager)")
         return name
     dev = torch.device(device) if device is not None else _default_device()
-    if dev.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+    if dev.type == "cuda" and fa2 and supports["flash_attention_2"]:
         return "flash_attention_2"
-    return "sdpa"
+    return "sdpa" if supports["sdpa"] else "eager"
+
+
+def causal_lm_class(settings: ModelSettings):
+    """The transformers class a reference loads as (None when unknown, e.g. remote code)."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if is_tiny(settings.path):
+        from pride.tiny import ARCHS
+
+        arch = ARCHS.get(settings.path.split(":", 1)[1])
+        model_type = arch.model_type if arch else None
+    else:
+        config = Path(settings.path) / "config.json"
+        try:
+            model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type") if config.is_file() else None
+        except (OSError, ValueError):
+            model_type = None
+    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type or "")
+    return getattr(transformers, name, None) if name else None
 
 
 def _default_device() -> torch.device:
@@ -89,7 +117,7 @@ def load_model(settings: ModelSettings, *, seed: int = 0, device: str | torch.de
     ref = settings.path
     _check_reference(ref)
     dtype = dtype or resolve_dtype(settings.dtype, device)
-    attn = resolve_attention(settings.attn_implementation, device)
+    attn = resolve_attention(settings.attn_implementation, device, causal_lm_class(settings))
     quantization = _bnb_4bit(dtype) if settings.load_in_4bit else None
     if quantization is not None and is_tiny(ref):
         raise PrideError("model.load_in_4bit applies to model directories; save the tiny model first")

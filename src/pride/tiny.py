@@ -2,7 +2,7 @@
 
 Built offline and deterministically from a seed, for tests, the demo and benchmarks.
 Each architecture gets the special tokens and chat template of its real family (Llama-3,
-Gemma, Mistral, Qwen2), so templates, BOS handling and end-of-turn behave as on the real
+Gemma, Mistral, Qwen; Phi-3 uses chatml), so templates, BOS handling and end-of-turn behave as on the real
 models. Sizes can be overridden (`model.tiny.hidden_size=256`, `vocab_size=128256`, ...).
 """
 
@@ -48,6 +48,18 @@ ARCHS: dict[str, TinyArch] = {
     "mistral": TinyArch("mistral", "mistral", "<s>", "</s>", "<unk>", (), dict(_COMMON, sliding_window=None)),
     "qwen2": TinyArch("qwen2", "chatml", None, "<|im_end|>", "<|endoftext|>", ("<|endoftext|>",),
                       dict(_COMMON, tie_word_embeddings=True)),
+    "qwen3": TinyArch("qwen3", "chatml", None, "<|im_end|>", "<|endoftext|>", ("<|endoftext|>",),
+                      dict(_COMMON, head_dim=16, tie_word_embeddings=True)),
+    # Gemma-2: sliding-window layers alternate with global ones, attention and final logits softcapped
+    "gemma2": TinyArch("gemma2", "gemma", "<bos>", "<eos>", "<pad>", ("<end_of_turn>",),
+                       dict(_COMMON, head_dim=16, hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+                            sliding_window=16, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                            query_pre_attn_scalar=16)),
+    "gemma3": TinyArch("gemma3_text", "gemma", "<bos>", "<eos>", "<pad>", ("<end_of_turn>",),
+                       dict(_COMMON, head_dim=16, tie_word_embeddings=True, sliding_window=16,
+                            query_pre_attn_scalar=16, layer_types=["sliding_attention", "full_attention"])),
+    "phi3": TinyArch("phi3", "chatml", "<s>", "<|endoftext|>", "<|endoftext|>", (),
+                     dict(_COMMON, original_max_position_embeddings=4096)),
 }
 
 
