@@ -144,3 +144,29 @@ def test_every_loss_trains_through_the_stage(tmp_path, loss_type):
                                  "preference.label_smoothing=0.1", "preference.nll_weight=0.2"))
     assert summary["steps"] == 2 and torch.isfinite(torch.tensor(summary["final"]["loss"]))
     assert (tmp_path / "run" / "reference_logps.parquet").exists() == (loss_type != "simpo")
+
+
+def test_reference_cache_survives_a_new_skipped_pair_and_a_torn_file(tmp_path, monkeypatch):
+    """Issue 17, point 4: the cache is read by content; a broken file is recomputed."""
+    import pride.train.preference as preference
+
+    computed = []
+    real = preference.compute_pair_logps
+    monkeypatch.setattr(preference, "compute_pair_logps", lambda *a, **k: computed.append(1) or real(*a, **k))
+    rows = uf_rows(12)
+    data = write_jsonl(tmp_path / "uf.jsonl", rows)
+    cfg = dpo_config(tmp_path, "tiny:llama", data, tmp_path / "run", "train.max_steps=1", "train.resume=never")
+    run_dpo(cfg)
+    ref = tmp_path / "run" / "reference_logps.parquet"
+    first = pq.read_table(ref).to_pydict()
+    before = {k: v for k, v in zip(first["pair_key"], first["ref_chosen_logps"])}
+    same = {"prompt": "Q", "chosen": "same", "rejected": "same"}  # skipped: identical completions
+    write_jsonl(data, [same] + rows + [same])  # shifts every input position (main: IndexError)
+    run_dpo(cfg)
+    assert len(computed) == 1  # a cache hit
+    after = pq.read_table(ref).to_pydict()
+    assert after["status"].count("identical") == 2 and len(after["status"]) == 14
+    assert {k: v for k, v in zip(after["pair_key"], after["ref_chosen_logps"]) if k} == before
+    ref.write_bytes(ref.read_bytes()[:100])  # torn
+    run_dpo(cfg)  # recomputed with a warning, no traceback
+    assert len(computed) == 2 and pq.read_table(ref).num_rows == 14

@@ -2,9 +2,9 @@
 
 One no-grad pass of the reference model gives, per pair, the summed log-probs of the
 chosen and rejected completion tokens and their token counts. They are written to
-`reference_logps.parquet` (one row per input pair, in input order) under a cache key that
-covers the reference model and the exact token ids (so tokenizer, template, lengths and
-truncation are all in it). Ranks split the pairs and gather the results.
+`reference_logps.parquet` (one row per input pair, in input order), keyed by the reference
+model (file metadata) and per pair by its exact token ids (so tokenizer, template, lengths
+and truncation are all in it, and adding, dropping or reordering pairs keeps the others). Ranks split the pairs and gather the results.
 """
 
 from __future__ import annotations
@@ -47,13 +47,18 @@ def model_fingerprint(settings: ModelSettings, seed: int) -> str:
     return json.dumps({"hub": settings.path, "revision": settings.revision})
 
 
-def cache_key(fingerprint: str, rows: list[list[Sample]]) -> str:
-    h = hashlib.sha256(fingerprint.encode())
-    for row in rows:
-        for s in row:
-            h.update(torch.tensor(s.input_ids, dtype=torch.int64).numpy().tobytes())
-            h.update(torch.tensor(s.labels, dtype=torch.int64).numpy().tobytes())
-            h.update(b"|")
+def cache_key(fingerprint: str) -> str:
+    """Key of the reference model (stored in the file's metadata)."""
+    return hashlib.sha256(fingerprint.encode()).hexdigest()
+
+
+def pair_key(row: list[Sample]) -> str:
+    """Key of one pair's content: its exact token ids and targets (template, truncation included)."""
+    h = hashlib.sha256()
+    for s in row:
+        h.update(torch.tensor(s.input_ids, dtype=torch.int64).numpy().tobytes())
+        h.update(torch.tensor(s.labels, dtype=torch.int64).numpy().tobytes())
+        h.update(b"|")
     return h.hexdigest()
 
 
@@ -91,10 +96,11 @@ def compute_pair_logps(acc: Accelerator, model: torch.nn.Module, rows: list[list
 def write_parquet(path: Path, data: PairData, logps: PairLogps, key: str, where: list[str]) -> None:
     """One row per input pair, in input order; skipped pairs carry their status and nulls."""
     n = len(data.status)
-    cols: dict[str, list] = {"pair": list(range(n)), "where": where, "status": data.status}
+    cols: dict[str, list] = {"pair": list(range(n)), "where": where, "status": data.status, "pair_key": [None] * n}
     for name in COLUMNS:
         cols[name] = [None] * n
     for k, i in enumerate(data.kept):
+        cols["pair_key"][i] = pair_key(data.rows[k])
         cols["ref_chosen_logps"][i] = float(logps.chosen[k])
         cols["ref_rejected_logps"][i] = float(logps.rejected[k])
         cols["chosen_tokens"][i] = int(logps.chosen_tokens[k])
@@ -105,19 +111,32 @@ def write_parquet(path: Path, data: PairData, logps: PairLogps, key: str, where:
     tmp.replace(path)
 
 
-def read_cached(path: Path, data: PairData, key: str) -> PairLogps | None:
-    """The stored values if the file exists and was computed for exactly these inputs."""
+def same_layout(path: Path, data: PairData, where: list[str]) -> bool:
+    """Whether the file's rows are this input's pairs, in this order, with these statuses."""
+    cols = pq.read_table(path, columns=["where", "status"]).to_pydict()
+    return cols["where"] == list(where) and cols["status"] == list(data.status)
+
+
+def read_cached(path: Path, data: PairData, key: str, warn=print) -> PairLogps | None:
+    """The stored values of every kept pair, looked up by content, if all are there for this model.
+
+    Pairs added, removed, skipped or reordered since do not matter; a pair whose tokens
+    changed is a miss (everything is computed again). An unreadable file is a miss with a warning.
+    """
     if not path.exists():
         return None
-    table = pq.read_table(path)
-    meta = table.schema.metadata or {}
-    if meta.get(b"pride_cache_key", b"").decode() != key:
+    try:
+        table = pq.read_table(path)
+        if (table.schema.metadata or {}).get(b"pride_cache_key", b"").decode() != key:
+            return None
+        cols = table.to_pydict()
+        stored = {k: i for i, k in enumerate(cols["pair_key"]) if k is not None}
+        idx = [stored.get(pair_key(row)) for row in data.rows]
+        if any(i is None for i in idx):
+            return None
+        return PairLogps(*(torch.tensor([cols[name][i] for i in idx], dtype=dtype) for name, dtype in (
+            ("ref_chosen_logps", torch.float64), ("ref_rejected_logps", torch.float64),
+            ("chosen_tokens", torch.long), ("rejected_tokens", torch.long))))
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as e:
+        warn(f"warning: {path} is unreadable ({e}); computing the reference log-probs again")
         return None
-    cols = table.to_pydict()
-    idx = data.kept
-    return PairLogps(
-        torch.tensor([cols["ref_chosen_logps"][i] for i in idx], dtype=torch.float64),
-        torch.tensor([cols["ref_rejected_logps"][i] for i in idx], dtype=torch.float64),
-        torch.tensor([cols["chosen_tokens"][i] for i in idx], dtype=torch.long),
-        torch.tensor([cols["rejected_tokens"][i] for i in idx], dtype=torch.long),
-    )
