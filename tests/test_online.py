@@ -230,3 +230,42 @@ def test_sppo_self_play_with_split_prompts(tmp_path):
     pairs = [json.loads(x) for x in (tmp_path / "sppo" / "iteration-1" / "pairs.jsonl").read_text().splitlines()]
     assert pairs and all(0 < p["rejected_win_prob"] < 0.5 < p["chosen_win_prob"] < 1 for p in pairs)
     assert "loss_type: sppo" in (tmp_path / "sppo" / "iteration-1" / "config.yaml").read_text()
+
+
+def test_online_round_trains_with_the_users_model_settings(tmp_path, monkeypatch):
+    """Issue 17, point 5: sampling turns checkpointing off; the round's training must not inherit that."""
+    from pride.config import load_config
+    from pride.online.loop import run_online
+    import pride.train.preference as preference
+
+    seen = []
+    real = preference.train
+
+    def spy(cfg, *, model, **kw):
+        seen.append(model.is_activation_checkpointing)
+        return real(cfg, model=model, **kw)
+
+    monkeypatch.setattr(preference, "train", spy)
+    run_online(load_config(None, online_config(tmp_path, tmp_path / "run", "online.iterations=1",
+                                               "model.gradient_checkpointing=true", "train.max_steps=1")))
+    assert seen == [True]  # main: False
+
+
+def test_preference_policy_has_no_dropout(tmp_path):
+    """With dropout off the policy equals the precomputed reference at step 0: the DPO loss is log 2."""
+    import math
+
+    from pride.config import load_config
+    from pride.train.preference import run_dpo
+    from tests.test_dpo import uf_rows
+
+    data = write_jsonl(tmp_path / "uf.jsonl", uf_rows(8))
+    losses = {}
+    for flag in ("true", "false"):
+        run_dpo(load_config(None, ["model.path=tiny:llama", "model.tiny.attention_dropout=0.5",
+                                   f"data.sources.0.path={data}", f"output_dir={tmp_path / flag}",
+                                   "train.max_steps=1", "train.micro_batch_size=8", "seed=0",
+                                   f"preference.disable_dropout={flag}"]))
+        losses[flag] = json.loads((tmp_path / flag / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    assert losses["true"] == pytest.approx(math.log(2), abs=1e-6)
+    assert abs(losses["false"] - math.log(2)) > 1e-3  # dropout on: the policy differs from its own reference

@@ -119,6 +119,8 @@ class PreferenceSettings(Section):
     reference_model: str | None = Field(None, description="default: the starting policy")
     reference_batch_size: int = Field(16, gt=0, description="pairs per forward when precomputing")
     padding_free: bool = Field(True, description="pack a micro-batch's sequences into rows (no padding)")
+    disable_dropout: bool = Field(True, description="no dropout in the policy (the reference is computed without; "
+                                                    "TRL's default)")
 
 
 class JudgeSettings(Section):

@@ -159,6 +159,21 @@ def load_model_and_tokenizer(settings: ModelSettings, *, seed: int = 0, device=N
     return model, tokenizer, fmt
 
 
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Dropout off everywhere: nn.Dropout modules and the attention's own dropout rate.
+
+    The reference log-probs come from a model in eval mode; a policy with dropout on would
+    differ from it at step 0 (DPO's loss would not start at log 2). Returns how many were on."""
+    turned_off = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout) and module.p > 0:
+            module.p, turned_off = 0.0, turned_off + 1
+        rate = getattr(module, "attention_dropout", None)
+        if isinstance(rate, float) and rate > 0:
+            module.attention_dropout, turned_off = 0.0, turned_off + 1
+    return turned_off
+
+
 def load_chat(settings: ModelSettings) -> tuple[object, ChatFormat]:
     """Tokenizer and chat format only (data preparation needs no weights)."""
     tokenizer = load_tokenizer(settings)

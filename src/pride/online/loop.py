@@ -132,7 +132,9 @@ def run_iteration(cfg: Config, acc, n: int, prompts: list[dict], model_ref: str,
     s = cfg.online
     it_dir = run_dir / f"iteration-{n}"
     it_dir.mkdir(parents=True, exist_ok=True)
-    settings = cfg.model.model_copy(update={"path": model_ref, "lora": None, "gradient_checkpointing": False})
+    # sampling loads the round's model plainly; training keeps every model setting of the user's
+    sample_settings = cfg.model.model_copy(update={"path": model_ref, "lora": None, "gradient_checkpointing": False})
+    train_settings = cfg.model.model_copy(update={"path": model_ref})
     k = s.samples_per_prompt
     timing = {}
 
@@ -142,7 +144,7 @@ def run_iteration(cfg: Config, acc, n: int, prompts: list[dict], model_ref: str,
     def generate(chunk: int, todo: list[dict]) -> list[dict]:
         if "sampler" not in state:
             state["sampler"] = make_sampler(s, model_ref, model_ref,
-                                            lambda: load_model_and_tokenizer(settings, seed=cfg.seed, device=acc.device),
+                                            lambda: load_model_and_tokenizer(sample_settings, seed=cfg.seed, device=acc.device),
                                             acc.device, cfg.seed)
         seed = cfg.seed * 1_000_003 + n * 10_007 + acc.process_index * 1_009 + chunk
         outs = state["sampler"].sample([p["prompt"] for p in todo], [seed] * len(todo))
@@ -189,7 +191,7 @@ def run_iteration(cfg: Config, acc, n: int, prompts: list[dict], model_ref: str,
         offline = len(read_rows(s.mix_offline, "preference", cfg.data.on_bad_row, {}))
         wanted = round(len(pairs) * s.mix_fraction / (1 - s.mix_fraction))
         sources.append(s.mix_offline.model_copy(update={"fraction": min(1.0, max(wanted, 1) / offline)}))
-    dpo_cfg = cfg.model_copy(update={"model": settings.model_copy(update={"lora": cfg.model.lora}),
+    dpo_cfg = cfg.model_copy(update={"model": train_settings,
                                      "data": DataSettings(sources=sources, on_bad_row="error", allow_empty_completions=True),
                                      "output_dir": str(it_dir), "seed": cfg.seed + n})
     run_dpo(dpo_cfg)

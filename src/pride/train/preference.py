@@ -23,7 +23,7 @@ from pride.data.preference import PairData, tokenize_pairs
 from pride.errors import PrideError
 from pride.logps import TokenLogps, sequence_logps
 from pride.losses import NEEDS_WIN_PROB, REFERENCE_FREE, preference_loss
-from pride.models import load_model
+from pride.models import disable_dropout, load_model
 from pride.reference import (PairLogps, cache_key, compute_pair_logps, model_fingerprint, read_cached, same_layout,
                              write_parquet)
 from pride.train.loop import make_accelerator, train
@@ -145,6 +145,8 @@ def run_dpo(cfg: Config) -> dict:
     run_dir = prepare_run_dir(cfg, acc)
     model, tokenizer, fmt = load_for_training(cfg, acc, console)
     model.to(acc.device)
+    if s.disable_dropout:
+        disable_dropout(model)
     rows = load_rows(cfg.data, want="preference", seed=cfg.seed)
     train_data = tokenize_pairs(rows.train, fmt, s.max_length, s.max_prompt_length)
     eval_data = tokenize_pairs(rows.eval, fmt, s.max_length, s.max_prompt_length, first_example=len(train_data.rows))
