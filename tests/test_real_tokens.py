@@ -183,3 +183,19 @@ def _config(tmp_path, model, data):
     path = tmp_path / f"inspect-{data.stem}.yaml"
     path.write_text(f"model: {{path: {model}, chat_template: llama3}}\ndata: {{sources: [{{path: {data}}}]}}\n")
     return path
+
+
+def test_a_row_the_template_cannot_render_is_named_or_counted(tmp_path):
+    """Gemma's official template refuses a system turn: that row fails alone, never the whole format."""
+    from pride.data.rows import Conversation
+    from pride.data.sft import tokenize_conversations
+    from pride.errors import PrideError
+
+    tok, _ = load_chat(ModelSettings(path="tiny:gemma"))
+    tok.chat_template = GEMMA_TEMPLATE
+    fmt = chat_format(tok, None)
+    rows = [Conversation(CONVS[0], where="a.jsonl line 1"), Conversation(WITH_SYSTEM, where="a.jsonl line 2")]
+    with pytest.raises(PrideError, match="a.jsonl line 2: .*System role not supported"):
+        tokenize_conversations(rows, fmt, "all_assistant", 512, "truncate")
+    samples, stats = tokenize_conversations(rows, fmt, "all_assistant", 512, "truncate", on_bad_row="skip")
+    assert len(samples) == 1 and stats["skipped_unrenderable"] == 1

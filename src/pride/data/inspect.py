@@ -40,9 +40,10 @@ def training_view(cfg: Config, fmt, rows: list) -> tuple[str, list[dict]]:
     pairs = [r for r in rows if isinstance(r, PreferencePair)]
     if pairs:
         s = cfg.preference
-        data = tokenize_pairs(pairs, fmt, s.max_length, s.max_prompt_length)
+        data = tokenize_pairs(pairs, fmt, s.max_length, s.max_prompt_length, on_bad_row=cfg.data.on_bad_row)
         return "preference", [{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r} for p, c, r in data.ids]
-    samples, _ = tokenize_conversations(convs, fmt, cfg.data.train_on, cfg.train.max_length, cfg.train.truncation)
+    samples, _ = tokenize_conversations(convs, fmt, cfg.data.train_on, cfg.train.max_length, cfg.train.truncation,
+                                        cfg.data.on_bad_row)
     return "sft", [{"input_ids": s.input_ids, "labels": [IGNORE] + s.labels[:-1]} for s in samples]
 
 

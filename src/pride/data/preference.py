@@ -21,7 +21,7 @@ from pride.errors import PrideError
 class PairData:
     rows: list[list[Sample]]  # one row per kept pair: [chosen sample, rejected sample]
     kept: list[int]  # input index of each kept pair
-    status: list[str]  # per input pair: ok | empty_completion | identical
+    status: list[str]  # per input pair: ok | empty_completion | identical | unrenderable
     stats: dict = field(default_factory=dict)
     ids: list[tuple[list[int], list[int], list[int]]] = field(default_factory=list)  # kept: prompt, chosen, rejected
 
@@ -44,7 +44,7 @@ def truncate_prompt(prompt: list[int], limit: int, bos: int | None) -> list[int]
 
 
 def tokenize_pairs(pairs: list[PreferencePair], fmt: ChatFormat, max_length: int, max_prompt_length: int,
-                   first_example: int = 0) -> PairData:
+                   first_example: int = 0, on_bad_row: str = "error") -> PairData:
     bos = fmt.tokenizer.bos_token_id
     rows, kept, status, ids = [], [], [], []
     truncated = 0
@@ -52,7 +52,10 @@ def tokenize_pairs(pairs: list[PreferencePair], fmt: ChatFormat, max_length: int
         try:
             prompt, (chosen, rejected) = fmt.encode_pair(pair.prompt, [pair.chosen, pair.rejected])
         except RowError as e:
-            raise PrideError(f"{pair.where}: {e}") from None
+            if on_bad_row == "error":
+                raise PrideError(f"{pair.where}: {e}") from None
+            status.append("unrenderable")
+            continue
         short = truncate_prompt(prompt, max_prompt_length, bos)
         budget = max_length - len(short)
         c, r = chosen[:max(budget, 0)], rejected[:max(budget, 0)]
@@ -69,5 +72,5 @@ def tokenize_pairs(pairs: list[PreferencePair], fmt: ChatFormat, max_length: int
         rows.append(pair_samples(short, c, r, example=first_example + len(kept) - 1))
     stats = {"pairs": len(pairs), "kept": len(kept), "truncated": int(truncated),
              "skipped_empty_completion": status.count("empty_completion"),
-             "skipped_identical": status.count("identical")}
+             "skipped_identical": status.count("identical"), "skipped_unrenderable": status.count("unrenderable")}
     return PairData(rows, kept, status, stats, ids)

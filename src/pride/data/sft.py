@@ -17,14 +17,18 @@ class SftData:
 
 
 def tokenize_conversations(convs: list[Conversation], fmt: ChatFormat, train_on: str, max_length: int,
-                           truncation: str) -> tuple[list[Sample], dict]:
-    """Encode each conversation; over-long ones are truncated (keep the start) or dropped."""
-    samples, truncated, dropped_long, dropped_empty = [], 0, 0, 0
+                           truncation: str, on_bad_row: str = "error") -> tuple[list[Sample], dict]:
+    """Encode each conversation; over-long ones are truncated (keep the start) or dropped.
+    One the chat template cannot render stops the run naming its row, or is counted (skip)."""
+    samples, truncated, dropped_long, dropped_empty, unrendered = [], 0, 0, 0, 0
     for i, conv in enumerate(convs):
         try:
             enc = fmt.encode(conv.messages, train_on)
         except RowError as e:
-            raise PrideError(f"{conv.where}: {e}") from None
+            if on_bad_row == "error":
+                raise PrideError(f"{conv.where}: {e}") from None
+            unrendered += 1
+            continue
         ids, mask = enc.ids, enc.mask
         if len(ids) > max_length:
             if truncation == "drop":
@@ -38,7 +42,7 @@ def tokenize_conversations(convs: list[Conversation], fmt: ChatFormat, train_on:
             continue
         samples.append(Sample(ids, labels, example=i))
     stats = {"samples": len(samples), "truncated": truncated, "dropped_too_long": dropped_long,
-             "dropped_no_trained_tokens": dropped_empty}
+             "dropped_no_trained_tokens": dropped_empty, "skipped_unrenderable": unrendered}
     return samples, stats
 
 

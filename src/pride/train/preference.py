@@ -148,12 +148,14 @@ def run_dpo(cfg: Config) -> dict:
     if s.disable_dropout:
         disable_dropout(model)
     rows = load_rows(cfg.data, want="preference", seed=cfg.seed)
-    train_data = tokenize_pairs(rows.train, fmt, s.max_length, s.max_prompt_length)
-    eval_data = tokenize_pairs(rows.eval, fmt, s.max_length, s.max_prompt_length, first_example=len(train_data.rows))
+    train_data = tokenize_pairs(rows.train, fmt, s.max_length, s.max_prompt_length, on_bad_row=cfg.data.on_bad_row)
+    eval_data = tokenize_pairs(rows.eval, fmt, s.max_length, s.max_prompt_length, first_example=len(train_data.rows),
+                               on_bad_row=cfg.data.on_bad_row)
     stats = {**train_data.stats, "eval_pairs": len(eval_data.rows),
              **{k: v for k, v in rows.stats.items() if k != "bad_row_examples"}}
     console.print(f"[bold]{s.loss_type}[/] {stats['pairs']} pairs -> {stats['kept']} kept (skipped: "
-                  f"{stats['skipped_empty_completion']} empty completion, {stats['skipped_identical']} identical; "
+                  f"{stats['skipped_empty_completion']} empty completion, {stats['skipped_identical']} identical, "
+                  f"{stats['skipped_unrenderable']} the template cannot render; "
                   f"truncated {stats['truncated']})")
     if not train_data.rows:
         raise PrideError("no preference pair left after truncation and filtering")

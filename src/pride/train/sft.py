@@ -27,7 +27,7 @@ class SftObjective:
 
 def prepare_sft_rows(cfg: Config, fmt, rows: list) -> tuple[list[list[Sample]], dict]:
     samples, tok_stats = tokenize_conversations(rows, fmt, cfg.data.train_on, cfg.train.max_length,
-                                                cfg.train.truncation)
+                                                cfg.train.truncation, cfg.data.on_bad_row)
     packed, pack_stats = build_rows(samples, cfg.train.max_length, cfg.train.packing)
     return packed, {**tok_stats, **pack_stats}
 
@@ -44,7 +44,7 @@ def run_sft(cfg: Config) -> dict:
     stats.update({k: v for k, v in data.stats.items() if k != "bad_row_examples"})
     console.print(f"[bold]sft[/] {len(data.train)} conversations -> {stats['samples']} samples -> "
                   f"{stats['rows']} rows; packing efficiency {stats.get('packing_efficiency', 'n/a')}; "
-                  f"truncated {stats['truncated']}, dropped {stats['dropped_too_long'] + stats['dropped_no_trained_tokens']}"
+                  f"truncated {stats['truncated']}, dropped {stats['dropped_too_long'] + stats['dropped_no_trained_tokens'] + stats['skipped_unrenderable']}"
                   f"{', skipped bad rows ' + str(stats['skipped_bad_rows']) if stats.get('skipped_bad_rows') else ''}")
     if acc.is_main_process:
         write_json(run_dir / "data_stats.json", stats)
