@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--model-name", default=None, help="name reported by /v1/models")
     srv.add_argument("--api-key-env", default=None, help="environment variable holding the required API key")
-    srv.add_argument("--max-batch-size", type=int, default=8)
+    srv.add_argument("--max-batch-size", type=int, default=8, help="sequences generated together")
+    srv.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
+    srv.add_argument("--max-tokens", type=int, default=4096, help="cap on max_tokens of any request")
     run = sub.add_parser("run", help="run the stages a recipe lists (sft, dpo, online, sppo, eval)")
     run.add_argument("config", help="recipe YAML (see recipes/)")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="shared key=value, or STAGE.key=value")
@@ -105,10 +107,10 @@ def _dispatch(args, parser) -> int:
             run_online(cfg)
         return 0
     if args.command == "serve":
-        from pride.eval.server import serve
+        from pride.serve import serve
 
         serve(args.model, host=args.host, port=args.port, api_key_env=args.api_key_env, model_name=args.model_name,
-              max_batch_size=args.max_batch_size)
+              max_batch_size=args.max_batch_size, max_model_len=args.max_model_len, max_tokens=args.max_tokens)
         return 0
     if args.command == "eval":
         return _eval(args)

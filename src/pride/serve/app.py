@@ -1,0 +1,293 @@
+"""`pride serve`: an OpenAI-compatible server (FastAPI + uvicorn) over the batching engine.
+
+Routes: `POST /v1/chat/completions` and `POST /v1/completions` (with `stream`: server-sent
+events in OpenAI's chunk format, ending with `data: [DONE]`), `GET /v1/models`, `GET /health`.
+Request bodies are pydantic models: an invalid field is a 400 with OpenAI's error shape
+naming it. `max_tokens` defaults to what the context leaves, capped by `--max-tokens`; a
+prompt that does not fit the context is a 400. A client that disconnects cancels its
+generation. With `--api-key-env`, `/v1/*` needs `Authorization: Bearer <key>` (401 JSON
+otherwise); the key is read from the environment and never logged. Binds to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import socket
+import time
+import uuid
+from typing import Literal
+
+from fastapi import FastAPI, Request as HttpRequest
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException
+
+from pride.errors import PrideError
+from pride.serve.engine import Engine, Request
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # clients send fields a server may not use (user, ...)
+
+
+class Message(Body):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[dict]
+
+    @field_validator("content")
+    @classmethod
+    def text_parts(cls, v):
+        if isinstance(v, list):  # [{"type": "text", "text": ...}, ...]
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in v):
+                raise ValueError("only text content parts are supported")
+            return "".join(p["text"] for p in v)
+        return v
+
+
+class StreamOptions(Body):
+    include_usage: bool = False
+
+
+class Sampling(Body):
+    model: str | None = None
+    n: int = Field(1, ge=1, le=64)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    ignore_eos: bool = False  # vLLM's extension
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+class ChatRequest(Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+
+class CompletionRequest(Sampling):
+    prompt: str
+    logprobs: int | None = Field(None, ge=0, le=20)
+
+
+def error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}},
+                        status_code=status)
+
+
+def create_app(engine: Engine, fmt, model_name: str, api_key: str | None, context: int, max_tokens: int) -> FastAPI:
+    app = FastAPI(title="pride serve", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_, exc: RequestValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"] if x != "body")
+        return error(400, f"{where or 'body'}: {first['msg']}", param=where or None)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_, exc: HTTPException):
+        return error(exc.status_code, str(exc.detail), "not_found_error" if exc.status_code == 404 else
+                     "invalid_request_error")
+
+    @app.middleware("http")
+    async def auth(request: HttpRequest, call_next):
+        if api_key and request.url.path.startswith("/v1"):
+            given = request.headers.get("authorization", "")
+            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return error(401, "invalid or missing API key", "authentication_error")
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "running": engine.running, "waiting": engine.queue.qsize()}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "pride",
+                                            "max_model_len": context}]}
+
+    def check_model(body: Sampling) -> JSONResponse | None:
+        if body.model and body.model != model_name:
+            return error(404, f"the model {body.model!r} does not exist (this server has {model_name!r})",
+                         "not_found_error", "model")
+        return None
+
+    def engine_request(body: Sampling, ids: list[int], logprobs: bool, top: int, emit) -> Request | JSONResponse:
+        if len(ids) >= context:
+            return error(400, f"the prompt has {len(ids)} tokens; this model's context is {context} tokens",
+                         param="messages")
+        asked = getattr(body, "max_completion_tokens", None) or body.max_tokens
+        room = min(context - len(ids), max_tokens)
+        if asked is not None and asked > context - len(ids):
+            return error(400, f"max_tokens={asked} does not fit: the prompt has {len(ids)} tokens of a "
+                              f"{context}-token context", param="max_tokens")
+        return Request(prompt_ids=ids, emit=emit, n=body.n, temperature=body.temperature, top_p=body.top_p,
+                       max_tokens=min(asked or room, room), stop=body.stops(), logprobs=logprobs, top_logprobs=top,
+                       seed=body.seed, ignore_eos=body.ignore_eos)
+
+    async def run(request: HttpRequest, body: Sampling, ids: list[int], logprobs: bool, top: int, shape):
+        """Submit to the engine; answer as one JSON body or as server-sent events."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        req = engine_request(body, ids, logprobs, top, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+        if isinstance(req, JSONResponse):
+            return req
+        rid, created = shape.id(), int(time.time())
+        engine.submit(req)
+        if body.stream:
+            usage = body.stream_options is not None and body.stream_options.include_usage
+            return StreamingResponse(stream(request, req, events, shape, rid, created, len(ids), usage),
+                                     media_type="text/event-stream")
+        choices = [{"text": "", "logprobs": [], "finish": None, "tokens": 0} for _ in range(body.n)]
+        while True:
+            try:
+                event = await asyncio.wait_for(events.get(), timeout=1.0)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    req.cancelled.set()
+                    return error(499, "client disconnected")
+                continue
+            if event[0] == "error":
+                return error(500, event[1], "server_error")
+            if event[0] == "delta":
+                choices[event[1]]["text"] += event[2]
+                choices[event[1]]["logprobs"] += event[3]
+            elif event[0] == "finish":
+                choices[event[1]].update(finish=event[2], tokens=event[3])
+                if all(c["finish"] for c in choices):
+                    break
+        completion = sum(c["tokens"] for c in choices)
+        return {"id": rid, "object": shape.object, "created": created, "model": model_name,
+                "choices": [shape.choice(k, c, logprobs) for k, c in enumerate(choices)],
+                "usage": {"prompt_tokens": len(ids), "completion_tokens": completion,
+                          "total_tokens": len(ids) + completion}}
+
+    async def stream(request, req: Request, events: asyncio.Queue, shape, rid, created, prompt_tokens, usage):
+        def sse(choices, **extra):
+            chunk = {"id": rid, "object": shape.chunk_object, "created": created, "model": model_name,
+                     "choices": choices, **extra}
+            return f"data: {json.dumps(chunk)}\n\n"
+
+        finished, completion = 0, 0
+        try:
+            if shape.chunk_object == "chat.completion.chunk":
+                yield sse([{"index": k, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                            "finish_reason": None} for k in range(req.n)])
+            while finished < req.n:
+                event = await events.get()
+                if event[0] == "error":
+                    yield f"data: {json.dumps({'error': {'message': event[1], 'type': 'server_error'}})}\n\n"
+                    return
+                if event[0] == "delta":
+                    yield sse([shape.delta(event[1], event[2], event[3] if req.logprobs else None)])
+                elif event[0] == "finish":
+                    finished, completion = finished + 1, completion + event[3]
+                    yield sse([shape.delta(event[1], None, None, event[2])])
+            if usage:
+                yield sse([], usage={"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                                     "total_tokens": prompt_tokens + completion})
+            yield "data: [DONE]\n\n"
+        finally:  # the client went away (or we are done): stop generating for it
+            req.cancelled.set()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: HttpRequest, body: ChatRequest):
+        if (bad := check_model(body)) is not None:
+            return bad
+        messages = [{"role": m.role, "content": m.content} for m in body.messages]
+        try:
+            ids = fmt.encode_prompt(messages)
+        except ValueError as e:  # the chat template refuses this conversation
+            return error(400, str(e), param="messages")
+        return await run(request, body, ids, body.logprobs, body.top_logprobs or 0, ChatShape)
+
+    @app.post("/v1/completions")
+    async def completions(request: HttpRequest, body: CompletionRequest):
+        if (bad := check_model(body)) is not None:
+            return bad
+        ids = list(fmt.tokenizer(body.prompt)["input_ids"])  # special tokens added, as vLLM's default
+        return await run(request, body, ids, body.logprobs is not None, body.logprobs or 0, CompletionShape)
+
+    return app
+
+
+class ChatShape:
+    object, chunk_object = "chat.completion", "chat.completion.chunk"
+
+    @staticmethod
+    def id() -> str:
+        return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+    @staticmethod
+    def choice(k: int, c: dict, logprobs: bool) -> dict:
+        return {"index": k, "message": {"role": "assistant", "content": c["text"]},
+                "logprobs": {"content": c["logprobs"]} if logprobs else None, "finish_reason": c["finish"]}
+
+    @staticmethod
+    def delta(k: int, text: str | None, entries, finish: str | None = None) -> dict:
+        return {"index": k, "delta": {"content": text} if text is not None else {},
+                "logprobs": {"content": entries} if entries is not None else None, "finish_reason": finish}
+
+
+class CompletionShape:
+    object, chunk_object = "text_completion", "text_completion"
+
+    @staticmethod
+    def id() -> str:
+        return f"cmpl-{uuid.uuid4().hex[:24]}"
+
+    @staticmethod
+    def _logprobs(entries):
+        return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+                "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries]}
+
+    @classmethod
+    def choice(cls, k: int, c: dict, logprobs: bool) -> dict:
+        return {"index": k, "text": c["text"], "logprobs": cls._logprobs(c["logprobs"]) if logprobs else None,
+                "finish_reason": c["finish"]}
+
+    @classmethod
+    def delta(cls, k: int, text: str | None, entries, finish: str | None = None) -> dict:
+        return {"index": k, "text": text or "", "logprobs": cls._logprobs(entries) if entries else None,
+                "finish_reason": finish}
+
+
+def serve(model_ref: str, host: str = "127.0.0.1", port: int = 8000, api_key_env: str | None = None,
+          model_name: str | None = None, max_batch_size: int = 8, max_model_len: int | None = None,
+          max_tokens: int = 4096) -> None:
+    """Load the model and serve until interrupted."""
+    import torch
+    import uvicorn
+
+    from pride.config import ModelSettings
+    from pride.models import load_model_and_tokenizer
+
+    api_key = os.environ.get(api_key_env) if api_key_env else None
+    if api_key_env and not api_key:
+        raise PrideError(f"--api-key-env {api_key_env}: that environment variable is not set")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tok, fmt = load_model_and_tokenizer(ModelSettings(path=model_ref), device=device)
+    model.to(device)
+    context = max_model_len or getattr(model.config, "max_position_embeddings", None) or 4096
+    name = model_name or model_ref.rstrip("/").split("/")[-1]
+    app = create_app(Engine(model, tok, max_batch_size), fmt, name, api_key, context, max_tokens)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        raise PrideError(f"cannot listen on {host}:{port} ({e.strerror})") from None
+    sock.listen(2048)
+    print(f"pride serve: {name} on http://{host}:{sock.getsockname()[1]}/v1"
+          f"{' (API key required)' if api_key else ''}", flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])

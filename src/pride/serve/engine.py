@@ -1,0 +1,263 @@
+"""The generation engine behind `pride serve`: dynamic batching with a queue, in segments.
+
+Requests wait in a queue; a worker thread turns them into groups (requests with the same
+sampling settings, up to `max_batch_size` rows; a seeded request is a group of its own so
+its output does not depend on its neighbours) and runs every active group a few tokens at
+a time, round robin. Each segment continues `generate` from the group's KV cache, so:
+
+* a long generation never holds the others back for more than one segment;
+* rows that finished (end of turn, a stop string, max_tokens) or whose client went away
+  leave the batch between segments, cache rows included;
+* streamed requests receive their text after every segment.
+
+Each group keeps its own random state (restored around its segments), so a seeded request
+gives the same text whatever else the server is doing.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+SEGMENT_TOKENS = 8  # tokens per turn of a group: streaming granularity vs per-call overhead
+
+
+@dataclass
+class Request:
+    """One completion request with `n` choices. `emit(event)` is called from the engine thread:
+    ("delta", choice, text, logprob entries), ("finish", choice, reason, n_tokens), ("done",), ("error", message)."""
+
+    prompt_ids: list[int]
+    emit: Callable[[tuple], None]
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: list[str] = field(default_factory=list)
+    logprobs: bool = False
+    top_logprobs: int = 0
+    seed: int | None = None
+    ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def sampling(self) -> bool:
+        return self.temperature > 0
+
+    def group_key(self):
+        if self.seed is not None:
+            return ("seeded", id(self))
+        return (self.temperature if self.sampling else 0.0, self.top_p if self.sampling else 1.0, self.logprobs,
+                self.ignore_eos)
+
+
+@dataclass
+class Row:
+    """One sequence being generated: choice `index` of `request` (greedy n>1: one row, copied)."""
+
+    request: Request
+    copies: list[int]  # choice indices this row answers
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[dict] = field(default_factory=list)
+    sent: int = 0  # characters already emitted as deltas
+    sent_logprobs: int = 0  # logprob entries already emitted
+    finish: str | None = None
+    n_tokens: int = 0  # tokens up to the end (a stop string's last token included)
+    text: str = ""
+
+
+class Group:
+    def __init__(self, rows: list[Row], pad: int, device):
+        self.rows = rows
+        first = rows[0].request
+        self.sampling, self.temperature, self.top_p = first.sampling, first.temperature, first.top_p
+        self.logprobs = any(r.request.logprobs for r in rows)
+        self.ignore_eos = first.ignore_eos
+        width = max(len(r.request.prompt_ids) for r in rows)
+        self.seq = torch.tensor([[pad] * (width - len(r.request.prompt_ids)) + r.request.prompt_ids for r in rows],
+                                device=device)
+        self.mask = torch.tensor([[0] * (width - len(r.request.prompt_ids)) + [1] * len(r.request.prompt_ids)
+                                  for r in rows], device=device)
+        self.cache = None
+        self.rng = None
+        if first.seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(first.seed)
+                self.rng = torch.get_rng_state()
+
+    def keep(self, keep: list[int]) -> None:
+        """Only these rows go on (finished and cancelled ones leave, KV cache rows included)."""
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            return
+        idx = torch.tensor(keep, device=self.seq.device)
+        self.seq, self.mask = self.seq[idx], self.mask[idx]
+        if self.cache is not None:
+            self.cache.batch_select_indices(idx)
+
+
+class Engine:
+    """Batched generation for one model, in a background thread."""
+
+    def __init__(self, model, tokenizer, max_batch_size: int = 8):
+        self.model, self.tok = model.eval(), tokenizer
+        self.device = next(model.parameters()).device
+        self.max_batch_size = max_batch_size
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        eos = model.generation_config.eos_token_id
+        self.stop_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+        self.stop_ids.discard(None)
+        self.queue: queue.Queue[Request] = queue.Queue()
+        self.groups: list[Group] = []
+        self.thread = threading.Thread(target=self._loop, name="pride-engine", daemon=True)
+        self.thread.start()
+
+    def submit(self, request: Request) -> None:
+        self.queue.put(request)
+
+    @property
+    def running(self) -> int:
+        """Sequences being generated now."""
+        return sum(len(g.rows) for g in list(self.groups))
+
+    # -- scheduling ---------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            self._admit(block=not self.groups)
+            for group in list(self.groups):
+                try:
+                    self._segment(group)
+                except Exception as e:  # noqa: BLE001 - the requests get the error, the server goes on
+                    for r in {id(row.request): row.request for row in group.rows}.values():
+                        r.emit(("error", f"{type(e).__name__}: {e}"))
+                    group.rows = []
+                if not group.rows:
+                    self.groups.remove(group)
+
+    def _admit(self, block: bool) -> None:
+        new: list[Request] = []
+        try:
+            new.append(self.queue.get(block=block))
+            while True:
+                new.append(self.queue.get_nowait())
+        except queue.Empty:
+            pass
+        by_key: dict = {}
+        for req in new:
+            if req.cancelled.is_set():
+                continue
+            copies = [list(range(req.n))] if not req.sampling else [[k] for k in range(req.n)]
+            rows = [Row(req, c) for c in copies]
+            pending = by_key.setdefault(req.group_key(), [[]])
+            for row in rows:
+                if len(pending[-1]) >= self.max_batch_size:
+                    pending.append([])
+                pending[-1].append(row)
+        for groups in by_key.values():
+            self.groups += [Group(rows, self.pad, self.device) for rows in groups if rows]
+
+    # -- one segment of one group ---------------------------------------------------
+
+    @torch.no_grad()
+    def _segment(self, g: Group) -> None:
+        g.keep([i for i, r in enumerate(g.rows) if not r.request.cancelled.is_set()])
+        if not g.rows:
+            return
+        steps = min(SEGMENT_TOKENS, max(r.request.max_tokens - len(r.tokens) for r in g.rows))
+        start = g.seq.shape[1]
+        kwargs = dict(do_sample=g.sampling, max_new_tokens=steps, pad_token_id=self.pad,
+                      eos_token_id=None if g.ignore_eos else sorted(self.stop_ids), return_dict_in_generate=True, output_logits=g.logprobs,
+                      past_key_values=g.cache, use_cache=True)
+        if g.sampling:
+            kwargs.update(temperature=g.temperature, top_p=g.top_p, top_k=0)
+        if g.rng is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(g.rng)
+                out = self.model.generate(input_ids=g.seq, attention_mask=g.mask, **kwargs)
+                g.rng = torch.get_rng_state()
+        else:
+            out = self.model.generate(input_ids=g.seq, attention_mask=g.mask, **kwargs)
+        new = out.sequences[:, start:]
+        g.seq, g.cache = out.sequences, out.past_key_values
+        g.mask = torch.cat([g.mask, torch.ones_like(new)], dim=1)
+        keep = []
+        for i, row in enumerate(g.rows):
+            self._advance(row, new[i].tolist(), out.logits, i)
+            if row.finish is None:
+                keep.append(i)
+        g.keep(keep)
+
+    def _advance(self, row: Row, new: list[int], logits, i: int) -> None:
+        req = row.request
+        for step, tid in enumerate(new):
+            if tid in self.stop_ids and not req.ignore_eos:
+                row.finish = "stop"
+                break
+            row.tokens.append(tid)
+            if req.logprobs:
+                row.logprobs.append(self._logprob_entry(logits[step][i], tid, req.top_logprobs))
+            if len(row.tokens) >= req.max_tokens:
+                row.finish = "length"
+                break
+        text = self.tok.decode(row.tokens, skip_special_tokens=True)
+        row.n_tokens = len(row.tokens)
+        hits = [text.index(s) for s in req.stop if s and s in text]
+        if hits:
+            cut = min(hits)
+            text, row.finish = text[:cut], "stop"
+            row.n_tokens = self._tokens_through(row.tokens, cut)
+            del row.logprobs[row.n_tokens:]
+        row.text = text
+        safe = len(text) if row.finish else _safe_length(text, req.stop)
+        if safe > row.sent or (row.finish and len(row.logprobs) > row.sent_logprobs):
+            entries = row.logprobs[row.sent_logprobs:] if safe == len(text) else []
+            for k in row.copies:
+                req.emit(("delta", k, text[row.sent:safe], entries))
+            row.sent, row.sent_logprobs = safe, row.sent_logprobs + len(entries)
+        if row.finish:
+            for k in row.copies:
+                req.emit(("finish", k, row.finish, row.n_tokens))
+
+    def _tokens_through(self, tokens: list[int], chars: int) -> int:
+        """Tokens generated until the text reached `chars` characters plus the stop string."""
+        for k in range(1, len(tokens) + 1):
+            if len(self.tok.decode(tokens[:k], skip_special_tokens=True)) > chars:
+                return k
+        return len(tokens)
+
+    def _logprob_entry(self, logits: torch.Tensor, tid: int, top: int) -> dict:
+        lp = torch.log_softmax(logits.float(), -1)
+        entry = self._token(tid, float(lp[tid]))
+        if top:
+            values, idx = lp.topk(top)
+            entry["top_logprobs"] = [self._token(int(j), float(v)) for v, j in zip(values, idx)]
+        else:
+            entry["top_logprobs"] = []
+        return entry
+
+    def _token(self, tid: int, logprob: float) -> dict:
+        text = self.tok.decode([tid])
+        return {"token": text, "logprob": logprob if math.isfinite(logprob) else -9999.0,
+                "bytes": list(text.encode("utf-8"))}
+
+
+def _safe_length(text: str, stops: list[str]) -> int:
+    """How much of unfinished text can be streamed: not an incomplete character, nor a tail
+    that may still become a stop string."""
+    end = len(text)
+    while end and text[end - 1] == "\ufffd":
+        end -= 1
+    for s in stops:
+        for k in range(min(len(s) - 1, end), 0, -1):
+            if text[:end].endswith(s[:k]):
+                end -= k
+                break
+    return max(end, 0)

@@ -1,0 +1,198 @@
+"""`pride serve` with the official `openai` client (issue 12).
+
+The server runs in this process (uvicorn in a thread, the engine's own thread behind it)
+on a free loopback port, with the tiny random-init Llama: texts are random bytes, so the
+tests check structure, reproducibility and limits rather than content.
+"""
+
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from pride.config import ModelSettings
+from pride.models import load_model_and_tokenizer
+from pride.serve.app import create_app
+from pride.serve.engine import Engine
+
+MSG = [{"role": "user", "content": "Say something."}]
+
+
+def start(app):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(2048)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    for _ in range(100):
+        try:
+            httpx.get(base + "/health", timeout=1)
+            return server, base
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not start")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model_and_tokenizer(ModelSettings(path="tiny:llama"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def servers(model):
+    m, tok, fmt = model
+    engine = Engine(m, tok, max_batch_size=8)
+    open_server, open_base = start(create_app(engine, fmt, "tiny", None, context=4096, max_tokens=4096))
+    key_server, key_base = start(create_app(engine, fmt, "tiny", "secret-key", context=4096, max_tokens=4096))
+    yield open_base, key_base
+    open_server.should_exit = key_server.should_exit = True
+
+
+@pytest.fixture(scope="module")
+def client(servers):
+    return openai.OpenAI(base_url=servers[0] + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_plain_completion(client):
+    r = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=12, temperature=0)
+    assert r.object == "chat.completion" and r.model == "tiny" and len(r.choices) == 1
+    c = r.choices[0]
+    assert c.message.role == "assistant" and isinstance(c.message.content, str)
+    assert c.finish_reason in ("stop", "length")
+    assert r.usage.prompt_tokens > 0 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert client.models.list().data[0].id == "tiny"
+
+
+def test_streamed_equals_plain(client):
+    args = dict(model="tiny", messages=MSG, max_tokens=30, temperature=1.0, seed=7)
+    plain = client.chat.completions.create(**args)
+    chunks = list(client.chat.completions.create(**args, stream=True, stream_options={"include_usage": True}))
+    assert len(chunks) >= 3  # role, several deltas, finish
+    assert all(ch.object == "chat.completion.chunk" for ch in chunks)
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == plain.choices[0].message.content
+    finishes = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    assert finishes == [plain.choices[0].finish_reason]
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+
+
+def test_n_choices_sampled_and_greedy(client):
+    r = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=10, temperature=1.0, n=3, seed=1)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    assert len({c.message.content for c in r.choices}) > 1
+    greedy = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=10, temperature=0, n=2)
+    assert greedy.choices[0].message.content == greedy.choices[1].message.content  # n copies, as vLLM
+    assert greedy.usage.completion_tokens == 2 * client.chat.completions.create(
+        model="tiny", messages=MSG, max_tokens=10, temperature=0).usage.completion_tokens
+
+
+def test_seed_reproducible_under_load(client):
+    args = dict(model="tiny", messages=MSG, max_tokens=20, temperature=1.0, seed=1234)
+    with ThreadPoolExecutor(8) as pool:  # other requests interleave with the seeded ones
+        noise = [pool.submit(client.chat.completions.create, model="tiny", messages=MSG, max_tokens=20)
+                 for _ in range(6)]
+        a = pool.submit(client.chat.completions.create, **args)
+        b = pool.submit(client.chat.completions.create, **args)
+        [f.result() for f in noise]
+    assert a.result().choices[0].message.content == b.result().choices[0].message.content
+    other = client.chat.completions.create(**{**args, "seed": 4321})
+    assert other.choices[0].message.content != a.result().choices[0].message.content
+
+
+def test_stop_string_cuts_text_and_usage(client):
+    base = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=40, temperature=0)
+    text = base.choices[0].message.content
+    cut = next(i for i in range(4, len(text) - 2) if "\ufffd" not in text[i:i + 2])
+    stop = text[cut:cut + 2]
+    r = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=40, temperature=0, stop=[stop, "zzzz"])
+    first = text.index(stop)
+    assert r.choices[0].message.content == text[:first] and r.choices[0].finish_reason == "stop"
+    assert r.usage.completion_tokens < base.usage.completion_tokens  # tokens after the stop are not counted
+
+
+def test_logprobs_greedy_token_is_the_top_one(client):
+    r = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=6, temperature=0, logprobs=True,
+                                       top_logprobs=3)
+    entries = r.choices[0].logprobs.content
+    assert len(entries) == r.usage.completion_tokens
+    for e in entries:
+        tops = [t.logprob for t in e.top_logprobs]
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True) and all(t <= 0 for t in tops)
+        assert e.logprob == pytest.approx(tops[0])  # greedy picks the most likely token
+
+
+def test_bad_key_then_good_request_on_the_same_connection(servers):
+    bad = openai.OpenAI(base_url=servers[1] + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as e:
+        bad.chat.completions.create(model="tiny", messages=MSG, max_tokens=3)
+    assert e.value.status_code == 401 and e.value.body["type"] == "authentication_error"
+    good = bad.with_options(api_key="secret-key")  # shares the keep-alive connection pool
+    assert good.chat.completions.create(model="tiny", messages=MSG, max_tokens=3).choices
+    assert httpx.get(servers[1] + "/health").status_code == 200  # health needs no key
+
+
+@pytest.mark.parametrize("change", [
+    {"n": 0}, {"messages": "hi"}, {"messages": [{"role": "user"}]}, {"messages": [{"content": "hi"}]},
+    {"messages": []}, {"max_tokens": -5}, {"top_logprobs": 100000, "logprobs": True}, {"seed": "abc"},
+    {"temperature": -1}, {"top_p": 5}, {"stop": 3}, {"max_tokens": 10_000_000}, {"model": "other"},
+    {"messages": [{"role": "user", "content": "x" * 5000}]},  # longer than the 4096-token context
+])
+def test_malformed_requests_get_a_json_4xx(servers, change):
+    body = {"model": "tiny", "messages": MSG, "max_tokens": 3, **change}
+    r = httpx.post(servers[0] + "/v1/chat/completions", json=body, timeout=30)
+    assert 400 <= r.status_code < 500, r.text
+    err = r.json()["error"]
+    assert err["message"] and err["type"]
+
+
+def test_wrong_methods_and_paths_are_json(servers):
+    with httpx.Client(base_url=servers[0]) as h:  # one keep-alive connection throughout
+        assert h.put("/v1/chat/completions", json={}).json()["error"]["code"] == 405
+        assert h.delete("/v1/models").status_code == 405
+        assert h.get("/v1/nothing").json()["error"]["code"] == 404
+        assert h.post("/v1/chat/completions", content=b"{not json").status_code == 400
+        assert h.post("/v1/chat/completions", json={"model": "tiny", "messages": MSG, "max_tokens": 2}).status_code == 200
+
+
+def test_64_concurrent_requests_all_answered(client):
+    def one(i):
+        return client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": f"q{i}"}],
+                                              max_tokens=8, temperature=0.7)
+    with ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(one, range(64)))
+    assert len(results) == 64 and all(r.choices[0].finish_reason in ("stop", "length") for r in results)
+
+
+def test_long_generation_blocks_nobody_and_stops_when_its_client_leaves(servers, client):
+    base = servers[0]
+    long_body = {"model": "tiny", "messages": MSG, "max_tokens": 3000, "stream": True, "ignore_eos": True}
+    with httpx.Client(timeout=60) as h, h.stream("POST", base + "/v1/chat/completions", json=long_body) as stream:
+        lines = stream.iter_lines()
+        assert next(lines).startswith("data:")  # the role chunk
+        assert next(line for line in lines if line.startswith("data:"))  # first text: it is generating
+        assert httpx.get(base + "/health").json()["running"] == 1
+        t = time.monotonic()
+        assert httpx.get(base + "/health", timeout=10).status_code == 200
+        short = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=4)
+        waited = time.monotonic() - t
+        assert short.choices and waited < 10, waited  # generous: the long one gets one segment per turn
+    # the client closed its stream: its generation is cancelled
+    deadline = time.monotonic() + 10
+    while httpx.get(base + "/health").json()["running"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert httpx.get(base + "/health").json()["running"] == 0
+
+
+def test_completions_endpoint(client):
+    r = client.completions.create(model="tiny", prompt="Once upon", max_tokens=5, temperature=0, logprobs=2)
+    assert r.object == "text_completion" and isinstance(r.choices[0].text, str)
+    assert len(r.choices[0].logprobs.tokens) == r.usage.completion_tokens
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="tiny", prompt="Once upon", max_tokens=5, temperature=0, stream=True))
+    assert streamed == r.choices[0].text
