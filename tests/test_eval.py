@@ -32,16 +32,7 @@ def test_alpaca_eval_score_reproduces_the_leaderboard():
         assert got[key] == pytest.approx(float(row[key]), abs=1e-6), key
     for key in ("n_wins", "n_wins_base", "n_draws", "n_total", "avg_length"):
         assert got[key] == int(row[key]), key
-    assert got["length_controlled_winrate"] is None and "instruction_difficulty" in got["note"]
-
-
-@needs_reference
-def test_weighted_judge_parsing_matches_published_preferences():
-    """Each published preference is 1 + P(model) from the raw m/M logprobs, in one of the two orders."""
-    annotations = json.loads((ALPACA / "gemma-2b-it_weighted_alpaca_eval_gpt4_turbo_annotations.json").read_text())
-    for a in annotations:
-        options = [alpaca_eval.preference_from_completion(a["raw_completion"], sw) for sw in (False, True)]
-        assert min(abs(o - a["preference"]) for o in options) < 1e-6
+    assert got["length_controlled_winrate"] is None and "df_gamed.csv" in got["note"]
 
 
 def synthetic_annotations(n, skill, length_bias, model_longer, seed):
@@ -59,12 +50,20 @@ def synthetic_annotations(n, skill, length_bias, model_longer, seed):
     return rows, difficulty
 
 
+def difficulty_only(diff):
+    """df_gamed rows that carry only the difficulty (no preference: not in the fit)."""
+    return [{"index": i, "preference": math.nan, "std_delta_len": 0.0, "instruction_difficulty": d,
+             "not_gamed_baseline": True} for i, d in enumerate(diff)]
+
+
 def test_length_controlled_win_rate_discounts_length():
     longer, diff = synthetic_annotations(400, skill=0.0, length_bias=2.5, model_longer=True, seed=0)
-    raw, lc = alpaca_eval.get_winrate(longer)["win_rate"], alpaca_eval.length_controlled_winrate(longer, diff)
+    raw, lc = alpaca_eval.get_winrate(longer)["win_rate"], alpaca_eval.length_controlled_winrate(
+        longer, difficulty_only(diff))
     assert raw > 65 and lc["length_controlled_winrate"] < raw - 10  # wins only by being longer
     shorter, diff = synthetic_annotations(400, skill=0.8, length_bias=2.5, model_longer=False, seed=1)
-    raw, lc = alpaca_eval.get_winrate(shorter)["win_rate"], alpaca_eval.length_controlled_winrate(shorter, diff)
+    raw, lc = alpaca_eval.get_winrate(shorter)["win_rate"], alpaca_eval.length_controlled_winrate(
+        shorter, difficulty_only(diff))
     assert lc["length_controlled_winrate"] > raw + 10  # wins while shorter
     assert lc["glm_weights"]["np.tanh(std_delta_len)"] < 0  # longer baseline (len_1 - len_2 > 0) hurts the model
 

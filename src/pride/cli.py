@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("config", help="YAML config, or 'score'")
     ev.add_argument("overrides", nargs="*", metavar="key=value | FILE")
     ev.add_argument("--num-runs", type=int, default=None, help="repeat generation; report mean and std")
-    ev.add_argument("--difficulty", default=None, help="score alpaca-eval: instruction_difficulty.csv for the LC win rate")
+    ev.add_argument("--gamed", default=None, help="score alpaca-eval: alpaca_eval's df_gamed.csv (LC win rate)")
+    ev.add_argument("--difficulty", default=None,
+                    help="score alpaca-eval: instruction_difficulty.csv, checked against df_gamed.csv")
     ev.add_argument("--baseline", default=None, help="score arena-hard: baseline model name")
     ev.add_argument("--rounds", type=int, default=100, help="score arena-hard: bootstrap rounds")
     srv = sub.add_parser("serve", help="OpenAI-compatible server for a model directory (127.0.0.1 by default)")
@@ -149,7 +151,11 @@ def _eval(args) -> int:
         if bench == "alpaca-eval":
             from pride.eval.alpaca_eval import score_annotations
 
-            result = score_annotations(files, Path(args.difficulty) if args.difficulty else None)
+            for option in (args.gamed, args.difficulty):
+                if option and not Path(option).is_file():
+                    raise PrideError(f"file not found: {option}")
+            result = score_annotations(files, Path(args.gamed) if args.gamed else None,
+                                       Path(args.difficulty) if args.difficulty else None)
         elif bench == "mt-bench":
             from pride.eval.mt_bench import score_files
 

@@ -85,14 +85,12 @@ def run_alpaca_eval(cfg: Config, answerer: ChatClient, judge: ChatClient, name: 
     annotations = alpaca_eval.judge(judge, rows)
     (out / "annotations.json").write_text(json.dumps(annotations, indent=2, ensure_ascii=False))
     result = alpaca_eval.get_winrate(annotations)
-    difficulty = root / "instruction_difficulty.csv"
-    if difficulty.exists():
-        gamed = alpaca_eval.load_gamed(root / "df_gamed.csv") if (root / "df_gamed.csv").exists() else None
-        result.update(alpaca_eval.length_controlled_winrate(annotations, alpaca_eval.load_difficulty(difficulty, eval_set),
-                                                            gamed))
+    gamed = root / "df_gamed.csv"
+    if gamed.exists():
+        result.update(alpaca_eval.length_controlled_winrate(annotations, alpaca_eval.load_gamed(gamed)))
     else:
         result["length_controlled_winrate"] = None
-        result["note"] = f"no LC win rate: {difficulty} is missing (alpaca_eval's instruction_difficulty.csv)"
+        result["note"] = f"no LC win rate: {gamed} is missing (alpaca_eval's df_gamed.csv)"
     return result
 
 
