@@ -10,7 +10,7 @@ inputs:
   filled by first-occurrence replacement and split into messages as `prompt_to_chatml` does;
   `max_tokens=1, temperature=1, logprobs=true, top_logprobs=5`. The two outputs are shown
   in an order switched per instruction by `random.Random("is_switched_outputs" + instruction
-  + "0")`; the preference is `2 - P(m)` from the exact tokens "m"/"M" of the top logprobs
+  + "0")`, identical outputs a draw (1.5) without asking; the preference is `2 - P(m)` from the exact tokens "m"/"M" of the top logprobs
   (NaN when neither is there), then `3 - x` where switched.
 * Metrics: `get_winrate` (win_rate, standard_error, n_wins, n_wins_base, n_draws, n_total,
   discrete_win_rate) and `get_length_controlled_winrate` (the L1 logistic GLM on
@@ -120,6 +120,10 @@ def judge(client, rows: list[dict], seed: int = 0) -> list[dict]:
     out = []
     for r in rows:
         ann = dict(r, annotator="weighted_alpaca_eval_gpt4_turbo")
+        if r["output_1"] == r["output_2"]:  # the official annotator's preprocessing: a draw, not judged
+            ann["preference"] = 1.5
+            out.append(ann)
+            continue
         sw = is_switched(r["instruction"], seed)
         a, b = (r["output_2"], r["output_1"]) if sw else (r["output_1"], r["output_2"])
         resp = client.complete(judge_messages(r["instruction"], a, b), **JUDGE_PARAMS)
