@@ -76,19 +76,21 @@ def judgments(wins_strong, wins, ties, losses, losses_strong, model="m"):
 
 def test_bradley_terry_two_models_closed_form_and_bootstrap():
     js = judgments(wins_strong=3, wins=5, ties=4, losses=6, losses_strong=2)
-    result = arena_hard.score(js, "base", rounds=50, seed=7)["m"]
+    result = arena_hard.score(js, "base", rounds=50, seed=7, version_name="v0.1")["m"]
     # Worked out independently: with two players the BT win probability is the weighted win share,
     # strong verdicts counting 3 battles and ties half a win.
     W, T, N = 3 * 3 + 5, 4, 3 * 3 + 5 + 4 + 6 + 2 * 3
     assert result["score"] == pytest.approx(100 * (W + T / 2) / N, abs=1e-3)
     outcomes = [1.0] * 9 + [1.0] * 5 + [0.5] * 4 + [0.0] * 6 + [0.0] * 6  # battle order as expanded
-    rng = np.random.default_rng(7)
+    rng = np.random.RandomState(7)  # v0.1's resampling: battles.sample(frac=1, replace=True)
     shares = []
     for _ in range(50):
-        pick = rng.integers(0, N, N)
+        pick = rng.choice(N, size=N, replace=True)
         shares.append(100 * np.mean([outcomes[i] for i in pick]))
-    assert result["ci_lower"] == pytest.approx(np.percentile(shares, 2.5), abs=1e-3)
-    assert result["ci_upper"] == pytest.approx(np.percentile(shares, 97.5), abs=1e-3)
+    # v0.1 takes the percentiles of the Elo ratings, then converts them to win rates
+    elo = [400 * math.log10(p / (100 - p)) for p in shares]
+    for key, q in (("ci_lower", 2.5), ("ci_upper", 97.5)):
+        assert result[key] == pytest.approx(100 / (1 + 10 ** (-np.percentile(elo, q) / 400)), abs=1e-3)
     assert result["ci_lower"] < result["score"] < result["ci_upper"]
 
 
@@ -160,18 +162,22 @@ def test_mt_bench_rating_parsing():
 @needs_reference
 def test_arena_hard_answer_files_follow_official_format():
     qs = arena_hard.load_questions(REFERENCE_DATA / "arena_hard_v0.1" / "question.jsonl")
-    baseline = arena_hard.load_answers(REFERENCE_DATA / "arena_hard_v0.1" / "gpt-4-0314.jsonl")
-    assert len(qs) == 500 and all(q["id"] in baseline for q in qs)
-    records = [arena_hard.answer_record(q, "pride-model", "An **answer**.\n# Title\n- item", 9) for q in qs]
+    model, baseline, _ = arena_hard.load_answers(REFERENCE_DATA / "arena_hard_v0.1" / "gpt-4-0314.jsonl")
+    assert model == "gpt-4-0314" and len(qs) == 500 and all(q["id"] in baseline for q in qs)
+    v2 = arena_hard.VERSIONS["v2"]
+    records = [arena_hard.answer_record(q, "pride-model", "An **answer**.\n# Title\n- item", v2) for q in qs]
     assert [r["uid"] for r in records] == [q["id"] for q in qs]
     official = json.loads((REFERENCE_DATA / "arena_hard_v0.1" / "gpt-4-0314.jsonl").read_text().splitlines()[0])
     for r in records[:3]:
         assert set(official) <= set(r) and r["messages"][1]["content"]["answer"].startswith("An")
         assert r["metadata"]["header_count"]["h1"] == 1 and r["metadata"]["bold_count"]["**"] == 1
     js = arena_hard.judge(EchoClient("My final verdict is [[B>A]]"), qs[:4], {q["id"]: "x" for q in qs[:4]}, baseline,
-                          "pride-model", "gpt-4-0314")
+                          "pride-model", "gpt-4-0314", v2)
     assert [g["score"] for g in js[0]["games"]] == ["B>A", "B>A"]  # one win, one loss: both orders judged
-    assert arena_hard.score(js, "gpt-4-0314", rounds=10)["pride-model"]["score"] == pytest.approx(50.0, abs=1e-3)
+    assert arena_hard.score(js, "gpt-4-0314", rounds=10, version_name="v0.1")["pride-model"]["score"] == \
+        pytest.approx(50.0, abs=1e-3)  # v0.1: the full-data fit
+    v2_result = arena_hard.score(js, "gpt-4-0314", rounds=10)["pride-model"]  # v2: mean of bootstrap means
+    assert v2_result["ci_lower"] <= 50.0 <= v2_result["ci_upper"]
 
 
 def test_open_llm_v2_normalisation():

@@ -93,3 +93,20 @@ class ChatClient:
 
 def _retried(status: int) -> bool:
     return status in (408, 409, 429) or status >= 500
+
+
+def map_concurrently(fn, items: list, workers: int) -> list:
+    """fn over items with up to `workers` requests in flight; results in input order. The first
+    error (after the client's own retries) stops the rest and is raised."""
+    if workers <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(fn, x) for x in items]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise

@@ -38,8 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--gamed", default=None, help="score alpaca-eval: alpaca_eval's df_gamed.csv (LC win rate)")
     ev.add_argument("--difficulty", default=None,
                     help="score alpaca-eval: instruction_difficulty.csv, checked against df_gamed.csv")
-    ev.add_argument("--baseline", default=None, help="score arena-hard: baseline model name")
+    ev.add_argument("--baseline", default=None,
+                    help="score arena-hard / mt-bench pairwise-baseline: baseline model name")
     ev.add_argument("--rounds", type=int, default=100, help="score arena-hard: bootstrap rounds")
+    ev.add_argument("--version", default="v2", choices=["v2", "v0.1"], help="score arena-hard: whose official code")
+    ev.add_argument("--answers", nargs="+", default=None, metavar="FILE",
+                    help="score arena-hard: answer files of the model(s) and the baseline: style control")
+    ev.add_argument("--mode", default="single", choices=["single", "pairwise-baseline", "pairwise-all"],
+                    help="score mt-bench: FastChat's judgment mode")
     srv = sub.add_parser("serve", help="OpenAI-compatible server for a model directory (127.0.0.1 by default)")
     srv.add_argument("model", help="model directory (or tiny:<arch>)")
     srv.add_argument("--host", default="127.0.0.1")
@@ -159,11 +165,15 @@ def _eval(args) -> int:
         elif bench == "mt-bench":
             from pride.eval.mt_bench import score_files
 
-            result = score_files(files)
+            result = score_files(files, args.mode, args.baseline or "gpt-3.5-turbo")
         elif bench == "arena-hard":
             from pride.eval.arena_hard import score_files
 
-            result = score_files(files, args.baseline, args.rounds)
+            answers = [Path(a) for a in args.answers or []]
+            for a in answers:
+                if not a.is_file():
+                    raise PrideError(f"file not found: {a}")
+            result = score_files(files, args.baseline, args.rounds, args.version, answers or None)
         else:
             raise PrideError(f"unknown benchmark {bench!r} (mt-bench, alpaca-eval, arena-hard)")
         print(json.dumps(result))

@@ -166,6 +166,24 @@ class EvalJudgeSettings(Section):
     max_tokens: int | None = Field(None, gt=0, description="cap on judge output (default: each benchmark's own)")
 
 
+class BenchmarkGeneration(Section):
+    """How answers to one benchmark are generated."""
+
+    max_new_tokens: int = Field(gt=0)
+    temperature: float | None = Field(None, ge=0, description="None: the benchmark's own (MT-Bench: FastChat's "
+                                                                "per-category temperatures; others greedy)")
+    top_p: float = Field(1.0, gt=0, le=1)
+
+
+class EvalGeneration(Section):
+    """Per benchmark, as the official tools generate (FastChat 1024 tokens; AlpacaEval's model
+    configs and arena-hard-auto's answer config 4096)."""
+
+    mt_bench: BenchmarkGeneration = Field(default_factory=lambda: BenchmarkGeneration(max_new_tokens=1024))
+    alpaca_eval: BenchmarkGeneration = Field(default_factory=lambda: BenchmarkGeneration(max_new_tokens=4096))
+    arena_hard: BenchmarkGeneration = Field(default_factory=lambda: BenchmarkGeneration(max_new_tokens=4096))
+
+
 class EvalSettings(Section):
     """`pride eval`: benchmarks on a model directory (or every checkpoint of a run)."""
 
@@ -177,10 +195,16 @@ class EvalSettings(Section):
     checkpoints: bool = Field(False, description="also evaluate each checkpoint-N next to model.path")
     server: Literal["auto", "vllm", "sglang", "pride"] = "auto"
     server_url: str | None = Field(None, description="use a running OpenAI-compatible endpoint instead")
-    max_new_tokens: int = Field(1024, gt=0)
-    num_runs: int = Field(1, gt=0, description="repeat generation; report mean and std")
+    generation: EvalGeneration = Field(default_factory=EvalGeneration)
+    max_new_tokens: int | None = Field(None, gt=0, description="caps every benchmark's generation.max_new_tokens")
+    num_runs: int = Field(1, gt=0, description="repeat generation (seed + run); report mean, std and each run")
     max_questions: int | None = Field(None, gt=0, description="first N questions of each benchmark")
+    generation_concurrency: int = Field(8, gt=0, description="answer requests in flight at once")
+    judge_concurrency: int = Field(8, gt=0, description="judge requests in flight at once")
     judge: EvalJudgeSettings = Field(default_factory=EvalJudgeSettings)
+    mt_bench_mode: Literal["single", "pairwise-baseline", "pairwise-all"] = "single"
+    mt_bench_baseline: str = Field("gpt-3.5-turbo", description="pairwise-baseline: mt_bench/model_answer/<name>.jsonl")
+    arena_hard_version: Literal["v2", "v0.1"] = Field("v2", description="whose official code scores and parses")
     arena_hard_set: str = Field("arena_hard_v0.1", description="folder of the question set in data_dir")
     arena_hard_baseline: str = "gpt-4-0314"
     bootstrap_rounds: int = Field(100, gt=0)

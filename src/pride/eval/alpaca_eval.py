@@ -204,6 +204,8 @@ def _fit_logistic_cv(X: np.ndarray, y: np.ndarray, weight: np.ndarray | None, n_
     # penalty="l1" is deprecated since scikit-learn 1.8 in favour of l1_ratios; both give the same fit
     version = tuple(int(x) for x in sklearn.__version__.split(".")[:2])
     l1 = {"l1_ratios": (1.0,)} if version >= (1, 8) else {"penalty": "l1"}
+    if version >= (1, 9):  # only coef_ and predict_proba are used: the same under both attribute layouts
+        l1["use_legacy_attributes"] = False
     with sklearn.config_context(enable_metadata_routing=True):
         scorer = make_scorer(logloss_continuous, response_method="predict_proba", greater_is_better=False
                              ).set_score_request(true_sample_weight=True, true_prob=True)

@@ -1,17 +1,27 @@
-"""Arena-Hard: pairwise judging against a baseline, Bradley-Terry scores, bootstrap intervals.
+"""Arena-Hard: pairwise judging against a baseline, scores as each official version computes them.
 
-Formats as in lmarena/arena-hard-auto: questions either `{uid, category, cluster, prompt}`
-(the current layout, used for v0.1 and v2.0 sets) or the older `{question_id, category,
-cluster, turns: [{content}]}`; answers in the matching layout (`{uid, ans_id, model,
-messages: [user, {role: assistant, content: {answer}}], tstamp, metadata}` or
-`{question_id, answer_id, model_id, choices: [{index, turns: [{content, token_len}]}]}`).
+Two versions of lmarena/arena-hard-auto, each followed step by step (`eval.arena_hard_version`):
 
-Every question is judged twice, baseline first (game 1) and model first (game 2), with
-the labels [[A>>B]] [[A>B]] [[A=B]] [[B>A]] [[B>>A]]; a strong verdict counts as 3 battles.
-Scores: Bradley-Terry ratings fitted by logistic regression (scale 400, base 10, baseline
-anchored at 1000), reported as the win rate against the baseline, with a 95% interval from
-`rounds` bootstrap resamples of the battles. `style_control` adds normalised differences
-of answer length and markdown counts as covariates (arena-hard v2's style control).
+* **v2** (arena-hard-auto 2.0, the default): labels parsed from the upper-cased judgment
+  with `\\[\\[([AB<>=]+)\\]\\]`, else `\\[([AB<>=]+)\\]`, the last match winning; a question
+  with an unparsed game is dropped; each game gives the model's scores (strong verdicts
+  three times); the score is the mean of 100 bootstrap means (resampled per model), the
+  interval their 5% and 95% quantiles. Style control: a Bradley-Terry fit (torch L-BFGS)
+  on the model's one-hot column plus length and markdown-density differences against the
+  baseline, standardised, on 100 bootstrap samples: median and 5%/95% of the win rate.
+  Token lengths are o200k (gpt-4o) counts.
+* **v0.1** (the original release): labels with `\\[\\[([AB<>=]+)\\]\\]` only; two distinct
+  labels give none, none at all asks the judge once more to finish its verdict; an
+  unparsed game drops only that game. Scores: Bradley-Terry ratings by logistic regression
+  (scale 400, baseline at 1000) as the win rate against the baseline, with the 2.5% and
+  97.5% percentiles of 100 bootstrap samples. Style control: ratings with length and
+  markdown-count differences as covariates (sklearn's default L2 fit, as the original).
+  Token lengths are cl100k (gpt-3.5-turbo) counts.
+
+Both draw their bootstrap from numpy's RandomState seeded with `seed` (42, the seed v0.1
+sets; v2's own script does not seed, so it matches when seeded the same way). Markdown
+counts (headers, ordered/unordered lists, bold) skip code blocks as `add_markdown_info.py`.
+Answer metadata is taken from the answer files where present, else computed the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import math
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +61,29 @@ SYSTEM = (
 TEMPLATE = ("<|User Prompt|>\n{question}\n\n<|The Start of Assistant A's Answer|>\n{answer_a}\n"
             "<|The End of Assistant A's Answer|>\n\n<|The Start of Assistant B's Answer|>\n{answer_b}\n"
             "<|The End of Assistant B's Answer|>")
-LABEL = re.compile(r"\[\[([AB<>=]+)\]\]")
-LABELS = ("A>>B", "A>B", "A=B", "B>A", "B>>A")
+RETRY = "continue your judgment and finish by outputting a final verdict label"  # v0.1
+
+
+@dataclass(frozen=True)
+class Version:
+    name: str
+    baseline: str
+    judge_max_tokens: int
+    encoding: str  # token lengths for style control
+    ci: tuple[float, float]  # percentiles of the bootstrap
+
+
+VERSIONS = {"v2": Version("v2", "o3-mini-2025-01-31", 16000, "o200k_base", (5.0, 95.0)),
+            "v0.1": Version("v0.1", "gpt-4-0314", 4096, "cl100k_base", (2.5, 97.5))}
+# v2's label_to_score: the model's score of a label read with the model as B (weight 3 for strong)
+V2_LABEL_SCORE = {"A>B": [1], "A>>B": [1] * 3, "A=B": [0.5], "A<<B": [0] * 3, "A<B": [0], "B>A": [0],
+                  "B>>A": [0] * 3, "B=A": [0.5], "B<<A": [1] * 3, "B<A": [1]}
+
+
+def version(name: str) -> Version:
+    if name not in VERSIONS:
+        raise PrideError(f"unknown Arena-Hard version {name!r} (v2, v0.1)")
+    return VERSIONS[name]
 
 
 # ------------------------------------------------------------------ files
@@ -60,13 +92,7 @@ LABELS = ("A>>B", "A>B", "A=B", "B>A", "B>>A")
 def load_questions(path: Path) -> list[dict]:
     """[{id, prompt, category}] from either question layout; `raw` keeps the original row."""
     out = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            q = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PrideError(f"{path} line {n}: bad JSON ({e.msg})") from None
+    for n, q in enumerate(read_jsonl(Path(path)), start=1):
         if "uid" in q and "prompt" in q:
             out.append({"id": q["uid"], "prompt": q["prompt"], "category": q.get("category"), "layout": "v2", "raw": q})
         elif "question_id" in q and "turns" in q:
@@ -78,169 +104,390 @@ def load_questions(path: Path) -> list[dict]:
     return out
 
 
-def answer_record(question: dict, model: str, answer: str, token_len: int) -> dict:
-    """One answer in the layout of its question file."""
+def style_metadata(text: str, encoding: str) -> dict:
+    """add_markdown_info.py: token_len, then header/list/bold counts outside code blocks."""
+    import quicktok
+
+    counted = text
+    for block in re.findall("```([^`]*)```", text):
+        counted = counted.replace(block, "")
+    return {"token_len": len(quicktok.get_encoding(encoding).encode_ordinary(text)),
+            "header_count": {f"h{i}": len(re.findall(rf"^#{{{i}}}\s", counted, re.MULTILINE)) for i in range(1, 7)},
+            "list_count": {"ordered": len(re.findall(r"^\s*\d+\.\s", counted, re.MULTILINE)),
+                           "unordered": len(re.findall(r"^\s*[-*+]\s", counted, re.MULTILINE))},
+            "bold_count": {"**": len(re.findall(r"\*\*[^*\n]+\*\*", counted)),
+                           "__": len(re.findall(r"__[^_\n]+__", counted))}}
+
+
+def answer_record(question: dict, model: str, answer: str, v: Version) -> dict:
+    """One answer in the layout of its question file, with the version's style metadata."""
+    meta = style_metadata(answer, v.encoding)
     if question["layout"] == "v2":
         return {"uid": question["id"], "ans_id": uuid.uuid4().hex[:22], "model": model,
                 "messages": [{"role": "user", "content": question["prompt"]},
                              {"role": "assistant", "content": {"answer": answer}}],
-                "tstamp": time.time(), "metadata": {"token_len": token_len, **markdown_counts(answer)}}
+                "tstamp": time.time(), "metadata": meta}
     return {"question_id": question["id"], "answer_id": uuid.uuid4().hex[:22], "model_id": model,
-            "choices": [{"index": 0, "turns": [{"content": answer, "token_len": token_len}]}], "tstamp": time.time()}
+            "choices": [{"index": 0, "turns": [{"content": answer, "token_len": meta["token_len"]}]}],
+            "tstamp": time.time(), "conv_metadata": meta}
 
 
-def load_answers(path: Path) -> dict:
-    """{question id: answer text} from either answer layout."""
-    out = {}
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        a = json.loads(line)
-        if "uid" in a:
-            content = a["messages"][-1]["content"]
-            out[a["uid"]] = content["answer"] if isinstance(content, dict) else content
-        elif "question_id" in a:
-            turn = a["choices"][0]["turns"][0]
-            out[a["question_id"]] = turn["content"] if isinstance(turn, dict) else turn
-        else:
-            raise PrideError(f"{path} line {n}: expected 'uid' or 'question_id'")
-    return out
-
-
-def markdown_counts(text: str) -> dict:
-    return {"header_count": {f"h{i}": len(re.findall(rf"^{'#' * i} ", text, flags=re.M)) for i in range(1, 7)},
-            "list_count": {"ordered": len(re.findall(r"^\s*\d+\. ", text, flags=re.M)),
-                           "unordered": len(re.findall(r"^\s*[-*+] ", text, flags=re.M))},
-            "bold_count": {"**": len(re.findall(r"\*\*[^*\n]+\*\*", text)), "__": len(re.findall(r"__[^_\n]+__", text))}}
+def load_answers(path: Path) -> tuple[str | None, dict, dict]:
+    """(model, {question id: answer text}, {question id: metadata or None}) from either layout."""
+    texts, meta, model = {}, {}, None
+    for n, a in enumerate(read_jsonl(Path(path)), start=1):
+        try:
+            if "uid" in a:
+                content = a["messages"][-1]["content"]
+                qid, text = a["uid"], content["answer"] if isinstance(content, dict) else content
+                model, m = a.get("model", model), a.get("metadata")
+            elif "question_id" in a:
+                turn = a["choices"][0]["turns"][0]
+                qid, text = a["question_id"], turn["content"] if isinstance(turn, dict) else turn
+                model, m = a.get("model_id", model), a.get("conv_metadata")
+            else:
+                raise PrideError(f"{path} line {n}: expected 'uid' or 'question_id'")
+        except (KeyError, IndexError, TypeError) as e:
+            raise PrideError(f"{path} line {n}: not an arena-hard answer ({e})") from None
+        if not isinstance(text, str):
+            raise PrideError(f"{path} line {n}: the answer is not a string")
+        texts[qid], meta[qid] = text, m
+    return model, texts, meta
 
 
 # ------------------------------------------------------------------ judging
 
 
-def parse_label(judgment: str) -> str | None:
-    found = [m for m in LABEL.findall(judgment) if m in LABELS]
-    return found[-1] if found else None
+def parse_label_v01(judgment: str) -> tuple[str | None, bool]:
+    """v0.1's get_score: (label, try_again). One distinct label wins; none asks again; several give none."""
+    matches = [m for m in re.findall(r"\[\[([AB<>=]+)\]\]", judgment) if m != ""]
+    if not matches:
+        return None, True
+    if len(set(matches)) == 1:
+        return matches[0].strip("\n"), False
+    return None, False
+
+
+def parse_label_v2(judgment: str) -> str | None:
+    """v2's get_score: the last match of the first pattern that matches the upper-cased judgment."""
+    for pattern in (r"\[\[([AB<>=]+)\]\]", r"\[([AB<>=]+)\]"):
+        matches = [m for m in re.findall(pattern, judgment.upper()) if m != ""]
+        if matches:
+            return matches[-1].strip("\n")
+    return None
 
 
 def judge(client, questions: list[dict], answers: dict, baseline: dict, model: str, baseline_name: str,
-          max_tokens: int = 4096) -> list[dict]:
-    """Two games per question: (A=baseline, B=model) then (A=model, B=baseline)."""
+          v: Version, max_tokens: int | None = None) -> list[dict]:
+    """Two games per question: (A=baseline, B=model) then (A=model, B=baseline), in v's record layout."""
     out = []
     for q in questions:
         games = []
         for a, b in ((baseline[q["id"]], answers[q["id"]]), (answers[q["id"]], baseline[q["id"]])):
-            prompt = TEMPLATE.format(question=q["prompt"], answer_a=a, answer_b=b)
-            text = client.text([{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}],
-                               temperature=0, max_tokens=max_tokens)
-            games.append({"user_prompt": prompt, "judgment": text, "score": parse_label(text)})
-        out.append({("uid" if q["layout"] == "v2" else "question_id"): q["id"], "model": model,
-                    "baseline": baseline_name, "games": games})
+            messages = [{"role": "system", "content": SYSTEM},
+                        {"role": "user", "content": TEMPLATE.format(question=q["prompt"], answer_a=a, answer_b=b)}]
+            params = dict(temperature=0, max_tokens=max_tokens or v.judge_max_tokens)
+            if v.name == "v2":
+                text = client.text(messages, **params)
+                games.append({"score": parse_label_v2(text), "judgment": {"answer": text}, "prompt": messages})
+                continue
+            judgment, label = "", None
+            for _ in range(2):  # number_of_judgment_attempts
+                new = client.text(messages, **params)
+                judgment += "\n" + new
+                label, again = parse_label_v01(judgment)
+                messages = messages + [{"role": "assistant", "content": new}]
+                if not again:
+                    break
+                messages = messages + [{"role": "user", "content": RETRY}]
+            games.append({"user_prompt": messages[1]["content"], "judgment": judgment, "score": label})
+        key = "uid" if q["layout"] == "v2" else "question_id"
+        out.append({key: q["id"], "category": q.get("category"), "model": model, "baseline": baseline_name,
+                    "games": games})
+    return out
+
+
+# ------------------------------------------------------------------ battles
+
+
+def _qid(j: dict):
+    return j.get("uid", j.get("question_id"))
+
+
+def battles_v2(judgments: list[dict]) -> tuple[list[tuple], int]:
+    """(question, model, the model's score) rows, and how many questions were dropped."""
+    rows, dropped = [], 0
+    for j in judgments:
+        games = j.get("games") or []
+        labels = [g.get("score") if isinstance(g, dict) else None for g in games[:2]]
+        if len(labels) < 2 or any(lab not in V2_LABEL_SCORE for lab in labels):
+            dropped += 1  # official: a null game drops the question (an unknown label would crash it)
+            continue
+        scores = V2_LABEL_SCORE[labels[1]] + [1 - s for s in V2_LABEL_SCORE[labels[0]]]
+        rows += [(_qid(j), j["model"].split("/")[-1], s) for s in scores]
+    return rows, dropped
+
+
+def battles_v01(judgments: list[dict], baseline: str, weight: int = 3) -> list[dict]:
+    """v0.1's get_battles_from_row: model_a = baseline, model_b = model; an unparsed game adds none."""
+    won_by_a = {"A>B": ("model_a", 1), "A>>B": ("model_a", weight), "A=B": ("tie", 1), "B>A": ("model_b", 1),
+                "B>>A": ("model_b", weight)}
+    flip = {"model_a": "model_b", "model_b": "model_a", "tie": "tie"}
+    out = []
+    for j in judgments:
+        for g, game in enumerate((j.get("games") or [])[:2]):
+            label = game.get("score") if isinstance(game, dict) else None
+            if label not in won_by_a:
+                continue
+            winner, n = won_by_a[label]
+            out += [{"question_id": _qid(j), "model_a": baseline, "model_b": j["model"],
+                     "winner": winner if g == 0 else flip[winner]}] * n
     return out
 
 
 # ------------------------------------------------------------------ scores
 
 
-def battles_from_judgments(judgments: list[dict], baseline: str, weight: int = 3) -> list[dict]:
-    """arena-hard-auto's battle table: model_a = baseline, model_b = model; strong verdicts x `weight`."""
-    battles = []
-    for j in judgments:
-        qid = j.get("uid", j.get("question_id"))
-        for g, game in enumerate(j["games"][:2]):
-            label = game.get("score")
-            if label not in LABELS:
-                continue
-            a_wins = label.startswith("A>")
-            b_wins = label.startswith("B>")
-            if g == 1:  # model was shown as A
-                a_wins, b_wins = b_wins, a_wins
-            winner = "model_a" if a_wins else "model_b" if b_wins else "tie"
-            n = weight if ">>" in label else 1
-            battles += [{"question_id": qid, "model_a": baseline, "model_b": j["model"], "winner": winner,
-                         "game": g}] * n
-    return battles
-
-
-def bradley_terry(battles: list[dict], baseline: str, style: np.ndarray | None = None,
-                  scale: float = 400, base: float = 10, init: float = 1000) -> dict[str, float]:
-    """MLE ratings: each battle contributes (A beats B) with weight 2 per win, 1 per side for a tie."""
+def _elo(X: np.ndarray, Y: np.ndarray, models: list[str], baseline: str, anchor: float = 1000.0,
+         unpenalised: bool = True) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.linear_model import LogisticRegression
 
-    models = sorted({b["model_a"] for b in battles} | {b["model_b"] for b in battles})
-    idx = {m: i for i, m in enumerate(models)}
-    rows, ys, ws = [], [], []
-    for k, b in enumerate(battles):
-        x = np.zeros(len(models) + (0 if style is None else style.shape[1]))
-        x[idx[b["model_a"]]], x[idx[b["model_b"]]] = math.log(base), -math.log(base)
-        if style is not None:
-            x[len(models):] = style[k]
-        for y, w in ((1.0, {"model_a": 2, "model_b": 0, "tie": 1}[b["winner"]]),
-                     (0.0, {"model_a": 0, "model_b": 2, "tie": 1}[b["winner"]])):
-            if w:
-                rows.append(x)
-                ys.append(y)
-                ws.append(w)
-    if len(set(ys)) < 2:  # one side won every battle: the MLE is infinite; clamp
-        eps = 1e-3
-        rows, ys, ws = rows + rows[:1] + rows[:1], ys + [1.0, 0.0], ws + [eps, eps]
-    lr = LogisticRegression(fit_intercept=False, penalty=None, tol=1e-8, max_iter=10000)
-    lr.fit(np.array(rows), np.array(ys), sample_weight=np.array(ws, dtype=float))
-    ratings = scale * lr.coef_[0][: len(models)] + init
-    if baseline in idx:
-        ratings += init - ratings[idx[baseline]]
-    return dict(zip(models, map(float, ratings)))
+    # penalty=None is spelled C=inf since scikit-learn 1.8 (the same fit)
+    lr = (LogisticRegression(fit_intercept=False, C=np.inf, tol=1e-8) if unpenalised
+          else LogisticRegression(fit_intercept=False))
+    lr.fit(X, Y)
+    elo = 400 * lr.coef_[0] + 1000
+    p = len(models)
+    elo[:p] += anchor - elo[models.index(baseline)]
+    return elo[:p], lr.coef_[0][p:]
 
 
-def win_rate_vs(ratings: dict, model: str, baseline: str, scale: float = 400, base: float = 10) -> float:
-    return 1 / (1 + base ** ((ratings[baseline] - ratings[model]) / scale))
+def _design_v01(battles: list[dict], models: list[str], style: np.ndarray | None):
+    """compute_mle_elo / construct_style_matrices: every battle twice; a tie is one A win and one B win."""
+    n = len(battles)
+    k = 0 if style is None else style.shape[1]
+    X = np.zeros((2 * n, len(models) + k))
+    rows = np.arange(2 * n)
+    a = [models.index(b["model_a"]) for b in battles] * 2
+    b = [models.index(x["model_b"]) for x in battles] * 2
+    X[rows, a] = math.log(10)
+    X[rows, b] = -math.log(10)
+    if style is not None:
+        X[:, len(models):] = np.concatenate([style, style])
+    winners = [x["winner"] for x in battles]
+    Y = np.array([1.0 if w == "model_a" else 0.0 for w in winners] * 2)
+    Y[[i for i, w in enumerate(winners) if w == "tie"]] = 1.0  # first copy of a tie
+    return X, Y
 
 
-def style_features(battles: list[dict], answers: dict, baseline_answers: dict) -> np.ndarray:
-    """Normalised (A - B) / (A + B) differences of length and markdown counts, standardised."""
-    def feats(text):
-        c = markdown_counts(text)
-        return [len(text), sum(c["header_count"].values()), sum(c["list_count"].values()),
-                sum(c["bold_count"].values())]
-
-    out = []
-    for b in battles:
-        fa = feats(baseline_answers[b["question_id"]])
-        fb = feats(answers[b["model_b"]][b["question_id"]])
-        out.append([(x - y) / (x + y + 1) for x, y in zip(fa, fb)])
-    arr = np.array(out, dtype=float)
-    std = arr.std(axis=0)
-    return (arr - arr.mean(axis=0)) / np.where(std > 0, std, 1)
+def bradley_terry(battles: list[dict], baseline: str) -> dict[str, float]:
+    """v0.1's compute_mle_elo: ratings with the baseline at 1000 (models ordered as they appear)."""
+    models = list(dict.fromkeys([b["model_a"] for b in battles] + [b["model_b"] for b in battles]))
+    X, Y = _design_v01(battles, models, None)
+    return dict(zip(models, map(float, _elo(X, Y, models, baseline)[0])))
 
 
-def score(judgments: list[dict], baseline: str, rounds: int = 100, seed: int = 0, weight: int = 3,
-          style: np.ndarray | None = None) -> dict:
-    """Per model: score (win rate vs baseline, %), 95% interval from bootstrap, rating."""
-    battles = battles_from_judgments(judgments, baseline, weight)
-    if not battles:  # no verdict could be parsed: say so instead of inventing a score
-        return {m: {"score": None, "ci_lower": None, "ci_upper": None, "rating": None, "battles": 0,
-                    "bootstrap_rounds": rounds, "note": "no judgment had a [[label]] verdict"}
-                for m in sorted({j["model"] for j in judgments})}
-    ratings = bradley_terry(battles, baseline, style)
-    rng = np.random.default_rng(seed)
-    boot = []
-    for _ in range(rounds):
-        pick = rng.integers(0, len(battles), len(battles))
-        sample = [battles[i] for i in pick]
-        boot.append(bradley_terry(sample, baseline, None if style is None else style[pick]))
+def _style_v01(battles: list[dict], meta: dict, baseline: str) -> np.ndarray:
+    """construct_style_matrices: (a - b) / (a + b + 1) for tokens, headers, lists, bold; standardised."""
+    def vec(m):
+        return [m["token_len"], *(sum(m[k].values()) for k in ("header_count", "list_count", "bold_count"))]
+
+    a = np.array([vec(meta[baseline][b["question_id"]]) for b in battles], dtype=float)
+    b = np.array([vec(meta[x["model_b"]][x["question_id"]]) for x in battles], dtype=float)
+    diff = (a - b) / (a + b + 1)
+    diff = np.concatenate([diff, diff])  # the design holds every battle twice
+    return ((diff - diff.mean(axis=0)) / diff.std(axis=0))[: len(battles)]
+
+
+def _win_rate(elo_model: float, elo_base: float) -> float:
+    return 1 / (1 + 10 ** ((elo_base - elo_model) / 400))
+
+
+def score_v01(judgments: list[dict], baseline: str, rounds: int = 100, seed: int = 42, meta: dict | None = None) -> dict:
+    battles = battles_v01(judgments, baseline)
+    if not battles:
+        return {}
+    models = list(dict.fromkeys([baseline] + [b["model_b"] for b in battles]))
+    style = None if meta is None else _style_v01(battles, meta, baseline)
+    X, Y = _design_v01(battles, models, style)
+    rng = np.random.RandomState(seed)
+    if style is None:
+        ratings = bradley_terry(battles, baseline)
+        elo = np.array([ratings[m] for m in models])
+        boot = []
+        for _ in range(rounds):  # get_bootstrap_result: battles.sample(frac=1, replace=True)
+            pick = rng.choice(len(battles), size=len(battles), replace=True)
+            sample = bradley_terry([battles[i] for i in pick], baseline)
+            boot.append([sample.get(m, np.nan) for m in models])
+    else:  # fit_bt (L2, anchor 1114) with get_bootstrap_result_style_control's resampling
+        elo, _ = _elo(X, Y, models, baseline, anchor=1114, unpenalised=False)
+        n = len(battles)
+        tie = np.array([b["winner"] == "tie" for b in battles])
+        boot = []
+        for _ in range(rounds):
+            idx = rng.choice(n, size=n, replace=True)
+            nontie, ties = idx[~tie[idx]], idx[tie[idx]]
+            both = np.concatenate([ties, ties + n])
+            Xs = np.concatenate([X[nontie], X[nontie], X[both]])
+            Ys = np.concatenate([Y[nontie], Y[nontie], Y[both]])
+            boot.append(_elo(Xs, Ys, models, baseline, anchor=1114, unpenalised=False)[0])
+    boot = np.array(boot)
+    if np.isnan(boot).any():
+        raise PrideError("a bootstrap sample lacks a model (too few battles): the original code fails here too")
+    b = models.index(baseline)
+    lo_pct, hi_pct = VERSIONS["v0.1"].ci
     out = {}
-    for m in ratings:
+    for i, m in enumerate(models):
         if m == baseline:
             continue
-        wr = [win_rate_vs(r, m, baseline) * 100 for r in boot if m in r]
-        out[m] = {"score": win_rate_vs(ratings, m, baseline) * 100,
-                  "ci_lower": float(np.percentile(wr, 2.5)), "ci_upper": float(np.percentile(wr, 97.5)),
-                  "rating": ratings[m], "battles": sum(1 for b in battles if b["model_b"] == m),
-                  "bootstrap_rounds": rounds}
+        lo, hi = np.percentile(boot[:, i], lo_pct), np.percentile(boot[:, i], hi_pct)
+        base_lo, base_hi = np.percentile(boot[:, b], lo_pct), np.percentile(boot[:, b], hi_pct)
+        out[m] = {"score": _win_rate(elo[i], elo[b]) * 100, "ci_lower": _win_rate(lo, base_lo) * 100,
+                  "ci_upper": _win_rate(hi, base_hi) * 100, "rating": float(elo[i] - elo[b] + 1000),
+                  "battles": sum(1 for x in battles if x["model_b"] == m)}
     return out
 
 
-def score_files(paths: list[Path], baseline: str | None = None, rounds: int = 100) -> dict:
-    """`pride eval score arena-hard FILE...`: judgment files (one per model) -> scores."""
-    judgments = [j for p in paths for j in read_jsonl(Path(p))]
-    baseline = baseline or next((j["baseline"] for j in judgments if "baseline" in j), "gpt-4-0314")
-    return score(judgments, baseline, rounds)
+def score_v2(judgments: list[dict], baseline: str, rounds: int = 100, seed: int = 42, meta: dict | None = None) -> dict:
+    rows, dropped = battles_v2(judgments)
+    if not rows:
+        return {}
+    models = sorted({m for _, m, _ in rows})
+    rng = np.random.RandomState(seed)
+    lo_pct, hi_pct = VERSIONS["v2"].ci
+    out = {}
+    if meta is None:  # print_leaderboard: per model, resample its battles, take the mean
+        by_model = {m: np.array([s for _, mm, s in rows if mm == m], dtype=float) for m in models}
+        means = {m: [] for m in models}
+        for _ in range(rounds):
+            for m in models:  # groupby("model").sample: groups in sorted order
+                x = by_model[m]
+                means[m].append(x[rng.choice(len(x), size=len(x), replace=True)].mean())
+        for m in models:
+            v = np.array(means[m])
+            out[m] = {"score": float(v.mean() * 100), "ci_lower": float(np.percentile(v, lo_pct) * 100),
+                      "ci_upper": float(np.percentile(v, hi_pct) * 100), "battles": len(by_model[m])}
+    else:
+        probs, unique = _bt_style_v2(rows, meta, baseline, rng, rounds)
+        for m in models:
+            v = probs[:, unique.index(m)].numpy().astype(np.float64)
+            out[m] = {"score": float(np.quantile(v, 0.5) * 100), "ci_lower": float(np.quantile(v, 0.05) * 100),
+                      "ci_upper": float(np.quantile(v, 0.95) * 100),
+                      "battles": sum(1 for _, mm, _ in rows if mm == m)}
+    for m in out:
+        out[m]["dropped_questions"] = dropped
+    return out
+
+
+def _bt_style_v2(rows: list[tuple], meta: dict, baseline: str, rng: np.random.RandomState, rounds: int):
+    """print_leaderboard_with_style_features with length and markdown control, in float32 as the original."""
+    import torch
+
+    def vec(m):
+        return [m["token_len"], *(sum(m[k].values()) for k in ("header_count", "list_count", "bold_count"))]
+
+    model_f = torch.tensor([vec(meta[m][q]) for q, m, _ in rows], dtype=torch.float32)
+    base_f = torch.tensor([vec(meta[baseline][q]) for q, _, _ in rows], dtype=torch.float32)
+    final = torch.zeros_like(model_f)
+    final[:, 0] = (model_f[:, 0] - base_f[:, 0]) / (model_f[:, 0] + base_f[:, 0])
+    model_d, base_d = model_f[:, 1:] / (model_f[:, :1] + 1), base_f[:, 1:] / (base_f[:, :1] + 1)
+    final[:, 1:] = (model_d - base_d) / (model_d + base_d + 1)
+    normalized = (final - torch.mean(final, axis=0)) / torch.std(final, axis=0)
+    unique = sorted(set([m for _, m, _ in rows] + [baseline]))
+    onehot = torch.zeros((len(rows), len(unique)), dtype=torch.float32)
+    for r, (_, m, _) in enumerate(rows):
+        onehot[r, unique.index(m)] = 1
+        onehot[r, unique.index(baseline)] = -1
+    features = torch.cat([onehot, normalized], dim=1)
+    if torch.isnan(features).any():
+        raise PrideError("style control: a style feature is undefined (an empty answer on both sides?)")
+    outcomes = torch.tensor([s for _, _, s in rows])
+    boot = rng.randint(low=0, high=features.shape[0], size=(rounds, features.shape[0]))
+    coefs = torch.stack([_fit_bt_lbfgs(features[i], outcomes[i]) for i in (torch.as_tensor(b) for b in boot)])
+    coefs = coefs[:, :-4]
+    exp = torch.exp(coefs)
+    b = unique.index(baseline)
+    probs = torch.zeros(coefs.shape[0], coefs.shape[1])
+    for i in range(len(unique)):
+        probs[:, i] = exp[:, i] / (exp[:, i] + exp[:, b])
+    return probs, unique
+
+
+def _fit_bt_lbfgs(features, outcomes):
+    """fit_pairwise_model(loss_type="bt"): coefficients from 0.5, L-BFGS (lr 0.1, 50 iterations, tol 1e-9)."""
+    import torch
+
+    logits = torch.nn.Parameter(torch.full((features.shape[1],), 0.5))
+    optimizer = torch.optim.LBFGS([logits], lr=0.1, max_iter=50, tolerance_grad=1e-9, tolerance_change=1e-9)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(features @ logits, outcomes.float(),
+                                                                    reduction="sum")
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return logits.detach()
+
+
+def score(judgments: list[dict], baseline: str, rounds: int = 100, seed: int = 42, version_name: str = "v2",
+          meta: dict | None = None) -> dict:
+    """Per model: score (%) and the bootstrap interval of `version_name`; `meta` (model -> question ->
+    style metadata) turns style control on."""
+    fn = score_v2 if version(version_name).name == "v2" else score_v01
+    out = fn(judgments, baseline, rounds, seed, meta)
+    if not out:
+        return {m: {"score": None, "ci_lower": None, "ci_upper": None, "battles": 0,
+                    "note": "no judgment had a usable verdict"} for m in sorted({j["model"] for j in judgments})}
+    for m in out:
+        out[m].update(version=version_name, bootstrap_rounds=rounds, style_control=meta is not None)
+    return out
+
+
+def check_judgments(judgments: list[dict], where: str) -> None:
+    for i, j in enumerate(judgments):
+        if not isinstance(j, dict) or "model" not in j or _qid(j) is None:
+            raise PrideError(f"{where} line {i + 1}: expected an arena-hard judgment with 'model' and 'uid' "
+                             "(or 'question_id')")
+        games = j.get("games")
+        if not isinstance(games, list) or not all(g is None or isinstance(g, dict) for g in games):
+            raise PrideError(f"{where} line {i + 1}: field 'games': expected a list of game objects")
+
+
+def style_meta_from_files(answer_files: list[Path], v: Version) -> dict:
+    """model -> question -> metadata, from answer files (computed from the text where missing)."""
+    meta: dict = {}
+    for f in answer_files:
+        model, texts, given = load_answers(f)
+        if model is None:
+            raise PrideError(f"{f}: no model name in the answers")
+        by_question = {q: given[q] or style_metadata(t, v.encoding) for q, t in texts.items()}
+        meta[model] = meta[model.split("/")[-1]] = by_question  # v0.1 keys by the full name, v2 by the last part
+    return meta
+
+
+def score_files(paths: list[Path], baseline: str | None = None, rounds: int = 100, version_name: str = "v2",
+                answer_files: list[Path] | None = None, seed: int = 42) -> dict:
+    """`pride eval score arena-hard FILE...`: judgment files -> scores (style control with answer files)."""
+    if rounds < 1:
+        raise PrideError(f"--rounds {rounds}: at least one bootstrap round")
+    v = version(version_name)
+    judgments = []
+    for p in paths:
+        rows = read_jsonl(Path(p))
+        check_judgments(rows, str(p))
+        judgments += rows
+    if not judgments:
+        raise PrideError(f"{', '.join(map(str, paths))}: no judgments")
+    baseline = baseline or next((j["baseline"] for j in judgments if j.get("baseline")), v.baseline)
+    meta = style_meta_from_files(answer_files, v) if answer_files else None
+    if meta is not None:
+        for m in {j["model"].split("/")[-1] for j in judgments} | {baseline}:
+            if m not in meta:
+                raise PrideError(f"style control: no answer file for {m!r} among --answers")
+    return score(judgments, baseline, rounds, seed, v.name, meta)
+
+
+__all__ = ["VERSIONS", "judge", "score", "score_files", "load_questions", "load_answers", "answer_record",
+           "style_metadata", "parse_label_v01", "parse_label_v2", "json"]

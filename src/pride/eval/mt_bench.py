@@ -1,15 +1,20 @@
-"""MT-Bench in FastChat's formats: two-turn answers, single-answer grading, [[rating]] scores.
+"""MT-Bench in FastChat's formats and rules (fastchat/llm_judge: common.py, gen_judgment.py,
+show_result.py).
 
 * Questions `{question_id, category, turns: [q1, q2]}`; answers
   `{question_id, answer_id, model_id, choices: [{index: 0, turns: [a1, a2]}], tstamp}`.
-* Sampling temperature per category as FastChat (writing/roleplay 0.7, stem/humanities
-  0.1, extraction/math/coding/reasoning 0.0, greedy below 1e-4).
-* Judging with the prompts of `judge_prompts.jsonl` (`single-v1`, `single-math-v1` and
-  their `-multi-turn` forms), with the GPT-4 reference answer for math, reasoning and
-  coding; the rating is parsed from `[[x]]` (or `[x]`), -1 when absent. Judgments are
-  written as `{question_id, model, judge: [judge_model, prompt_name], user_prompt,
-  judgment, score, turn, tstamp}` (FastChat's model_judgment/*_single.jsonl).
-* Scores: mean of turn 1, of turn 2, and of both, over judgments with a rating.
+* Generation: each turn asked in the conversation so far; temperature per category as
+  FastChat (writing/roleplay 0.7, stem/humanities 0.1, extraction/math/coding/reasoning 0,
+  greedy below 1e-4) unless `generation.mt_bench.temperature` is set; a seed per run.
+* Reference answers (math, reasoning, coding) from `reference_answer/<judge model>.jsonl`,
+  as FastChat looks them up by the judge's name; `gpt-4.jsonl` when there is none.
+* `single`: the `single-v1` / `single-math-v1` prompts (and `-multi-turn`), the rating from
+  `[[x]]` (or `[x]`) through `ast.literal_eval`; -1 when absent. FastChat's literal_eval
+  raises on a leading zero (`[[08]]`) and stops its run; pride records -1 there instead
+  (a failed rating, left out of the means and counted).
+* `pairwise-baseline` / `pairwise-all`: `pair-v2` / `pair-math-v1` prompts, both orders (g1:
+  model_1 as A, g2: model_2 as A), `[[A]]`/`[[B]]`/`[[C]]`; show_result drops errors, counts a
+  tie or disagreeing games as a tie, and reports win_rate, loss_rate, win_rate_adjusted.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
+from pride.api import map_concurrently
 from pride.errors import PrideError
 from pride.eval.files import read_jsonl
 
@@ -40,24 +46,47 @@ def load_questions(path: Path) -> list[dict]:
     return qs
 
 
+def load_answers(path: Path) -> dict:
+    """question_id -> [turn texts] from a FastChat answer (or reference answer) file."""
+    out = {}
+    for n, a in enumerate(read_jsonl(path), start=1):
+        try:
+            out[a["question_id"]] = a["choices"][0]["turns"]
+        except (KeyError, IndexError, TypeError):
+            raise PrideError(f"{path} line {n}: expected FastChat's answer layout (question_id, choices[0].turns)")
+    return out
+
+
+def reference_file(root: Path, judge_model: str) -> Path:
+    for name in (judge_model, "gpt-4"):
+        for p in (root / "reference_answer" / f"{name}.jsonl", root / f"reference_answer_{name}.jsonl"):
+            if p.exists():
+                return p
+    raise PrideError(f"MT-Bench reference answers not found: {root / 'reference_answer' / f'{judge_model}.jsonl'} "
+                     "(or gpt-4.jsonl; FastChat's llm_judge/data/mt_bench/reference_answer)")
+
+
 def temperature_for(category: str) -> float:
     return TEMPERATURE.get(category, 0.7)
 
 
-def generate_answers(client, questions: list[dict], model_id: str, max_tokens: int = 1024) -> list[dict]:
+def generate_answers(client, questions: list[dict], model_id: str, max_tokens: int = 1024,
+                     temperature: float | None = None, top_p: float = 1.0, seed: int | None = None,
+                     concurrency: int = 1) -> list[dict]:
     """Each turn is asked in the conversation so far, as FastChat's gen_model_answer does."""
-    out = []
-    for q in questions:
-        temp = temperature_for(q["category"])
+    def answer(q: dict) -> dict:
+        temp = temperature_for(q["category"]) if temperature is None else temperature
         messages, turns = [], []
         for turn in q["turns"]:
             messages.append({"role": "user", "content": turn})
-            text = client.text(messages, temperature=temp if temp >= 1e-4 else 0.0, max_tokens=max_tokens).strip()
+            text = client.text(messages, temperature=temp if temp >= 1e-4 else 0.0, top_p=top_p,
+                               max_tokens=max_tokens, seed=seed).strip()
             messages.append({"role": "assistant", "content": text})
             turns.append(text)
-        out.append({"question_id": q["question_id"], "answer_id": uuid.uuid4().hex[:22], "model_id": model_id,
-                    "choices": [{"index": 0, "turns": turns}], "tstamp": time.time()})
-    return out
+        return {"question_id": q["question_id"], "answer_id": uuid.uuid4().hex[:22], "model_id": model_id,
+                "choices": [{"index": 0, "turns": turns}], "tstamp": time.time()}
+
+    return map_concurrently(answer, questions, concurrency)
 
 
 def parse_rating(judgment: str) -> float:
@@ -65,38 +94,86 @@ def parse_rating(judgment: str) -> float:
     if not match:
         return -1
     try:
-        return float(ast.literal_eval(match.groups()[0]))
-    except (ValueError, SyntaxError):
+        return ast.literal_eval(match.groups()[0])
+    except (ValueError, SyntaxError):  # FastChat stops here ([[08]]); pride records a failed rating
         return -1
 
 
+def parse_winner(judgment: str) -> str:
+    """FastChat's [[A]] output format: the first of [[A]], [[B]], [[C]] (tie) that appears, else error."""
+    for label, winner in (("[[A]]", "A"), ("[[B]]", "B"), ("[[C]]", "tie")):
+        if label in judgment:
+            return winner
+    return "error"
+
+
+def _prompt(prompts: dict, name: str) -> dict:
+    if name not in prompts:
+        raise PrideError(f"judge_prompts.jsonl has no prompt {name!r} (FastChat's llm_judge/data/judge_prompts.jsonl)")
+    return prompts[name]
+
+
+def _ref_kwargs(q: dict, references: dict, turn: int) -> dict:
+    if q["category"] not in NEED_REF:
+        return {}
+    if q["question_id"] not in references:
+        raise PrideError(f"MT-Bench question {q['question_id']} ({q['category']}) needs a reference answer")
+    ref = references[q["question_id"]]
+    return {"ref_answer_1": ref[0]} if turn == 1 else {"ref_answer_1": ref[0], "ref_answer_2": ref[1]}
+
+
 def judge(client, questions: list[dict], answers: dict, references: dict, prompts: dict, model_id: str,
-          judge_model: str) -> list[dict]:
+          judge_model: str, concurrency: int = 1) -> list[dict]:
     """Single-answer grading of both turns. answers/references: question_id -> [turn texts]."""
-    out = []
-    for q in questions:
+    def one(item):
+        q, turn = item
         ans = answers[q["question_id"]]
-        needs_ref = q["category"] in NEED_REF
-        if needs_ref and q["question_id"] not in references:
-            raise PrideError(f"MT-Bench question {q['question_id']} ({q['category']}) needs a reference answer")
-        ref = references.get(q["question_id"], [])
-        for turn in (1, 2):
-            name = ("single-math-v1" if needs_ref else "single-v1") + ("-multi-turn" if turn == 2 else "")
-            p = prompts[name]
-            kwargs = {"question": q["turns"][0], "answer": ans[0]} if turn == 1 else {
-                "question_1": q["turns"][0], "question_2": q["turns"][1], "answer_1": ans[0], "answer_2": ans[1]}
-            if needs_ref:
-                if turn == 1:
-                    kwargs["ref_answer_1"] = ref[0]
-                else:
-                    kwargs.update(ref_answer_1=ref[0], ref_answer_2=ref[1])
-            user_prompt = p["prompt_template"].format(**kwargs)
-            judgment = client.text([{"role": "system", "content": p["system_prompt"]},
-                                    {"role": "user", "content": user_prompt}], temperature=0, max_tokens=2048)
-            out.append({"question_id": q["question_id"], "model": model_id, "judge": [judge_model, name],
-                        "user_prompt": user_prompt, "judgment": judgment, "score": parse_rating(judgment),
-                        "turn": turn, "tstamp": time.time()})
-    return out
+        name = ("single-math-v1" if q["category"] in NEED_REF else "single-v1") + ("-multi-turn" if turn == 2 else "")
+        p = _prompt(prompts, name)
+        kwargs = {"question": q["turns"][0], "answer": ans[0]} if turn == 1 else {
+            "question_1": q["turns"][0], "question_2": q["turns"][1], "answer_1": ans[0], "answer_2": ans[1]}
+        user_prompt = p["prompt_template"].format(**kwargs, **_ref_kwargs(q, references, turn))
+        judgment = client.text([{"role": "system", "content": p["system_prompt"]},
+                                {"role": "user", "content": user_prompt}], temperature=0, max_tokens=2048)
+        return {"question_id": q["question_id"], "model": model_id, "judge": [judge_model, name],
+                "user_prompt": user_prompt, "judgment": judgment, "score": parse_rating(judgment),
+                "turn": turn, "tstamp": time.time()}
+
+    items = [(q, t) for q in questions for t in (1, 2) if t == 1 or len(q["turns"]) == 2]
+    return map_concurrently(one, items, concurrency)
+
+
+def judge_pairs(client, questions: list[dict], answers: dict, pairs: list[tuple[str, str]], references: dict,
+                prompts: dict, judge_model: str, concurrency: int = 1) -> list[dict]:
+    """FastChat's play_a_match_pair for each (model_1, model_2) and question and turn; answers:
+    model -> question_id -> [turn texts]."""
+    def run(q, a, b, turn, p, refs):
+        if turn == 1:
+            user_prompt = p["prompt_template"].format(question=q["turns"][0], answer_a=a[0], answer_b=b[0], **refs)
+        else:
+            user_prompt = p["prompt_template"].format(question_1=q["turns"][0], question_2=q["turns"][1],
+                                                      answer_a_1=a[0], answer_b_1=b[0], answer_a_2=a[1],
+                                                      answer_b_2=b[1], **refs)
+        judgment = client.text([{"role": "system", "content": p["system_prompt"]},
+                                {"role": "user", "content": user_prompt}], temperature=0, max_tokens=2048)
+        return parse_winner(judgment), user_prompt, judgment
+
+    def one(item):
+        q, m1, m2, turn = item
+        name = ("pair-math-v1" if q["category"] in NEED_REF else "pair-v2") + ("-multi-turn" if turn == 2 else "")
+        p, refs = _prompt(prompts, name), _ref_kwargs(q, references, turn)
+        a1, a2 = answers[m1][q["question_id"]], answers[m2][q["question_id"]]
+        g1, g1_prompt, g1_judgment = run(q, a1, a2, turn, p, refs)
+        g2, g2_prompt, g2_judgment = run(q, a2, a1, turn, p, refs)
+        return {"question_id": q["question_id"], "model_1": m1, "model_2": m2,
+                "g1_winner": {"A": "model_1", "B": "model_2"}.get(g1, g1),
+                "g2_winner": {"A": "model_2", "B": "model_1"}.get(g2, g2), "judge": [judge_model, name],
+                "g1_user_prompt": g1_prompt, "g1_judgment": g1_judgment, "g2_user_prompt": g2_prompt,
+                "g2_judgment": g2_judgment, "turn": turn, "tstamp": time.time()}
+
+    items = [(q, m1, m2, t) for t in (1, 2) for q in questions for m1, m2 in pairs
+             if t == 1 or len(q["turns"]) == 2]
+    return map_concurrently(one, items, concurrency)
 
 
 def score(judgments: list[dict]) -> dict:
@@ -109,8 +186,45 @@ def score(judgments: list[dict]) -> dict:
             "n_judgments": len(judgments), "n_failed": len(judgments) - len(rated)}
 
 
-def score_files(paths: list[Path]) -> dict:
-    """`pride eval score mt-bench FILE...`: per model, from FastChat single judgment files."""
+def score_pairwise(judgments: list[dict], baseline: str | None = None) -> dict:
+    """FastChat show_result (pairwise-baseline with `baseline`, pairwise-all without): per model."""
+    counts: dict = {}
+    for j in judgments:
+        if j["g1_winner"] == "error" or j["g2_winner"] == "error":
+            continue
+        if baseline is not None and baseline not in (j["model_1"], j["model_2"]):
+            continue
+        if j["g1_winner"] == "tie" or j["g1_winner"] != j["g2_winner"]:
+            results = [(j["model_1"], "tie"), (j["model_2"], "tie")]
+        else:
+            winner, loser = ((j["model_1"], j["model_2"]) if j["g1_winner"] == "model_1"
+                             else (j["model_2"], j["model_1"]))
+            results = [(winner, "win"), (loser, "loss")]
+        for model, kind in results:
+            c = counts.setdefault(model, {"win": 0, "loss": 0, "tie": 0})
+            c[kind] += 1
+    out = {}
+    for model, c in counts.items():
+        if model == baseline:
+            continue
+        n = c["win"] + c["loss"] + c["tie"]
+        out[model] = {**c, "win_rate": c["win"] / n, "loss_rate": c["loss"] / n,
+                      "win_rate_adjusted": (c["win"] + 0.5 * c["tie"]) / n}
+    return out
+
+
+def score_files(paths: list[Path], mode: str = "single", baseline: str | None = "gpt-3.5-turbo") -> dict:
+    """`pride eval score mt-bench FILE...`: per model, from FastChat judgment files."""
     judgments = [j for p in paths for j in read_jsonl(Path(p))]
+    if not judgments:
+        raise PrideError(f"{', '.join(map(str, paths))}: no judgments")
+    if mode != "single":
+        missing = [i for i, j in enumerate(judgments) if not {"model_1", "model_2", "g1_winner", "g2_winner"} <= set(j)]
+        if missing:
+            raise PrideError(f"{paths[0]}: judgment {missing[0] + 1} is not a pairwise judgment (mode {mode})")
+        return score_pairwise(judgments, baseline if mode == "pairwise-baseline" else None)
+    for i, j in enumerate(judgments):
+        if "model" not in j or "turn" not in j or "score" not in j:
+            raise PrideError(f"{paths[0]}: judgment {i + 1} lacks 'model', 'turn' or 'score' (single mode)")
     models = sorted({j["model"] for j in judgments})
     return {m: score([j for j in judgments if j["model"] == m]) for m in models}

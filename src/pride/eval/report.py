@@ -11,11 +11,11 @@ HEADLINE = {"mt_bench": ("average", "MT-Bench (1-10)"), "alpaca_eval": ("length_
 
 
 def headline(bench: str, result: dict) -> float | None:
-    key = HEADLINE[bench][0]
-    value = result.get(key)
-    if value is None and bench == "alpaca_eval":
-        value = result.get("win_rate")
-    return value
+    """The benchmark's headline number, None when the run could not compute it (never a stand-in:
+    a missing LC win rate is not replaced by the raw one)."""
+    if bench == "mt_bench" and "win_rate_adjusted" in result:  # pairwise modes: % against the others
+        return result["win_rate_adjusted"] * 100
+    return result.get(HEADLINE[bench][0])
 
 
 def write_report(out_dir: Path, scores: dict) -> None:
@@ -33,13 +33,20 @@ def write_report(out_dir: Path, scores: dict) -> None:
                 cells.append("")
                 continue
             mean, std = res[b]["headline_mean"], res[b]["headline_std"]
-            cell = "n/a" if mean is None else f"{mean:.2f}" + (f" ± {std:.2f}" if std else "")
+            cell = "-" if mean is None else f"{mean:.2f}" + (f" ± {std:.2f}" if len(res[b]["runs"]) > 1 else "")
             ci = res[b]["mean"].get("ci_lower")
             if ci is not None:
                 cell += f" ({ci:.1f}, {res[b]['mean']['ci_upper']:.1f})"
             cells.append(cell)
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean over runs (± standard deviation when several); Arena-Hard with its 95% bootstrap interval.", ""]
+    lines += ["", "Mean over runs (± standard deviation when several); Arena-Hard with its bootstrap interval "
+              "(v2: 5%-95%, v0.1: 2.5%-97.5%); - where a number could not be computed (the run's note says why).", ""]
+    for model, res in scores.items():
+        for b in benches:
+            if b in res and len(res[b]["runs"]) > 1:
+                each = ", ".join("-" if h is None else f"{h:.2f}" for h in (headline(b, r) for r in res[b]["runs"]))
+                lines.append(f"- {model} {HEADLINE[b][1]}, each run: {each}")
+    lines.append("")
     for model, res in scores.items():
         for b in benches:
             if b in res:

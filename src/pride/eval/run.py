@@ -3,8 +3,10 @@
 Benchmark files come from `eval.data_dir` (pride ships none):
   mt_bench/question.jsonl, mt_bench/judge_prompts.jsonl,
   mt_bench/reference_answer/gpt-4.jsonl (or mt_bench/reference_answer_gpt-4.jsonl)
+  mt_bench/reference_answer/<judge model>.jsonl (FastChat looks references up by the judge's name),
+  mt_bench/model_answer/<baseline>.jsonl (pairwise-baseline mode)
   alpaca_eval/alpaca_eval.json (instructions with the baseline's outputs),
-  alpaca_eval/instruction_difficulty.csv and alpaca_eval/df_gamed.csv (for the LC win rate)
+  alpaca_eval/df_gamed.csv (for the LC win rate)
   arena_hard_v0.1/question.jsonl, arena_hard_v0.1/model_answer/gpt-4-0314.jsonl (or .../gpt-4-0314.jsonl)
 Everything is written under eval.output_dir/<model>/run-<r>/<benchmark>/.
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from pride.api import ChatClient
+from pride.api import ChatClient, map_concurrently
 from pride.config import Config
 from pride.errors import PrideError
 from pride.eval import alpaca_eval, arena_hard, mt_bench, open_llm
@@ -56,33 +58,77 @@ def _judge(cfg: Config, out: Path) -> ChatClient:
     return client
 
 
-def run_mt_bench(cfg: Config, answerer: ChatClient, judge: ChatClient, name: str, out: Path) -> dict:
+def generation(cfg: Config, bench: str) -> dict:
+    """The benchmark's generation settings, `eval.max_new_tokens` capping them when set."""
+    g = getattr(cfg.eval.generation, bench)
+    cap = cfg.eval.max_new_tokens
+    return {"max_tokens": min(g.max_new_tokens, cap) if cap else g.max_new_tokens, "temperature": g.temperature,
+            "top_p": g.top_p}
+
+
+def run_mt_bench(cfg: Config, answerer: ChatClient, judge: ChatClient, name: str, out: Path, seed: int) -> dict:
+    ev = cfg.eval
     root = _data_dir(cfg) / "mt_bench"
-    questions = mt_bench.load_questions(_first(root / "question.jsonl"))[: cfg.eval.max_questions]
-    prompts = {p["name"]: p for p in mt_bench.read_jsonl(_first(root / "judge_prompts.jsonl"))}
-    refs_path = _first(root / "reference_answer" / "gpt-4.jsonl", root / "reference_answer_gpt-4.jsonl")
-    refs = {r["question_id"]: r["choices"][0]["turns"] for r in mt_bench.read_jsonl(refs_path)}
-    answers = mt_bench.generate_answers(answerer, questions, name, cfg.eval.max_new_tokens)
+    questions = mt_bench.load_questions(_first(root / "question.jsonl"))[: ev.max_questions]
+    gen = generation(cfg, "mt_bench")
+    answers = mt_bench.generate_answers(answerer, questions, name, gen["max_tokens"], gen["temperature"], gen["top_p"],
+                                        seed, ev.generation_concurrency)
     _jsonl(out / "model_answer" / f"{name}.jsonl", answers)
-    judgments = mt_bench.judge(judge, questions, {a["question_id"]: a["choices"][0]["turns"] for a in answers},
-                               refs, prompts, name, cfg.eval.judge.model)
-    _jsonl(out / "model_judgment" / f"{cfg.eval.judge.model}_single.jsonl", judgments)
+    texts = {a["question_id"]: a["choices"][0]["turns"] for a in answers}
+    if ev.mt_bench_mode == "pairwise-all":  # judged with every other model once all have answered
+        return {"pending": "pairwise-all", "answers": texts}
+    prompts = {p["name"]: p for p in mt_bench.read_jsonl(_first(root / "judge_prompts.jsonl"))}
+    refs = mt_bench.load_answers(mt_bench.reference_file(root, ev.judge.model))
+    if ev.mt_bench_mode == "pairwise-baseline":
+        base = mt_bench.load_answers(_first(root / "model_answer" / f"{ev.mt_bench_baseline}.jsonl"))
+        judgments = mt_bench.judge_pairs(judge, questions, {name: texts, ev.mt_bench_baseline: base},
+                                         [(name, ev.mt_bench_baseline)], refs, prompts, ev.judge.model,
+                                         ev.judge_concurrency)
+        _jsonl(out / "model_judgment" / f"{ev.judge.model}_pair.jsonl", judgments)
+        return mt_bench.score_pairwise(judgments, ev.mt_bench_baseline).get(name, {})
+    judgments = mt_bench.judge(judge, questions, texts, refs, prompts, name, ev.judge.model, ev.judge_concurrency)
+    _jsonl(out / "model_judgment" / f"{ev.judge.model}_single.jsonl", judgments)
     return mt_bench.score(judgments)
 
 
-def run_alpaca_eval(cfg: Config, answerer: ChatClient, judge: ChatClient, name: str, out: Path) -> dict:
+def mt_bench_all_pairs(cfg: Config, judge: ChatClient, answers: dict, out: Path) -> dict:
+    """pairwise-all: every pair of the evaluated models (FastChat's make_match_all_pairs)."""
+    ev = cfg.eval
+    root = _data_dir(cfg) / "mt_bench"
+    questions = mt_bench.load_questions(_first(root / "question.jsonl"))[: ev.max_questions]
+    prompts = {p["name"]: p for p in mt_bench.read_jsonl(_first(root / "judge_prompts.jsonl"))}
+    refs = mt_bench.load_answers(mt_bench.reference_file(root, ev.judge.model))
+    models = list(answers)
+    if len(models) < 2:
+        raise PrideError("eval.mt_bench_mode=pairwise-all compares the evaluated models with each other: "
+                         "evaluate at least two (eval.checkpoints=true on a run directory)")
+    pairs = [(models[i], models[j]) for i in range(len(models)) for j in range(i + 1, len(models))]
+    judgments = mt_bench.judge_pairs(judge, questions, answers, pairs, refs, prompts, ev.judge.model,
+                                     ev.judge_concurrency)
+    _jsonl(out / "mt_bench" / "model_judgment" / f"{ev.judge.model}_pair.jsonl", judgments)
+    return mt_bench.score_pairwise(judgments)
+
+
+def run_alpaca_eval(cfg: Config, answerer: ChatClient, judge: ChatClient, name: str, out: Path, seed: int) -> dict:
+    ev = cfg.eval
     root = _data_dir(cfg) / "alpaca_eval"
     eval_set = alpaca_eval.load_eval_set(_first(root / "alpaca_eval.json", root / "alpaca_eval.jsonl"))
-    eval_set = eval_set[: cfg.eval.max_questions]
-    outputs = [{"instruction": e["instruction"], "output": answerer.text(
-        [{"role": "user", "content": e["instruction"]}], temperature=0, max_tokens=cfg.eval.max_new_tokens).strip(),
-        "generator": name, "dataset": e.get("dataset", "")} for e in eval_set]
+    eval_set = eval_set[: ev.max_questions]
+    gen = generation(cfg, "alpaca_eval")
+
+    def answer(e: dict) -> dict:
+        text = answerer.text([{"role": "user", "content": e["instruction"]}], temperature=gen["temperature"] or 0,
+                             top_p=gen["top_p"], max_tokens=gen["max_tokens"], seed=seed).strip()
+        return {"instruction": e["instruction"], "output": text, "generator": name, "dataset": e.get("dataset", "")}
+
+    outputs = map_concurrently(answer, eval_set, ev.generation_concurrency)
     out.mkdir(parents=True, exist_ok=True)
     (out / "model_outputs.json").write_text(json.dumps(outputs, indent=2, ensure_ascii=False))
     rows = [{"instruction": e["instruction"], "output_1": e.get("output", ""), "generator_1": e.get("generator", "baseline"),
              "output_2": o["output"], "generator_2": name, "dataset": e.get("dataset", "")}
             for e, o in zip(eval_set, outputs)]
-    annotations = alpaca_eval.judge(judge, rows)
+    annotations = [a for chunk in map_concurrently(lambda r: alpaca_eval.judge(judge, [r]), rows,
+                                                   ev.judge_concurrency) for a in chunk]
     (out / "annotations.json").write_text(json.dumps(annotations, indent=2, ensure_ascii=False))
     result = alpaca_eval.get_winrate(annotations)
     gamed = root / "df_gamed.csv"
@@ -94,27 +140,34 @@ def run_alpaca_eval(cfg: Config, answerer: ChatClient, judge: ChatClient, name: 
     return result
 
 
-def run_arena_hard(cfg: Config, answerer: ChatClient, judge: ChatClient, name: str, out: Path) -> dict:
-    root = _data_dir(cfg) / cfg.eval.arena_hard_set
-    base = cfg.eval.arena_hard_baseline
-    questions = arena_hard.load_questions(_first(root / "question.jsonl"))[: cfg.eval.max_questions]
-    baseline = arena_hard.load_answers(_first(root / "model_answer" / f"{base}.jsonl", root / f"{base}.jsonl"))
-    records, answers = [], {}
-    for q in questions:
-        resp = answerer.complete([{"role": "user", "content": q["prompt"]}], temperature=0,
-                                 max_tokens=cfg.eval.max_new_tokens)
-        text = resp["choices"][0]["message"]["content"].strip()
-        answers[q["id"]] = text
-        tokens = (resp.get("usage") or {}).get("completion_tokens") or len(text.split())
-        records.append(arena_hard.answer_record(q, name, text, tokens))
+def run_arena_hard(cfg: Config, answerer: ChatClient, judge: ChatClient, name: str, out: Path, seed: int) -> dict:
+    ev = cfg.eval
+    v = arena_hard.version(ev.arena_hard_version)
+    root = _data_dir(cfg) / ev.arena_hard_set
+    base = ev.arena_hard_baseline
+    questions = arena_hard.load_questions(_first(root / "question.jsonl"))[: ev.max_questions]
+    _, baseline, baseline_meta = arena_hard.load_answers(_first(root / "model_answer" / f"{base}.jsonl",
+                                                                root / f"{base}.jsonl"))
+    gen = generation(cfg, "arena_hard")
+
+    def answer(q: dict) -> str:
+        return answerer.text([{"role": "user", "content": q["prompt"]}], temperature=gen["temperature"] or 0,
+                             top_p=gen["top_p"], max_tokens=gen["max_tokens"], seed=seed).strip()
+
+    texts = map_concurrently(answer, questions, ev.generation_concurrency)
+    answers = {q["id"]: t for q, t in zip(questions, texts)}
+    records = [arena_hard.answer_record(q, name, t, v) for q, t in zip(questions, texts)]
     _jsonl(out / "model_answer" / f"{name}.jsonl", records)
-    judgments = arena_hard.judge(judge, questions, answers, baseline, name, base)
-    _jsonl(out / "model_judgment" / cfg.eval.judge.model / f"{name}.jsonl", judgments)
-    style = None
-    if cfg.eval.style_control:
-        battles = arena_hard.battles_from_judgments(judgments, base)
-        style = arena_hard.style_features(battles, {name: answers}, baseline)
-    return arena_hard.score(judgments, base, cfg.eval.bootstrap_rounds, seed=cfg.seed, style=style)[name]
+    judgments = [j for chunk in map_concurrently(
+        lambda q: arena_hard.judge(judge, [q], answers, baseline, name, base, v), questions, ev.judge_concurrency)
+        for j in chunk]
+    _jsonl(out / "model_judgment" / ev.judge.model / f"{name}.jsonl", judgments)
+    meta = None
+    if ev.style_control:
+        own = {r.get("uid", r.get("question_id")): r.get("metadata", r.get("conv_metadata")) for r in records}
+        meta = {name: own, base: {q: baseline_meta[q] or arena_hard.style_metadata(t, v.encoding)
+                                  for q, t in baseline.items()}}
+    return arena_hard.score(judgments, base, ev.bootstrap_rounds, seed=42, version_name=v.name, meta=meta)[name]
 
 
 RUNNERS = {"mt_bench": run_mt_bench, "alpaca_eval": run_alpaca_eval, "arena_hard": run_arena_hard}
@@ -141,11 +194,13 @@ def run_eval(cfg: Config, console: Console | None = None) -> dict:
     ev = cfg.eval
     out_root = Path(ev.output_dir)
     scores: dict = {}
+    pending: dict = {}  # MT-Bench pairwise-all: run -> model -> answers
+    judge = None
     for name, ref in models_to_evaluate(cfg):
         per_bench: dict = {b: [] for b in ev.benchmarks}
-        judge = None
         for r in range(ev.num_runs):
             run_dir = out_root / name / f"run-{r}"
+            seed = cfg.seed + r  # a seed per run: sampled runs differ, and each can be repeated
             chat_benches = [b for b in ev.benchmarks if b in RUNNERS]
             if chat_benches:
                 judge = judge or _judge(cfg, out_root)
@@ -154,12 +209,21 @@ def run_eval(cfg: Config, console: Console | None = None) -> dict:
                     answerer = ChatClient(base, name)
                     for b in chat_benches:
                         console.print(f"[bold]{name}[/] run {r}: {b}")
-                        per_bench[b].append(RUNNERS[b](cfg, answerer, judge, name, run_dir / b))
+                        result = RUNNERS[b](cfg, answerer, judge, name, run_dir / b, seed)
+                        if result.get("pending") == "pairwise-all":
+                            pending.setdefault(r, {})[name] = result["answers"]
+                        else:
+                            per_bench[b].append(result)
             for b in ev.benchmarks:
                 if b.startswith("open_llm"):
                     console.print(f"[bold]{name}[/] run {r}: {b} (lm-eval)")
                     per_bench[b].append(open_llm.run(ref, b, ev.open_llm_tasks, limit=ev.open_llm_limit))
-        scores[name] = {b: aggregate(b, runs) for b, runs in per_bench.items() if runs}
+        scores[name] = per_bench
+    for r, answers in sorted(pending.items()):
+        console.print(f"MT-Bench pairwise-all, run {r}: {len(answers)} models")
+        for model, result in mt_bench_all_pairs(cfg, judge, answers, out_root / f"run-{r}").items():
+            scores.setdefault(model, {}).setdefault("mt_bench", []).append(result)
+    scores = {m: {b: aggregate(b, runs) for b, runs in res.items() if runs} for m, res in scores.items()}
     write_report(out_root, scores)
     _log_trackers(cfg, scores)
     console.print(f"[bold green]done[/]: {out_root / 'report.md'}, {out_root / 'scores.json'}, {out_root / 'scores.png'}")

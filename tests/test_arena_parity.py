@@ -1,0 +1,93 @@
+"""Arena-Hard scores equal the official arena-hard-auto code, v2 and v0.1, with and without
+style control (issue 11). The official results on these inputs are in
+tests/data/arena_hard_official.json, produced by tests/arena_hard_reference.py from a clone
+of lmarena/arena-hard-auto (its docstring says how to regenerate them)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pride.eval import arena_hard
+from pride.eval.arena_hard import parse_label_v01, parse_label_v2, score_files, style_metadata
+from tests.arena_hard_inputs import BASELINE, JUDGMENT_TEXTS, build, v01_judgments
+
+OFFICIAL = json.loads((Path(__file__).parent / "data" / "arena_hard_official.json").read_text())
+
+
+def write_inputs(tmp_path, layout):
+    """Judgments in one file; answers per model without metadata (pride computes it from the text)."""
+    questions, answers, judgments = build()
+    rows = judgments if layout == "v2" else v01_judgments(judgments)
+    judged = tmp_path / "judgments.jsonl"
+    judged.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    files = []
+    for model, texts in answers.items():
+        f = tmp_path / f"{model.split('/')[-1]}.jsonl"
+        if layout == "v2":
+            recs = [{"uid": u, "model": model, "messages": [{"role": "user", "content": "q"},
+                                                           {"role": "assistant", "content": {"answer": t}}]}
+                    for u, t in texts.items()]
+        else:
+            recs = [{"question_id": u, "model_id": model, "choices": [{"index": 0, "turns": [{"content": t}]}]}
+                    for u, t in texts.items()]
+        f.write_text("".join(json.dumps(r) + "\n" for r in recs))
+        files.append(f)
+    return judged, files
+
+
+@pytest.mark.parametrize("version", ["v2", "v0.1"])
+@pytest.mark.parametrize("style", [False, True])
+def test_scores_equal_the_official_show_result(tmp_path, version, style):
+    judged, answers = write_inputs(tmp_path, version)
+    got = score_files([judged], BASELINE, rounds=100, version_name=version, answer_files=answers if style else None)
+    want = OFFICIAL[version]["style" if style else "scores"]
+    assert set(got) == set(want)
+    for model, numbers in want.items():
+        for key in ("score", "ci_lower", "ci_upper"):
+            assert got[model][key] == pytest.approx(numbers[key], abs=1e-6), (model, key)
+
+
+@pytest.mark.parametrize("version,encoding", [("v2", "o200k_base"), ("v0.1", "cl100k_base")])
+def test_style_metadata_equals_add_markdown_info(version, encoding):
+    """Token lengths (tiktoken's cl100k/o200k) and markdown counts outside code blocks."""
+    _, answers, _ = build()
+    for model, texts in answers.items():
+        for uid, text in texts.items():
+            assert style_metadata(text, encoding) == OFFICIAL[version]["metadata"][model][uid], (model, uid)
+
+
+def test_label_parsing_equals_the_official_get_score():
+    assert [parse_label_v2(t) for t in JUDGMENT_TEXTS] == OFFICIAL["v2"]["labels"]
+    assert [list(parse_label_v01(t)) for t in JUDGMENT_TEXTS] == OFFICIAL["v0.1"]["labels"]
+
+
+def test_v2_drops_questions_with_an_unparsed_game_and_reports_it(tmp_path):
+    judged, _ = write_inputs(tmp_path, "v2")
+    got = score_files([judged], BASELINE, rounds=10)
+    rows = [json.loads(x) for x in judged.read_text().splitlines()]
+    dropped = sum(any(g["score"] is None for g in r["games"]) for r in rows)
+    assert dropped and all(m["dropped_questions"] == dropped for m in got.values())
+
+
+class Judge:
+    """A judge that answers from a script, recording what it was asked."""
+
+    def __init__(self, replies):
+        self.replies, self.seen = list(replies), []
+
+    def text(self, messages, **params):
+        self.seen.append((messages, params))
+        return self.replies.pop(0)
+
+
+def test_v01_judge_asks_again_once_when_no_label():
+    q = [{"id": "q1", "prompt": "P", "layout": "v2", "category": "arena-hard-v0.1"}]
+    judge = Judge(["thinking...", "[[B>A]]", "[[A>B]] and [[B>A]]"])
+    (row,) = arena_hard.judge(judge, q, {"q1": "model answer"}, {"q1": "base answer"}, "m", BASELINE,
+                              arena_hard.VERSIONS["v0.1"])
+    assert [g["score"] for g in row["games"]] == ["B>A", None]  # retried once; two distinct labels give none
+    assert judge.seen[1][0][-1] == {"role": "user", "content": arena_hard.RETRY}
+    assert judge.seen[0][1] == {"temperature": 0, "max_tokens": 4096}
+    assert "<|The Start of Assistant A's Answer|>\nbase answer" in judge.seen[0][0][1]["content"]
+    assert "<|The Start of Assistant A's Answer|>\nmodel answer" in judge.seen[2][0][1]["content"]
