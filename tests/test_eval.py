@@ -214,7 +214,8 @@ def test_serve_end_to_end_eval_with_a_second_server_as_judge(tmp_path):
         cfg = tmp_path / "eval.yaml"
         cfg.write_text(f"model: {{path: 'tiny:llama'}}\neval:\n  benchmarks: [mt_bench, arena_hard]\n"
                        f"  data_dir: {tmp_path / 'data'}\n  output_dir: {tmp_path / 'out'}\n  max_questions: 2\n"
-                       f"  max_new_tokens: 8\n  bootstrap_rounds: 10\n  server: pride\n"
+                       f"  max_new_tokens: 8\n  bootstrap_rounds: 10\n  server: pride\n  num_runs: 2\n"
+                       f"  generation: {{mt_bench: {{max_new_tokens: 64, temperature: 0.7}}}}\n"
                        f"  judge: {{url: 'http://{url}', model: judge, api_key_env: JK, max_tokens: 8}}\n")
         run = subprocess.run([sys.executable, "-m", "pride", "eval", str(cfg)], capture_output=True, text=True,
                              env={**os.environ, "JK": "secret"}, timeout=600)
@@ -232,6 +233,12 @@ def test_serve_end_to_end_eval_with_a_second_server_as_judge(tmp_path):
     judged = (out / "tiny-llama" / "run-0" / "arena_hard" / "model_judgment" / "judge" / "tiny-llama.jsonl")
     assert len(json.loads(judged.read_text().splitlines()[0])["games"]) == 2
     assert not (out / "tiny-llama" / "run-0" / "server.log").read_text().count("secret")
+    # two sampled runs with a seed each: different answers, and the report lists every run
+    runs = [(out / "tiny-llama" / f"run-{r}" / "mt_bench" / "model_answer" / "tiny-llama.jsonl").read_text()
+            for r in (0, 1)]
+    assert [json.loads(x)["choices"][0]["turns"] for x in runs[0].splitlines()] != \
+        [json.loads(x)["choices"][0]["turns"] for x in runs[1].splitlines()]
+    assert len(scores["tiny-llama"]["mt_bench"]["runs"]) == 2 and "each run" in (out / "report.md").read_text()
 
 
 def test_server_batches_seeds_logprobs_and_n():
