@@ -133,7 +133,13 @@ def run_alpaca_eval(cfg: Config, answerer: ChatClient, judge: ChatClient, name: 
     result = alpaca_eval.get_winrate(annotations)
     gamed = root / "df_gamed.csv"
     if gamed.exists():
-        result.update(alpaca_eval.length_controlled_winrate(annotations, alpaca_eval.load_gamed(gamed)))
+        gamed_rows = alpaca_eval.load_gamed(gamed)
+        result.update(alpaca_eval.length_controlled_winrate(annotations, gamed_rows))
+        difficulty = root / "instruction_difficulty.csv"
+        if difficulty.exists():
+            warnings = alpaca_eval.check_difficulty(alpaca_eval.load_difficulty(difficulty), gamed_rows, len(rows))
+            if warnings:
+                result["warnings"] = warnings
     else:
         result["length_controlled_winrate"] = None
         result["note"] = f"no LC win rate: {gamed} is missing (alpaca_eval's df_gamed.csv)"
