@@ -94,7 +94,8 @@ class TrainSettings(Section):
     eval_steps: int | None = Field(None, gt=0)
     save_steps: int | None = Field(None, gt=0)
     save_total_limit: int = Field(2, gt=0)
-    resume: str = Field("auto", description="auto | never | path to a checkpoint dir")
+    resume: str = Field("auto", description="auto (refuses a checkpoint trained with other settings) | force | "
+                                            "never | path to a checkpoint dir")
     on_nan: Literal["stop", "skip"] = "stop"
     report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
     logps_chunk_size: int = Field(256, gt=0, description="label positions per LM-head chunk (fp32 logits: chunk x vocab)")
@@ -350,8 +351,7 @@ def _section_type(annotation: Any) -> type[BaseModel] | None:
 
 
 def write_resolved(cfg: BaseModel, run_dir: str | Path) -> Path:
-    """Write the validated config (all defaults filled in) as `config.yaml` in the run dir."""
-    out = Path(run_dir) / "config.yaml"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
-    return out
+    """Write the validated config (all defaults filled in) as `config.yaml` in the run dir (atomically)."""
+    from pride.io import write_text
+
+    return write_text(Path(run_dir) / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

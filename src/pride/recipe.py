@@ -7,8 +7,10 @@ from the model of the stage before it (or of the stage named in `from`); the fir
 `model.path`. Overrides: `key=value` for the shared sections, `STAGE.key=value` for one
 stage (e.g. `sft.data.sources.0.path=chat.jsonl`).
 
-Each finished stage writes `stage.json` with a hash of its resolved config; a re-run skips
-a stage whose hash matches (its outputs match its inputs) and resumes an interrupted one.
+Each finished stage writes `stage.json` with its identity: a hash of its resolved config
+chained with the identity of the stage it starts from, so a change anywhere upstream
+(the SFT learning rate, say) re-runs everything downstream. A re-run skips a stage whose
+identity matches and resumes an interrupted one.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pride.config import Config, apply_override, parse_override, validate_config
 from pride.errors import PrideError
+from pride.io import write_json
 
 StageType = Literal["sft", "dpo", "online", "sppo", "eval"]
 SHARED = ("model", "data", "train", "preference", "online", "eval", "seed")
@@ -114,8 +117,19 @@ def stage_model(stage: Stage) -> str:
     return str(out / "model")
 
 
-def config_hash(cfg: Config) -> str:
-    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+def config_hash(cfg: Config, upstream: str = "") -> str:
+    """The stage's identity: its resolved config and the identity of the stage it starts from."""
+    body = json.dumps(cfg.model_dump(mode="json"), sort_keys=True) + "|" + upstream
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def finished_identity(marker: Path) -> str | None:
+    """The identity recorded by a finished stage, or None (absent, half-written or unreadable)."""
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info.get("config_hash") if isinstance(info, dict) else None
 
 
 def run_recipe(path: str | Path, overrides: list[str] = (), console=None) -> list[dict]:
@@ -124,16 +138,19 @@ def run_recipe(path: str | Path, overrides: list[str] = (), console=None) -> lis
     console = console or Console(stderr=True, soft_wrap=True)
     recipe, stages = load_recipe(path, overrides)
     models: dict[str, str] = {}
+    identities: dict[str, str] = {}
     previous: str | None = None
+    previous_identity = ""
     done = []
     for stage in stages:
         start = models[stage.start_from] if stage.start_from else previous
+        upstream = identities[stage.start_from] if stage.start_from else previous_identity
         cfg = stage.config
         if start is not None:
             cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": start})})
         marker = Path(cfg.output_dir) / "stage.json"
-        digest = config_hash(cfg)
-        if marker.exists() and json.loads(marker.read_text()).get("config_hash") == digest:
+        digest = config_hash(cfg, upstream)
+        if finished_identity(marker) == digest:
             info = json.loads(marker.read_text())
             console.print(f"[bold]{stage.name}[/] ({stage.type}): finished earlier with the same inputs, skipped")
         else:
@@ -144,11 +161,11 @@ def run_recipe(path: str | Path, overrides: list[str] = (), console=None) -> lis
                     "seconds": round(time.perf_counter() - t, 1)}
             if stage.type != "eval":
                 info["model"] = stage_model(Stage(stage.name, stage.type, None, cfg, stage.raw))
-            Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps(info, indent=2) + "\n")
+            write_json(marker, info)
+        identities[stage.name] = digest
         if info.get("model"):
             models[stage.name] = info["model"]
-            previous = info["model"]
+            previous, previous_identity = info["model"], digest
         done.append(info)
     return done
 

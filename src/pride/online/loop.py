@@ -26,12 +26,13 @@ from rich.table import Table
 from pride.config import Config, DataSettings, SourceSettings
 from pride.data import Conversation, load_rows, read_rows
 from pride.errors import PrideError
+from pride.io import read_jsonl_tolerant, write_json, write_text
 from pride.models import load_model_and_tokenizer
 from pride.online.judges import make_judge
 from pride.online.pairs import make_pair
 from pride.online.samplers import make_sampler
 from pride.train.loop import make_accelerator
-from pride.train.stage import console_for, prepare_run_dir, seed_everything
+from pride.train.stage import console_for, exclusive_run_dir, prepare_run_dir, seed_everything
 
 
 # ------------------------------------------------------------------ resumable jsonl
@@ -39,14 +40,7 @@ from pride.train.stage import console_for, prepare_run_dir, seed_everything
 
 def read_jsonl(path: Path) -> list[dict]:
     """Complete lines only; a torn last line (killed mid-write) is cut off the file."""
-    if not path.exists():
-        return []
-    raw = path.read_bytes()
-    good_end = raw.rfind(b"\n") + 1
-    if good_end < len(raw):
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
-    return [json.loads(line) for line in raw[:good_end].decode("utf-8").splitlines() if line.strip()]
+    return read_jsonl_tolerant(path, repair=True)
 
 
 def append_jsonl(path: Path, rows: list[dict]) -> None:
@@ -58,11 +52,7 @@ def append_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def chunked_stage(acc, it_dir: Path, name: str, prompts: list[dict], chunk_size: int, work) -> list[dict]:
@@ -204,10 +194,11 @@ def run_iteration(cfg: Config, acc, n: int, prompts: list[dict], model_ref: str,
                "dropped_identical": dropped["identical"], "dropped_tie": dropped["tie"],
                **{key: round(v, 2) for key, v in timing.items()}, "model": str(it_dir / "model")}
     if acc.is_main_process:
-        (it_dir / "iteration.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(it_dir / "iteration.json", summary)
     return summary
 
 
+@exclusive_run_dir
 def run_online(cfg: Config) -> list[dict]:
     seed_everything(cfg.seed)
     acc = make_accelerator(cfg.train, cfg.output_dir, cfg.model.dtype)
@@ -218,9 +209,8 @@ def run_online(cfg: Config) -> list[dict]:
     history = []
     for n in range(1, cfg.online.iterations + 1):
         it_dir = run_dir / f"iteration-{n}"
-        done = it_dir / "iteration.json"
-        if done.exists() and (it_dir / "model" / "config.json").exists():
-            summary = json.loads(done.read_text())
+        summary = _finished(it_dir)
+        if summary is not None:
             console.print(f"iteration {n}: finished earlier, skipped")
         else:
             console.rule(f"iteration {n}")
@@ -232,6 +222,15 @@ def run_online(cfg: Config) -> list[dict]:
         write_jsonl(run_dir / "iterations.jsonl", history)
         console.print(iteration_table(history))
     return history
+
+
+def _finished(it_dir: Path) -> dict | None:
+    """The summary of a finished iteration (its iteration.json readable and its model saved), else None."""
+    try:
+        summary = json.loads((it_dir / "iteration.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and (it_dir / "model" / "config.json").exists() else None
 
 
 def iteration_table(history: list[dict]) -> Table:

@@ -108,17 +108,100 @@ def _scheduler(cfg: TrainSettings, optimizer, total_steps: int):
                          num_training_steps=total_steps)
 
 
-def find_checkpoint(run_dir: Path, resume: str) -> Path | None:
+# Settings that do not change what is trained: a run may resume with other values for these.
+RESUMABLE_KEYS = ("output_dir", "eval", "train.resume", "train.logging_steps", "train.eval_steps", "train.save_steps",
+                  "train.save_total_limit", "train.report_to", "data.on_bad_row")
+
+
+def run_identity(cfg) -> dict:
+    """The flattened resolved config, less the settings a resume may change."""
+    flat: dict = {}
+
+    def walk(prefix, node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = node
+
+    walk("", cfg.model_dump(mode="json"))
+    return {k: v for k, v in flat.items() if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)}
+
+
+def data_fingerprint(rows: list[list[Sample]]) -> str:
+    """Hash of the exact training rows (token ids and targets, in order)."""
+    import hashlib
+    from array import array
+
+    h = hashlib.sha256()
+    for row in rows:
+        for s in row:
+            h.update(array("q", s.input_ids).tobytes())
+            h.update(array("q", s.labels).tobytes())
+        h.update(b"|")
+    return h.hexdigest()
+
+
+def checkpoint_state(ckpt: Path) -> dict | None:
+    """trainer_state.json of a complete, intact checkpoint, else None (with the reason in 'problem')."""
+    from safetensors import safe_open
+
+    try:
+        state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            return {"problem": "trainer_state.json has no step"}
+    except (OSError, ValueError) as e:
+        return {"problem": f"trainer_state.json unreadable ({e.__class__.__name__})"}
+    for name, size in (state.get("files") or {}).items():
+        f = ckpt / name
+        if not f.is_file() or f.stat().st_size != size:
+            return {"problem": f"{name} is missing or truncated"}
+        if name.endswith(".safetensors"):
+            try:
+                with safe_open(str(f), framework="pt"):
+                    pass
+            except Exception as e:  # noqa: BLE001 - any unreadable header means a broken file
+                return {"problem": f"{name} is unreadable ({e.__class__.__name__})"}
+    return state
+
+
+def find_checkpoint(run_dir: Path, resume: str, warn=None) -> Path | None:
+    """The checkpoint to resume from: the newest intact one (auto/force), a given path, or none."""
     if resume == "never":
         return None
-    if resume != "auto":
+    if resume not in ("auto", "force"):
         path = Path(resume)
-        if not (path / "trainer_state.json").exists():
-            raise PrideError(f"train.resume={resume}: not a complete checkpoint (no trainer_state.json)")
+        state = checkpoint_state(path) if path.is_dir() else {"problem": "not a directory"}
+        if "problem" in state:
+            raise PrideError(f"train.resume={resume}: not a usable checkpoint ({state['problem']})")
         return path
-    done = [p for p in (run_dir / "checkpoints").glob("checkpoint-*")
-            if p.is_dir() and not p.name.endswith(".tmp") and (p / "trainer_state.json").exists()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+    done = sorted((p for p in (run_dir / "checkpoints").glob("checkpoint-*")
+                   if p.is_dir() and not p.name.endswith(".tmp") and p.name.split("-")[1].isdigit()),
+                  key=lambda p: int(p.name.split("-")[1]), reverse=True)
+    for ckpt in done:
+        state = checkpoint_state(ckpt)
+        if "problem" not in state:
+            return ckpt
+        if warn is not None:
+            warn(f"[yellow]warning[/]: skipping {ckpt}: {state['problem']}")
+    return None
+
+
+def check_resume(ckpt: Path, identity: dict | None, fingerprint: str, resume: str) -> None:
+    """Refuse to continue a run whose checkpoint was trained with other settings or data."""
+    state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+    if resume == "force" or "identity" not in state:
+        return
+    old = state["identity"]
+    diff = sorted(k for k in set(old) | set(identity or {}) if old.get(k) != (identity or {}).get(k))
+    if state.get("data") != fingerprint:
+        diff.append("the training data (token ids)")
+    if diff:
+        shown = "; ".join(f"{k}: {old.get(k)!r} -> {(identity or {}).get(k)!r}" if k in old or k in (identity or {})
+                          else k for k in diff[:5])
+        raise PrideError(f"{ckpt} was trained with other settings ({shown}{'; ...' if len(diff) > 5 else ''}). "
+                         "Use a new output_dir, train.resume=never to start over, or train.resume=force to "
+                         "continue anyway")
 
 
 def train(
@@ -134,6 +217,8 @@ def train(
     seed: int,
     console: Console | None = None,
     on_step_end: Callable[[int], None] | None = None,
+    identity: dict | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train `model` in place. The caller saves the final model (unwrapped) afterwards."""
     acc = accelerator
@@ -162,15 +247,23 @@ def train(
     run_dir = Path(run_dir)
     metrics_path = run_dir / "metrics.jsonl"
     start_step = 0
-    ckpt = find_checkpoint(run_dir, cfg.resume)
+    fingerprint = data_fingerprint(rows)
+    ckpt = find_checkpoint(run_dir, cfg.resume, warn=console.print if acc.is_main_process else None)
     if ckpt is not None:
-        acc.load_state(str(ckpt))
+        check_resume(ckpt, identity, fingerprint, cfg.resume)
+        try:
+            acc.load_state(str(ckpt))
+        except Exception as e:  # noqa: BLE001 - intact files that still do not load: say which
+            raise PrideError(f"{ckpt}: cannot resume from this checkpoint ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}); train.resume=never starts over") from None
         start_step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
         if acc.is_main_process:
             console.print(f"resumed from {ckpt} at step {start_step}")
             _truncate_metrics(metrics_path, start_step)
     elif acc.is_main_process and metrics_path.exists() and cfg.resume == "never":
         metrics_path.unlink()
+    if on_start is not None and acc.is_main_process:  # e.g. config.yaml: only once the run is really going
+        on_start()
     if cfg.report_to:
         acc.init_trackers("pride", config={"train": cfg.model_dump(mode="json")})
 
@@ -249,7 +342,7 @@ def train(
             progress.update(task, completed=done, info=f"loss {logged['loss']:.4f}  lr {record['lr']:.2e}  "
                                                         f"{record['tokens_per_s']:.0f} tok/s")
             if cfg.save_steps and done % cfg.save_steps == 0 and done < total_steps:
-                save_checkpoint(acc, run_dir, done, cfg.save_total_limit)
+                save_checkpoint(acc, run_dir, done, cfg.save_total_limit, identity, fingerprint)
             result.steps = done
             if on_step_end is not None:
                 on_step_end(done)
@@ -277,17 +370,35 @@ def evaluate(acc: Accelerator, wrapper, objective: Objective, eval_rows, micro_b
     return {f"eval/{n}": (reduced[j] / max(units, 1e-12)).item() for j, n in enumerate(names)}
 
 
-def save_checkpoint(acc: Accelerator, run_dir: Path, step: int, keep: int) -> Path:
-    """Write checkpoint-<step> atomically: everything goes to a temp dir, renamed when complete."""
+def save_checkpoint(acc: Accelerator, run_dir: Path, step: int, keep: int, identity: dict | None = None,
+                    fingerprint: str | None = None) -> Path:
+    """Write checkpoint-<step> atomically: everything goes to a temp dir, renamed when complete.
+
+    trainer_state.json, written last, records the step, what the run was trained with (to
+    refuse resuming with other settings) and every file's size (to detect a truncated one)."""
+    from pride.io import disk_error
+
     root = run_dir / "checkpoints"
     final, tmp = root / f"checkpoint-{step}", root / f"checkpoint-{step}.tmp"
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     acc.wait_for_everyone()
-    acc.save_state(str(tmp))
+    try:
+        acc.save_state(str(tmp))
+    except (OSError, RuntimeError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) or "No space left" in str(e) or "failed writing" in str(e):
+            raise disk_error(e if isinstance(e, OSError) else OSError(28, str(e)), root) from None
+        raise
     acc.wait_for_everyone()
     if acc.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
+        files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        try:
+            (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "identity": identity,
+                                                                "data": fingerprint, "files": files}))
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise disk_error(e, root) from None
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         done = sorted((p for p in root.glob("checkpoint-*") if not p.name.endswith(".tmp")),
@@ -299,12 +410,14 @@ def save_checkpoint(acc: Accelerator, run_dir: Path, step: int, keep: int) -> Pa
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint we resume from (they will be redone)."""
+    """Drop metric lines written after the checkpoint we resume from (they will be redone),
+    and a torn last line a kill may have left."""
+    from pride.io import read_jsonl_tolerant, write_text
+
     if not path.exists():
         return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    keep = [r for r in read_jsonl_tolerant(path) if r.get("step", 0) <= step]
+    write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 def _progress(console: Console, enabled: bool) -> Progress:

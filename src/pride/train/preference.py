@@ -26,8 +26,9 @@ from pride.losses import NEEDS_WIN_PROB, REFERENCE_FREE, preference_loss
 from pride.models import disable_dropout, load_model
 from pride.reference import (PairLogps, cache_key, compute_pair_logps, model_fingerprint, read_cached, same_layout,
                              write_parquet)
-from pride.train.loop import make_accelerator, train
-from pride.train.stage import console_for, load_for_training, prepare_run_dir, finish_stage, seed_everything, write_json
+from pride.train.loop import make_accelerator, run_identity, train
+from pride.config import write_resolved
+from pride.train.stage import exclusive_run_dir, console_for, load_for_training, prepare_run_dir, finish_stage, seed_everything, write_json
 
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
            "logps/rejected", "nll_loss")
@@ -137,12 +138,13 @@ def reference_logps(cfg: Config, acc, policy, tokenizer, data: PairData, where: 
     return out
 
 
+@exclusive_run_dir
 def run_dpo(cfg: Config) -> dict:
     seed_everything(cfg.seed)
     s = cfg.preference
     acc = make_accelerator(cfg.train, cfg.output_dir, cfg.model.dtype)
     console = console_for(acc)
-    run_dir = prepare_run_dir(cfg, acc)
+    run_dir = prepare_run_dir(cfg, acc, write_config=False)
     model, tokenizer, fmt = load_for_training(cfg, acc, console)
     model.to(acc.device)
     if s.disable_dropout:
@@ -185,7 +187,7 @@ def run_dpo(cfg: Config) -> dict:
     objective = PreferenceObjective(s, tables, live_reference=live, padding_free=s.padding_free)
     result = train(cfg.train, accelerator=acc, model=model, objective=objective, rows=train_data.rows,
                    eval_rows=eval_data.rows, pad_id=tokenizer.pad_token_id, run_dir=run_dir, seed=cfg.seed,
-                   console=console)
+                   console=console, identity=run_identity(cfg), on_start=lambda: write_resolved(cfg, run_dir))
     return finish_stage(acc, result, tokenizer, run_dir, stats, console)
 
 

@@ -7,8 +7,9 @@ from pride.data import load_rows
 from pride.data.packing import Sample
 from pride.data.sft import build_rows, tokenize_conversations
 from pride.logps import TokenLogps
-from pride.train.loop import make_accelerator, train
-from pride.train.stage import (console_for, load_for_training, prepare_run_dir, finish_stage, seed_everything,
+from pride.train.loop import make_accelerator, run_identity, train
+from pride.config import write_resolved
+from pride.train.stage import (exclusive_run_dir, console_for, load_for_training, prepare_run_dir, finish_stage, seed_everything,
                                write_json)
 
 
@@ -32,11 +33,12 @@ def prepare_sft_rows(cfg: Config, fmt, rows: list) -> tuple[list[list[Sample]], 
     return packed, {**tok_stats, **pack_stats}
 
 
+@exclusive_run_dir
 def run_sft(cfg: Config) -> dict:
     seed_everything(cfg.seed)
     acc = make_accelerator(cfg.train, cfg.output_dir, cfg.model.dtype)
     console = console_for(acc)
-    run_dir = prepare_run_dir(cfg, acc)
+    run_dir = prepare_run_dir(cfg, acc, write_config=False)
     model, tokenizer, fmt = load_for_training(cfg, acc, console)
     data = load_rows(cfg.data, want="conversation", seed=cfg.seed)
     rows, stats = prepare_sft_rows(cfg, fmt, data.train)
@@ -50,7 +52,7 @@ def run_sft(cfg: Config) -> dict:
         write_json(run_dir / "data_stats.json", stats)
     result = train(cfg.train, accelerator=acc, model=model, objective=SftObjective(), rows=rows,
                    eval_rows=eval_rows, pad_id=tokenizer.pad_token_id, run_dir=run_dir, seed=cfg.seed,
-                   console=console)
+                   console=console, identity=run_identity(cfg), on_start=lambda: write_resolved(cfg, run_dir))
     return finish_stage(acc, result, tokenizer, run_dir, stats, console)
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,9 @@ from accelerate import Accelerator
 from rich.console import Console
 
 from pride.config import Config, write_resolved
+from pride.errors import PrideError
+from pride.io import disk_error
+from pride.io import write_json as _write_json
 from pride.models import load_model_and_tokenizer
 
 
@@ -23,11 +27,41 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_run_dir(cfg: Config, acc: Accelerator) -> Path:
+@contextmanager
+def exclusive(run_dir: Path):
+    """One pride process per run directory (per rank): a second one stops with a clear message
+    instead of interleaving metrics and mixing models and configs."""
+    from filelock import FileLock, Timeout
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(run_dir / f".pride-lock-rank{os.environ.get('RANK', '0')}"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise PrideError(f"{run_dir} is in use by another pride process (it holds {lock.lock_file}); "
+                         "wait for it to finish or choose another output_dir") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def exclusive_run_dir(stage):
+    """Decorator for a stage `fn(cfg, ...)`: holds the lock of cfg.output_dir while it runs."""
+    @functools.wraps(stage)
+    def run(cfg, *args, **kwargs):
+        with exclusive(Path(cfg.output_dir)):
+            return stage(cfg, *args, **kwargs)
+    return run
+
+
+def prepare_run_dir(cfg: Config, acc: Accelerator, write_config: bool = True) -> Path:
+    """The run directory; `config.yaml` now, or (training stages) once the run is really going."""
     run_dir = Path(cfg.output_dir)
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_resolved(cfg, run_dir)
+        if write_config:
+            write_resolved(cfg, run_dir)
     acc.wait_for_everyone()
     return run_dir
 
@@ -80,13 +114,22 @@ def save_final_model(acc: Accelerator, prepared, tokenizer, out_dir: Path) -> Pa
     if acc.is_main_process:
         tmp = out_dir.with_name(out_dir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        if hasattr(model, "merge_and_unload"):  # peft
-            model.save_pretrained(tmp / "adapter")
-            model = model.merge_and_unload()
-            state = None
-        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.mkdir(parents=True)
+            if hasattr(model, "merge_and_unload"):  # peft
+                model.save_pretrained(tmp / "adapter")
+                model = model.merge_and_unload()
+                state = None
+            model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        except Exception as e:
+            shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left looking like a model
+            full = isinstance(e, OSError) or "No space left" in str(e)
+            if full:
+                needed = sum(t.numel() * t.element_size() for t in (state or model.state_dict()).values())
+                raise disk_error(e if isinstance(e, OSError) else OSError(28, str(e)), out_dir.parent,
+                                 needed) from None
+            raise
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(tmp, out_dir)
     acc.wait_for_everyone()
@@ -105,7 +148,7 @@ def finish_stage(acc: Accelerator, result, tokenizer, run_dir: Path, stats: dict
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    _write_json(path, data)
 
 
 def console_for(acc: Accelerator) -> Console:

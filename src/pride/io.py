@@ -1,0 +1,101 @@
+"""Reading and writing pride's own JSON files, with one set of guarantees.
+
+* `read_json` / `read_jsonl`: strict; a problem is a PrideError naming the file and line.
+* `read_jsonl_tolerant`: for files pride appends to while running (metrics, resumable
+  parts): complete lines only, a torn last line (a kill mid-write) is dropped.
+* `write_json` / `write_text`: atomic (a temp file in the same directory, then rename), so a
+  reader never sees half a file; a full disk is a PrideError naming the directory, with the
+  temp file removed.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from pride.errors import PrideError
+
+
+def read_json(path: Path):
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise PrideError(f"{path}: not UTF-8 (byte {e.start})") from None
+    except OSError as e:
+        raise PrideError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PrideError(f"{path} line {e.lineno}: bad JSON ({e.msg})") from None
+
+
+def read_jsonl(path: Path) -> list:
+    rows = []
+    try:
+        lines = Path(path).read_bytes().split(b"\n")
+    except OSError as e:
+        raise PrideError(f"{path}: cannot read ({e.strerror})") from None
+    for n, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise PrideError(f"{path} line {n}: not UTF-8 (byte {e.start})") from None
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise PrideError(f"{path} line {n}: bad JSON ({e.msg})") from None
+    return rows
+
+
+def read_jsonl_tolerant(path: Path, repair: bool = False) -> list[dict]:
+    """Complete lines of a file pride appends to; a torn last line is dropped (and cut off the
+    file with `repair`). A bad line before the last is still an error: that is not a kill."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    end = raw.rfind(b"\n") + 1
+    if end < len(raw) and repair:
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    rows = []
+    for n, line in enumerate(raw[:end].decode("utf-8", errors="replace").splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise PrideError(f"{path} line {n}: bad JSON ({e.msg})") from None
+    return rows
+
+
+def write_text(path: Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise disk_error(e, path.parent) from None
+    return path
+
+
+def write_json(path: Path, data) -> Path:
+    return write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def disk_error(e: OSError, where: Path, needed: int | None = None) -> Exception:
+    """A full disk (or quota) as one clear line; other OS errors as they are."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        need = f"; about {needed / 2**20:.0f} MiB needed" if needed else ""
+        return PrideError(f"{where}: no space left on the device{need}. Nothing was left half-written; "
+                          "free some space (or choose another output_dir) and run again to resume")
+    return e

@@ -1,0 +1,174 @@
+"""Run directories that cannot lie (issue 13): resume checks, one process per directory,
+recipe stages chained to their inputs, corrupt checkpoints, torn files, a full disk."""
+
+import errno
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+import pride.train.sft as sft_stage
+from pride.config import load_config
+from pride.errors import PrideError
+from pride.recipe import run_recipe
+from pride.train.sft import run_sft
+from tests.conftest import write_jsonl
+from tests.test_sft import config, mixed_conversations
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("data") / "chat.jsonl", mixed_conversations(48))
+
+
+def killed_at(monkeypatch, step):
+    """The next run_sft stops after `step` as a kill would (checkpoints as written so far)."""
+    real = sft_stage.train
+
+    def train(*args, **kwargs):
+        def hook(done):
+            if done == step:
+                raise Killed
+        return real(*args, **{**kwargs, "on_step_end": hook})
+
+    monkeypatch.setattr(sft_stage, "train", train)
+
+
+def run_killed(monkeypatch, cfg, step):
+    killed_at(monkeypatch, step)
+    with pytest.raises(Killed):
+        run_sft(cfg)
+    monkeypatch.undo()
+
+
+def base(tmp_path, data, *extra):
+    return config(tmp_path, data, tmp_path / "run", "train.micro_batch_size=4", "train.max_steps=8",
+                  "train.save_steps=2", "train.save_total_limit=3", *extra)
+
+
+def test_resume_with_other_settings_is_refused_naming_them(tmp_path, data, monkeypatch):
+    run_killed(monkeypatch, base(tmp_path, data), 5)
+    config_before = (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(PrideError, match=r"train\.learning_rate: 0\.001 -> 0\.002.*train\.resume=force"):
+        run_sft(base(tmp_path, data, "train.learning_rate=2e-3"))
+    assert (tmp_path / "run" / "config.yaml").read_text() == config_before  # the record still tells the truth
+    assert not (tmp_path / "run" / "model").exists()
+    other = write_jsonl(tmp_path / "other.jsonl", mixed_conversations(48, seed=9))
+    with pytest.raises(PrideError, match="the training data"):
+        run_sft(config(tmp_path, other, tmp_path / "run", "train.micro_batch_size=4", "train.max_steps=8",
+                       "train.save_steps=2", "train.save_total_limit=3"))
+    summary = run_sft(base(tmp_path, data, "train.learning_rate=2e-3", "train.resume=force"))
+    assert summary["steps"] == 8
+    # the forced run's checkpoints record its settings; logging is not among what must match
+    assert run_sft(base(tmp_path, data, "train.learning_rate=2e-3", "train.logging_steps=4"))["steps"] == 8
+
+
+def test_a_second_process_on_the_same_run_dir_stops_clearly(tmp_path, data):
+    (tmp_path / "run").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pride.train.stage import exclusive; from pathlib import Path\n"
+        f"with exclusive(Path({str(tmp_path / 'run')!r})):\n    print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(PrideError, match="is in use by another pride process"):
+            run_sft(base(tmp_path, data))
+        assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_sft(base(tmp_path, data, "train.max_steps=2"))["steps"] == 2  # free again
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, data, monkeypatch, capsys):
+    run_killed(monkeypatch, base(tmp_path, data), 7)
+    ckpts = tmp_path / "run" / "checkpoints"
+    weights = next((ckpts / "checkpoint-6").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    summary = run_sft(base(tmp_path, data))
+    assert summary["steps"] == 8
+    err = capsys.readouterr().err
+    assert "skipping" in err and "checkpoint-6" in err and "resumed from" in err and "checkpoint-4" in err
+    run_killed(monkeypatch, base(tmp_path, data, "train.resume=never"), 3)
+    (ckpts / "checkpoint-2" / "trainer_state.json").write_text("")  # empty
+    assert run_sft(base(tmp_path, data))["steps"] == 8  # no usable checkpoint: starts over, no traceback
+
+
+def test_torn_metrics_line_does_not_block_resume(tmp_path, data, monkeypatch):
+    run_killed(monkeypatch, base(tmp_path, data), 5)
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "loss": 1.2')  # a kill mid-write
+    assert run_sft(base(tmp_path, data))["steps"] == 8
+    steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+
+
+def test_full_disk_gives_one_line_and_leaves_nothing_half_written(tmp_path, data, monkeypatch):
+    from accelerate import Accelerator
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(Accelerator, "save_state", no_space)
+        with pytest.raises(PrideError, match=r"checkpoints: no space left on the device"):
+            run_sft(base(tmp_path, data))
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
+    from transformers import PreTrainedModel
+
+    with monkeypatch.context() as m:
+        m.setattr(PreTrainedModel, "save_pretrained", no_space)
+        with pytest.raises(PrideError, match=r"no space left on the device; about \d+ MiB needed"):
+            run_sft(base(tmp_path, data, "train.save_steps=null", "train.resume=never"))
+    assert not (tmp_path / "run" / "model").exists() and not (tmp_path / "run" / "model.tmp").exists()
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def recipe(tmp_path, data, lr):
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", [
+        {"prompt": f"Say {w}", "chosen": w, "rejected": w[::-1] + "?"} for w in ("alpha", "beta", "gamma", "delta")])
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"output_dir: {tmp_path / 'r'}\nmodel: {{path: 'tiny:llama'}}\nseed: 0\n"
+                    "train: {max_steps: 1, micro_batch_size: 4, max_length: 256}\nstages:\n"
+                    f"  - {{name: sft, type: sft, data: {{sources: [{{path: {data}}}]}}, train: {{learning_rate: {lr}}}}}\n"
+                    f"  - {{name: dpo, type: dpo, data: {{sources: [{{path: {prefs}}}]}}}}\n")
+    return path
+
+
+def test_a_changed_upstream_stage_reruns_everything_downstream(tmp_path, data):
+    run_recipe(recipe(tmp_path, data, 1e-3))
+    dpo_model = tmp_path / "r" / "dpo" / "model" / "model.safetensors"
+    first = dpo_model.stat().st_mtime_ns
+    run_recipe(recipe(tmp_path, data, 1e-3))
+    assert dpo_model.stat().st_mtime_ns == first  # same inputs: skipped
+    time.sleep(0.01)
+    run_recipe(recipe(tmp_path, data, 2e-3))  # only sft's learning rate changed
+    assert dpo_model.stat().st_mtime_ns != first  # main: dpo skipped as "finished with the same inputs"
+    (tmp_path / "r" / "dpo" / "stage.json").write_text('{"stage": "dpo", "config_ha')  # half-written
+    run_recipe(recipe(tmp_path, data, 2e-3))  # re-runs dpo instead of a JSONDecodeError
+    assert json.loads((tmp_path / "r" / "dpo" / "stage.json").read_text())["stage"] == "dpo"
+
+
+def test_half_written_iteration_summary_is_not_a_finished_iteration(tmp_path):
+    from pride.online.loop import _finished
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    (tmp_path / "iteration.json").write_text('{"iteration": 1, "pro')
+    assert _finished(tmp_path) is None
+    (tmp_path / "iteration.json").write_text('{"iteration": 1}')
+    assert _finished(tmp_path) == {"iteration": 1}
+
+
+def test_config_is_written_only_when_training_starts(tmp_path, data):
+    cfg = load_config(None, ["model.path=tiny:llama", f"data.sources.0.path={tmp_path / 'missing.jsonl'}",
+                             f"output_dir={tmp_path / 'never'}"])
+    with pytest.raises(PrideError, match="data file not found"):
+        run_sft(cfg)
+    assert not (tmp_path / "never" / "config.yaml").exists()
