@@ -143,6 +143,19 @@ def _dispatch(args, parser) -> int:
     raise AssertionError(args.command)
 
 
+def _finite(value):
+    """NaN and infinities as null: the output stays JSON (a one-row standard error is undefined)."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _eval(args) -> int:
     import json
     from pathlib import Path
@@ -176,7 +189,7 @@ def _eval(args) -> int:
             result = score_files(files, args.baseline, args.rounds, args.version, answers or None)
         else:
             raise PrideError(f"unknown benchmark {bench!r} (mt-bench, alpaca-eval, arena-hard)")
-        print(json.dumps(result))
+        print(json.dumps(_finite(result), allow_nan=False))
         return 0
     from pride.config import load_config
     from pride.eval.run import run_eval

@@ -225,10 +225,42 @@ class Config(Section):
     online: OnlineSettings = Field(default_factory=OnlineSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     output_dir: str = "runs/pride"
-    seed: int = 42
+    seed: int = Field(42, ge=0)
 
 
 # ---------------------------------------------------------------- loading
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+
+def _no_duplicates(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def load_yaml(path: Path):
+    """A YAML file as Python data; problems (syntax, duplicate keys, encoding) name the file and line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise PrideError(f"{path}: not UTF-8 (byte {e.start})") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise PrideError(f"{path}{where}: {getattr(e, 'problem', None) or 'not valid YAML'}") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -252,10 +284,13 @@ def apply_override(tree: dict, parts: list[str], value: Any) -> None:
         nxt = parts[i + 1]
         if isinstance(node, list):
             node = node[_index(node, part, parts)]
-            continue
-        if part not in node or node[part] is None:
-            node[part] = [] if nxt.isdigit() else {}
-        node = node[part]
+        else:
+            if part not in node or node[part] is None:
+                node[part] = [] if nxt.isdigit() else {}
+            node = node[part]
+        if not isinstance(node, (dict, list)):
+            raise PrideError(f"override {'.'.join(parts)}: '{'.'.join(parts[:i + 1])}' is a value ({node!r}), "
+                             "not a section or a list")
     last = parts[-1]
     if isinstance(node, list):
         idx = int(last) if last.isdigit() else None
@@ -287,12 +322,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
         p = Path(path)
         if not p.is_file():
             raise PrideError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise PrideError(f"{p}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        loaded = load_yaml(p)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -33,6 +33,11 @@ def read_json(path: Path):
 
 
 def read_jsonl(path: Path) -> list:
+    return [row for _, row in read_jsonl_numbered(path)]
+
+
+def read_jsonl_numbered(path: Path) -> list[tuple[int, object]]:
+    """(line number, value) for every non-blank line; strict."""
     rows = []
     try:
         lines = Path(path).read_bytes().split(b"\n")
@@ -45,7 +50,7 @@ def read_jsonl(path: Path) -> list:
             raise PrideError(f"{path} line {n}: not UTF-8 (byte {e.start})") from None
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                rows.append((n, json.loads(line)))
             except json.JSONDecodeError as e:
                 raise PrideError(f"{path} line {n}: bad JSON ({e.msg})") from None
     return rows

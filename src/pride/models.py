@@ -187,9 +187,12 @@ def load_chat(settings: ModelSettings) -> tuple[object, ChatFormat]:
 def _from_hub_or_dir(loader, ref: str, **kwargs):
     try:
         return loader(ref, **kwargs)
-    except OSError as e:
+    except (OSError, ValueError, KeyError) as e:
         if Path(ref).is_dir():
-            raise PrideError(f"{ref}: not a loadable Hugging Face directory ({e})") from None
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise PrideError(f"{ref}: not a loadable Hugging Face model directory ({first})") from None
+        if not isinstance(e, OSError):
+            raise
         raise PrideError(
             f"model {ref!r} is not a local directory and could not be fetched from the hub ({e}). "
             f"Offline, download it elsewhere and set model.path=/path/to/dir"

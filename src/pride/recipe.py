@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from pride.config import Config, apply_override, parse_override, validate_config
+from pride.config import Config, apply_override, load_yaml, parse_override, validate_config
 from pride.errors import PrideError
 from pride.io import write_json
 
@@ -70,10 +69,12 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[RecipeFile
     path = Path(path)
     if not path.is_file():
         raise PrideError(f"recipe not found: {path}")
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise PrideError(f"{path}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    tree = load_yaml(path) or {}
+    if not isinstance(tree, dict):
+        raise PrideError(f"{path}: a recipe is a mapping (output_dir, shared sections, stages), "
+                         f"got a {type(tree).__name__}")
+    if not isinstance(tree.get("stages", []), list):
+        raise PrideError(f"{path}: 'stages' must be a list of stages")
     names = [s.get("name") for s in tree.get("stages", []) if isinstance(s, dict)]
     for text in overrides:
         parts, value = parse_override(text)

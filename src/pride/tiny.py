@@ -8,6 +8,7 @@ models. Sizes can be overridden (`model.tiny.hidden_size=256`, `vocab_size=12825
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 import torch
@@ -95,6 +96,12 @@ def tiny_model(arch: str, seed: int = 0, overrides: dict | None = None, tokenize
     spec = _arch(arch)
     tokenizer = tokenizer or tiny_tokenizer(arch)
     params = dict(spec.config)
+    known = set(AutoConfig.for_model(spec.model_type).to_dict()) | set(params)
+    unknown = sorted(set(overrides or {}) - known)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise PrideError(f"model.tiny.{unknown[0]}: not a setting of tiny:{arch} ({spec.model_type}){hint}")
     params.update(overrides or {})
     params.setdefault("vocab_size", len(tokenizer))
     if params["vocab_size"] < len(tokenizer):
@@ -106,11 +113,16 @@ def tiny_model(arch: str, seed: int = 0, overrides: dict | None = None, tokenize
             spec.model_type, **params,
             bos_token_id=ids.get("bos"), eos_token_id=ids["eos"], pad_token_id=ids.get("pad"),
         )
-    except (TypeError, ValueError) as e:
-        raise PrideError(f"model.tiny: invalid size override for tiny:{arch} ({e})") from None
+    except Exception as e:  # noqa: BLE001 - transformers validates sizes with its own error classes
+        cause = e.__cause__ or e
+        raise PrideError(f"model.tiny: invalid sizes for tiny:{arch} ({str(cause).splitlines()[0]})") from None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        try:
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError, ZeroDivisionError) as e:
+            raise PrideError(f"model.tiny: these sizes do not make a tiny:{arch} model "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     stop = [ids["eos"], *(tokenizer.convert_tokens_to_ids(t) for t in spec.extra_eos)]
     model.generation_config = GenerationConfig(
         bos_token_id=ids.get("bos"), eos_token_id=list(dict.fromkeys(stop)), pad_token_id=ids.get("pad"),

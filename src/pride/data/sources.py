@@ -33,7 +33,9 @@ def read_source(src: SourceSettings) -> Iterator[tuple[str, dict | BadRow]]:
             yield from _read_jsonl(path)
         elif suffix == ".json":
             yield from _read_json(path)
-        elif suffix in (".parquet", ".arrow", ".csv"):
+        elif suffix == ".csv":
+            yield from _read_csv(path)
+        elif suffix in (".parquet", ".arrow"):
             yield from _read_with_datasets(path, src, kind=suffix.lstrip("."))
         else:
             raise PrideError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json, .parquet, .arrow or .csv)")
@@ -91,6 +93,31 @@ def _read_json(path: Path) -> Iterator[tuple[str, dict | BadRow]]:
             yield where, BadRow(where, f"expected a JSON object, got {type(row).__name__}")
         else:
             yield where, row
+
+
+def _read_csv(path: Path) -> Iterator[tuple[str, dict | BadRow]]:
+    """CSV with a header row; a row with too many or too few fields is reported by its line."""
+    import csv
+
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, strict=True)
+            if not reader.fieldnames:
+                raise PrideError(f"{path}: empty CSV (no header row)")
+            for row in reader:
+                where = f"{path} line {reader.line_num}"
+                if None in row:
+                    yield where, BadRow(where, f"{len(reader.fieldnames) + len(row[None])} fields, the header has "
+                                               f"{len(reader.fieldnames)}")
+                elif any(v is None for v in row.values()):
+                    yield where, BadRow(where, f"{sum(v is not None for v in row.values())} fields, the header has "
+                                               f"{len(reader.fieldnames)}")
+                else:
+                    yield where, row
+    except UnicodeDecodeError as e:
+        raise PrideError(f"{path}: not UTF-8 (byte {e.start})") from None
+    except csv.Error as e:
+        raise PrideError(f"{path} line {reader.line_num + 1}: malformed CSV ({e})") from None  # where the row starts
 
 
 def _read_with_datasets(path: Path | None, src: SourceSettings, kind: str) -> Iterator[tuple[str, dict]]:

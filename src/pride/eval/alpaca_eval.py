@@ -371,6 +371,14 @@ def score_annotations(paths: list[Path], gamed_file: Path | None = None, difficu
     """`pride eval score alpaca-eval FILE... [--gamed df_gamed.csv] [--difficulty instruction_difficulty.csv]`."""
     annotations = read_annotations(paths)
     where = str(paths[0]) if len(paths) == 1 else "annotations"
+    if not annotations:
+        raise PrideError(f"{where}: no annotations")
+    seen: dict = {}
+    for i, a in enumerate(annotations):
+        key = (a.get("instruction"), a.get("generator_2"))
+        if key in seen:  # the official code would count it twice
+            raise PrideError(f"{where} row {i}: instruction already annotated for {key[1]!r} (row {seen[key]})")
+        seen[key] = i
     result = get_winrate(annotations, where)
     if gamed_file is None:
         if difficulty_file is not None:

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from pride.errors import PrideError
-from pride.eval.files import read_jsonl
+from pride.eval.files import read_jsonl, read_objects
 
 SYSTEM = (
     "Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants to "
@@ -445,14 +445,19 @@ def score(judgments: list[dict], baseline: str, rounds: int = 100, seed: int = 4
     return out
 
 
-def check_judgments(judgments: list[dict], where: str) -> None:
-    for i, j in enumerate(judgments):
-        if not isinstance(j, dict) or "model" not in j or _qid(j) is None:
-            raise PrideError(f"{where} line {i + 1}: expected an arena-hard judgment with 'model' and 'uid' "
-                             "(or 'question_id')")
-        games = j.get("games")
-        if not isinstance(games, list) or not all(g is None or isinstance(g, dict) for g in games):
-            raise PrideError(f"{where} line {i + 1}: field 'games': expected a list of game objects")
+def check_judgment(where: str, j: dict, baseline: str | None) -> tuple:
+    if not isinstance(j.get("model"), str) or _qid(j) is None:
+        raise PrideError(f"{where}: expected an arena-hard judgment with 'model' and 'uid' (or 'question_id')")
+    games = j.get("games")
+    if not isinstance(games, list) or not all(g is None or isinstance(g, dict) for g in games):
+        raise PrideError(f"{where}: field 'games': expected a list of game objects, got {type(games).__name__}")
+    for k, g in enumerate(games):
+        label = (g or {}).get("score")
+        if label is not None and not isinstance(label, str):
+            raise PrideError(f"{where}: field 'games[{k}].score': expected a label like 'A>B' or null, got {label!r}")
+    if baseline is not None and j["model"].split("/")[-1] == baseline.split("/")[-1]:
+        raise PrideError(f"{where}: {j['model']!r} is the baseline: a model scored against itself")
+    return j["model"], _qid(j)
 
 
 def style_meta_from_files(answer_files: list[Path], v: Version) -> dict:
@@ -473,14 +478,15 @@ def score_files(paths: list[Path], baseline: str | None = None, rounds: int = 10
     if rounds < 1:
         raise PrideError(f"--rounds {rounds}: at least one bootstrap round")
     v = version(version_name)
-    judgments = []
-    for p in paths:
-        rows = read_jsonl(Path(p))
-        check_judgments(rows, str(p))
-        judgments += rows
-    if not judgments:
-        raise PrideError(f"{', '.join(map(str, paths))}: no judgments")
-    baseline = baseline or next((j["baseline"] for j in judgments if j.get("baseline")), v.baseline)
+    rows = read_objects(paths, "judgments")
+    baseline = baseline or next((j["baseline"] for _, j in rows if isinstance(j.get("baseline"), str)), v.baseline)
+    seen: dict = {}
+    for where, j in rows:
+        key = check_judgment(where, j, baseline)
+        if key in seen:  # the official code would count the question twice
+            raise PrideError(f"{where}: {key[0]} on question {key[1]} was already judged at {seen[key]}")
+        seen[key] = where
+    judgments = [j for _, j in rows]
     meta = style_meta_from_files(answer_files, v) if answer_files else None
     if meta is not None:
         for m in {j["model"].split("/")[-1] for j in judgments} | {baseline}:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from pride.api import map_concurrently
 from pride.errors import PrideError
-from pride.eval.files import read_jsonl
+from pride.eval.files import read_jsonl, read_objects
 
 TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0, "reasoning": 0.0,
                "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0}
@@ -213,18 +213,44 @@ def score_pairwise(judgments: list[dict], baseline: str | None = None) -> dict:
     return out
 
 
+def _check_single(where: str, j: dict) -> tuple:
+    for key in ("question_id", "model", "turn", "score"):
+        if key not in j:
+            raise PrideError(f"{where}: field '{key}': missing (FastChat single judgment)")
+    if not isinstance(j["model"], str):
+        raise PrideError(f"{where}: field 'model': expected a string, got {j['model']!r}")
+    if j["turn"] not in (1, 2) or isinstance(j["turn"], bool):
+        raise PrideError(f"{where}: field 'turn': expected 1 or 2, got {j['turn']!r}")
+    s = j["score"]
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or s != s or (s != -1 and not 1 <= s <= 10):
+        raise PrideError(f"{where}: field 'score': expected a rating from 1 to 10 (or -1, failed), got {s!r}")
+    return j["model"], j["question_id"], j["turn"]
+
+
+def _check_pair(where: str, j: dict) -> tuple:
+    for key in ("question_id", "model_1", "model_2", "g1_winner", "g2_winner"):
+        if key not in j:
+            raise PrideError(f"{where}: field '{key}': missing (FastChat pairwise judgment)")
+    for key in ("g1_winner", "g2_winner"):
+        if j[key] not in ("model_1", "model_2", "tie", "error"):
+            raise PrideError(f"{where}: field '{key}': expected model_1, model_2, tie or error, got {j[key]!r}")
+    if j["model_1"] == j["model_2"]:
+        raise PrideError(f"{where}: {j['model_1']!r} is judged against itself")
+    return j["model_1"], j["model_2"], j["question_id"], j.get("turn", 1)
+
+
 def score_files(paths: list[Path], mode: str = "single", baseline: str | None = "gpt-3.5-turbo") -> dict:
     """`pride eval score mt-bench FILE...`: per model, from FastChat judgment files."""
-    judgments = [j for p in paths for j in read_jsonl(Path(p))]
-    if not judgments:
-        raise PrideError(f"{', '.join(map(str, paths))}: no judgments")
+    rows = read_objects(paths, "judgments")
+    check = _check_single if mode == "single" else _check_pair
+    seen: dict = {}
+    for where, j in rows:
+        key = check(where, j)
+        if key in seen:  # FastChat would count it twice
+            raise PrideError(f"{where}: the same judgment as {seen[key]} ({key}); remove one")
+        seen[key] = where
+    judgments = [j for _, j in rows]
     if mode != "single":
-        missing = [i for i, j in enumerate(judgments) if not {"model_1", "model_2", "g1_winner", "g2_winner"} <= set(j)]
-        if missing:
-            raise PrideError(f"{paths[0]}: judgment {missing[0] + 1} is not a pairwise judgment (mode {mode})")
         return score_pairwise(judgments, baseline if mode == "pairwise-baseline" else None)
-    for i, j in enumerate(judgments):
-        if "model" not in j or "turn" not in j or "score" not in j:
-            raise PrideError(f"{paths[0]}: judgment {i + 1} lacks 'model', 'turn' or 'score' (single mode)")
     models = sorted({j["model"] for j in judgments})
     return {m: score([j for j in judgments if j["model"] == m]) for m in models}

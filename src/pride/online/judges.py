@@ -8,6 +8,7 @@ scores s_i = mean_j (M[i][j] - M[j][i])).
 from __future__ import annotations
 
 import importlib
+import math
 import re
 from dataclasses import dataclass
 from typing import Protocol
@@ -34,6 +35,18 @@ def prompt_text(messages: list[dict]) -> str:
     return "\n".join(users[-1:]) if len(users) <= 1 else "\n".join(f"USER: {u}" for u in users)
 
 
+def check_judgement(j: "Judgement", k: int, where: str) -> None:
+    """Scores (and matrix entries) must be finite real numbers, K of them: else the row is named."""
+    if len(j.scores) != k:
+        raise PrideError(f"{where}: the judge gave {len(j.scores)} scores for {k} responses")
+    values = [("score", i, v) for i, v in enumerate(j.scores)]
+    values += [("matrix entry", f"{a},{b}", v) for a, row in enumerate(j.matrix or []) for b, v in enumerate(row)]
+    for what, i, v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise PrideError(f"{where}: {what} {i} is {v!r}; a judge must give finite numbers")
+    j.scores = [float(v) for v in j.scores]
+
+
 def row_scores(matrix: list[list[float]]) -> list[float]:
     k = len(matrix)
     return [sum(matrix[i][j] - matrix[j][i] for j in range(k)) / k for i in range(k)]
@@ -52,7 +65,7 @@ class FunctionJudge:
             raise PrideError(f"online.judge.function={spec}: cannot import ({e})") from None
 
     def judge(self, prompts, candidates):
-        return [Judgement([float(self.fn(prompt_text(p), c)) for c in cands]) for p, cands in zip(prompts, candidates)]
+        return [Judgement([self.fn(prompt_text(p), c) for c in cands]) for p, cands in zip(prompts, candidates)]
 
 
 class RewardModelJudge:

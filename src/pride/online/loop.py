@@ -28,7 +28,7 @@ from pride.data import Conversation, load_rows, read_rows
 from pride.errors import PrideError
 from pride.io import read_jsonl_tolerant, write_json, write_text
 from pride.models import load_model_and_tokenizer
-from pride.online.judges import make_judge
+from pride.online.judges import check_judgement, make_judge
 from pride.online.pairs import make_pair
 from pride.online.samplers import make_sampler
 from pride.train.loop import make_accelerator
@@ -154,6 +154,9 @@ def run_iteration(cfg: Config, acc, n: int, prompts: list[dict], model_ref: str,
             state["judge"] = make_judge(s.judge, acc.device)
         gens = [by_id[p["prompt_id"]] for p in todo]
         judged = state["judge"].judge([g["prompt"] for g in gens], [g["responses"] for g in gens])
+        for g, j in zip(gens, judged):
+            check_judgement(j, len(g["responses"]), f"{it_dir / 'scores'}: prompt {g['prompt_id']} "
+                                                    f"({s.judge.type} judge)")
         return [{"prompt_id": g["prompt_id"], "scores": j.scores, **({"matrix": j.matrix} if j.matrix else {})}
                 for g, j in zip(gens, judged)]
 

@@ -5,17 +5,25 @@ from __future__ import annotations
 import math
 
 
+def sigmoid(x: float) -> float:
+    """1 / (1 + e^-x) without overflow for any x (judges can give scores far beyond e^709)."""
+    if x >= 0:
+        return 1 / (1 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1 + z)
+
+
 def win_probabilities(matrix: list[list[float]]) -> tuple[list[float], list[list[float]]]:
     """SPPO: s_i = mean_j (M_ij - M_ji); P(i beats j) = sigmoid(s_i - s_j) (self included: 1/2)."""
     k = len(matrix)
     s = [sum(matrix[i][j] - matrix[j][i] for j in range(k)) / k for i in range(k)]
-    p = [[1 / (1 + math.exp(-(s[i] - s[j]))) for j in range(k)] for i in range(k)]
+    p = [[sigmoid(s[i] - s[j]) for j in range(k)] for i in range(k)]
     return s, p
 
 
 def scalar_win_probabilities(scores: list[float]) -> tuple[list[float], list[list[float]]]:
     """For judges without a matrix the score is s_i itself."""
-    p = [[1 / (1 + math.exp(-(a - b))) for b in scores] for a in scores]
+    p = [[sigmoid(a - b) for b in scores] for a in scores]
     return list(scores), p
 
 
