@@ -9,7 +9,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test readme-figures check-readme clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,13 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+# the README's demo table (three full demo runs, about 8 minutes); check-readme: seed 0 only
+readme-figures: setup
+	$(PY) benchmarks/readme_figures.py
+
+check-readme: setup
+	$(PY) benchmarks/readme_figures.py --check
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -40,6 +40,8 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     by = {r["stage"]: r["score"] for r in results}
     assert by["sft"] > by["base"]  # SFT learned the task
     assert (out / "scores.png").stat().st_size > 1000 and "held-out judge score" in run.stdout
+    for noise in ("Writing model shards", "Loading weights", "it/s]"):  # library progress bars stay quiet
+        assert noise not in run.stderr + run.stdout, noise
     # the same seed gives the same numbers: re-scoring a stage reproduces its per-prompt scores
     again = per_prompt_scores(str(out / "sft" / "model"), ["Write the word abc 3 times."] * 3, samples=2)
     assert again == per_prompt_scores(str(out / "sft" / "model"), ["Write the word abc 3 times."] * 3, samples=2)

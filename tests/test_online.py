@@ -269,3 +269,13 @@ def test_preference_policy_has_no_dropout(tmp_path):
         losses[flag] = json.loads((tmp_path / flag / "metrics.jsonl").read_text().splitlines()[0])["loss"]
     assert losses["true"] == pytest.approx(math.log(2), abs=1e-6)
     assert abs(losses["false"] - math.log(2)) > 1e-3  # dropout on: the policy differs from its own reference
+
+
+def test_sppo_win_probabilities_with_huge_scores_do_not_overflow():
+    """math.exp overflows past 709: a judge's huge scores must still give probabilities."""
+    from pride.online.pairs import scalar_win_probabilities, win_probabilities
+
+    s, p = scalar_win_probabilities([1e300, -1e300, 0.0])
+    assert p[0][1] == 1.0 and p[1][0] == 0.0 and p[2][2] == 0.5
+    s, p = win_probabilities([[0, 800.0], [-800.0, 0]])
+    assert p[0][1] == 1.0 and p[1][0] == pytest.approx(0.0) and all(0 <= x <= 1 for row in p for x in row)

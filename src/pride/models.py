@@ -136,7 +136,10 @@ def load_model(settings: ModelSettings, *, seed: int = 0, device: str | torch.de
             kwargs["quantization_config"] = quantization
         model = _from_hub_or_dir(AutoModelForCausalLM.from_pretrained, ref, **kwargs)
     if settings.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if settings.lora is not None:
         model = _apply_lora(model, settings)

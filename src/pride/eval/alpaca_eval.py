@@ -246,6 +246,11 @@ def length_controlled_winrate(annotations: list[dict], gamed: list[dict], regula
             if not isinstance(a.get(key), str):
                 raise PrideError(f"{where} row {i}: field '{key}': expected a string")
     delta = np.array([len(a["output_1"]) - len(a["output_2"]) for a in annotations], dtype=float)
+    rated = sum(not math.isnan(p) for p in prefs)
+    if rated < 5 or len(annotations) < 2 or not delta.std(ddof=1) > 0:  # the official fit fails here too
+        raise PrideError(f"{where}: the length-controlled win rate needs at least 5 annotations with a preference "
+                         f"and outputs whose length differences vary ({rated} with a preference, "
+                         f"{len(set(delta.tolist()))} distinct length differences)")
     std_delta = delta / delta.std(ddof=1)
     difficulty = np.array([difficulty_by_row[i] for i in range(len(annotations))])
     y_model = np.array([(1.5 if p == 0 else p) - 1 for p in prefs])
