@@ -23,6 +23,7 @@ from accelerate.utils import gather_object
 from pride.config import ModelSettings
 from pride.data.packing import Sample, collate
 from pride.data.preference import PairData
+from pride.io import disk_error
 from pride.logps import TokenLogps, sequence_logps
 
 COLUMNS = ("ref_chosen_logps", "ref_rejected_logps", "chosen_tokens", "rejected_tokens")
@@ -107,7 +108,11 @@ def write_parquet(path: Path, data: PairData, logps: PairLogps, key: str, where:
         cols["rejected_tokens"][i] = int(logps.rejected_tokens[k])
     table = pa.table(cols).replace_schema_metadata({"pride_cache_key": key})
     tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(table, tmp)
+    try:
+        pq.write_table(table, tmp)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise disk_error(e, path.parent) from None
     tmp.replace(path)
 
 

@@ -26,7 +26,7 @@ from rich.table import Table
 from pride.config import Config, DataSettings, SourceSettings
 from pride.data import Conversation, load_rows, read_rows
 from pride.errors import PrideError
-from pride.io import read_jsonl_tolerant, write_json, write_text
+from pride.io import disk_error, read_jsonl_tolerant, write_json, write_text
 from pride.models import load_model_and_tokenizer
 from pride.online.judges import check_judgement, make_judge
 from pride.online.pairs import make_pair
@@ -44,11 +44,15 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def append_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Whole lines, synced: a kill leaves at most one torn last line (dropped on resume)."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise disk_error(e, path.parent) from None
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
