@@ -120,6 +120,8 @@ class PreferenceSettings(Section):
     reference_model: str | None = Field(None, description="default: the starting policy")
     reference_batch_size: int = Field(16, gt=0, description="pairs per forward when precomputing")
     padding_free: bool = Field(True, description="pack a micro-batch's sequences into rows (no padding)")
+    share_prompt: bool = Field(True, description="compute each pair's prompt once ([prompt, chosen, rejected] with "
+                                                 "a block mask); sdpa/eager only, else prompts run twice (logged)")
     disable_dropout: bool = Field(True, description="no dropout in the policy (the reference is computed without; "
                                                     "TRL's default)")
 

@@ -51,11 +51,44 @@ class TokenLogps(nn.Module):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         return base.get_decoder(), base.get_output_embeddings()
 
-    def forward(self, input_ids, position_ids, target_index, target_ids, **_) -> torch.Tensor:
+    def forward(self, input_ids, position_ids, target_index, target_ids, part=None, segment=None,
+                **_) -> torch.Tensor:
         decoder, lm_head = self._parts()
-        hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        mask = None
+        if part is not None:  # shared-prompt pairs: the block mask instead of the causal one
+            dtype = next(decoder.parameters()).dtype
+            mask = shared_prompt_mask(self.model.config, part, segment, position_ids, dtype)
+        hidden = decoder(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
+                         use_cache=False).last_hidden_state
         hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, target_index)
         return chunked_logps(lm_head, hidden, target_ids, self.chunk_size, self.softcap)
+
+
+def shared_prompt_mask(config, part: torch.Tensor, segment: torch.Tensor, position_ids: torch.Tensor,
+                       dtype: torch.dtype):
+    """Additive 4D masks [B, 1, T, T] for `[prompt, chosen, rejected]` units (data.packing.collate_shared):
+    a token sees earlier tokens of its own unit, except that rejected never sees chosen; sliding-window
+    layers also drop keys more than `sliding_window` positions back. Models with several layer types
+    get one mask per type (transformers takes that mapping as the attention mask)."""
+    from pride.data.packing import CHOSEN, REJECTED
+
+    n = part.shape[1]
+    q, k = torch.arange(n, device=part.device)[:, None], torch.arange(n, device=part.device)[None, :]
+    allowed = (segment[:, :, None] == segment[:, None, :]) & (k <= q)
+    allowed &= ~((part[:, :, None] == REJECTED) & (part[:, None, :] == CHOSEN))
+    window = getattr(config, "sliding_window", None)
+
+    def additive(ok):
+        m = torch.zeros(ok.shape, dtype=dtype, device=part.device)
+        return m.masked_fill_(~ok, torch.finfo(dtype).min)[:, None]
+
+    def windowed():
+        return allowed & ((position_ids[:, :, None] - position_ids[:, None, :]) < window)
+
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:
+        return {t: additive(windowed() if t == "sliding_attention" and window else allowed) for t in set(layer_types)}
+    return additive(windowed() if window else allowed)
 
 
 def sequence_logps(token_logps: torch.Tensor, target_seq: torch.Tensor, n_seqs: int) -> torch.Tensor:

@@ -65,7 +65,7 @@ def pair_key(row: list[Sample]) -> str:
 
 @torch.no_grad()
 def compute_pair_logps(acc: Accelerator, model: torch.nn.Module, rows: list[list[Sample]], pad_id: int,
-                       batch_size: int, chunk_size: int = 256) -> PairLogps:
+                       batch_size: int, chunk_size: int = 256, layout: str = "repack") -> PairLogps:
     """Summed completion log-probs of every pair, split across ranks, gathered on all."""
     wrapper = TokenLogps(model, chunk_size)
     was_training = model.training
@@ -74,7 +74,7 @@ def compute_pair_logps(acc: Accelerator, model: torch.nn.Module, rows: list[list
     local = []
     batches = [list(range(i, min(i + batch_size, len(rows)))) for i in range(0, len(rows), batch_size)]
     for idx in batches[acc.process_index::acc.num_processes]:
-        batch = collate([rows[i] for i in idx], pad_id, layout="repack")
+        batch = collate([rows[i] for i in idx], pad_id, layout=layout)
         batch = {k: (v.to(acc.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
         with acc.autocast():
             logps = wrapper(**batch)

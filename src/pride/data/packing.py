@@ -76,16 +76,85 @@ def repack(rows: list[list[Sample]]) -> list[list[Sample]]:
     return [[samples[i] for i in g] for g in groups]
 
 
+PROMPT, CHOSEN, REJECTED, PADDING = 0, 1, 2, 3  # parts of a shared-prompt pair
+
+
+def prompt_length(sample: Sample) -> int:
+    """Tokens before the completion: the first labelled position predicts the completion's first token."""
+    return next(t for t, y in enumerate(sample.labels) if y != IGNORE) + 1
+
+
+def collate_shared(rows: list[list[Sample]], pad_id: int) -> dict:
+    """Pairs as `[prompt, chosen, rejected]`, the prompt computed once.
+
+    Rejected's positions continue from the prompt's end, as if it followed the prompt
+    directly; `part` and `segment` let the model build the mask in which rejected sees the
+    prompt but not chosen (`pride.logps.shared_prompt_mask`). The prompt's last position
+    predicts the first token of both completions, so it appears twice among the targets.
+    Units are re-packed into rows no longer than the longest unit (as `repack`).
+    Counts: `n_tokens` is the tokens of the unshared layout (the data's own size, so
+    tokens/s compare), `n_computed` the tokens actually run.
+    """
+    units = []
+    for c, r in rows:
+        p = prompt_length(c)
+        if c.input_ids[:p] != r.input_ids[:p] or prompt_length(r) != p:
+            raise ValueError("shared-prompt layout: chosen and rejected must start with the same prompt")
+        units.append((c, r, p, len(c) + len(r) - p))
+    groups = pack_bfd([u[3] for u in units], max(u[3] for u in units))
+    width = max(sum(units[i][3] for i in g) for g in groups)
+    ids = torch.full((len(groups), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(groups), width), dtype=torch.long)
+    part = torch.full((len(groups), width), PADDING, dtype=torch.long)
+    segment = torch.full((len(groups), width), -1, dtype=torch.long)
+    t_index, t_ids, t_seq, kinds, examples = [], [], [], [], []
+    for b, group in enumerate(groups):
+        at = 0
+        for i in group:
+            c, r, p, n = units[i]
+            comp_c, comp_r = c.input_ids[p:], r.input_ids[p:]
+            ids[b, at:at + n] = torch.tensor(c.input_ids[:p] + comp_c + comp_r)
+            pos[b, at:at + n] = torch.cat([torch.arange(p + len(comp_c)), torch.arange(p, p + len(comp_r))])
+            part[b, at:at + n] = torch.tensor([PROMPT] * p + [CHOSEN] * len(comp_c) + [REJECTED] * len(comp_r))
+            segment[b, at:at + n] = i
+            base = b * width + at
+            for seq, (sample, start) in enumerate(((c, 0), (r, len(comp_c)))):
+                # sample.labels[t] is what position t of prompt+completion predicts
+                for t, y in enumerate(sample.labels):
+                    if y == IGNORE:
+                        continue
+                    flat_t = t if t < p else p + start + (t - p)  # completion positions follow the prompt
+                    t_index.append(base + flat_t)
+                    t_ids.append(y)
+                    t_seq.append(len(kinds) + seq)
+            kinds += [c.seq, r.seq]
+            examples += [c.example, r.example]
+            at += n
+        if at < width:
+            pos[b, at:] = torch.arange(width - at)
+    return {
+        "input_ids": ids, "position_ids": pos, "part": part, "segment": segment,
+        "target_index": torch.tensor(t_index, dtype=torch.long), "target_ids": torch.tensor(t_ids, dtype=torch.long),
+        "target_seq": torch.tensor(t_seq, dtype=torch.long), "n_seqs": len(kinds),
+        "seq_kind": torch.tensor(kinds, dtype=torch.long), "seq_example": torch.tensor(examples, dtype=torch.long),
+        "n_tokens": sum(len(s) for row in rows for s in row), "n_computed": sum(u[3] for u in units),
+        "n_slots": ids.numel(),
+    }
+
+
 def collate(rows: list[list[Sample]], pad_id: int, flat: bool = False, layout: str = "rows") -> dict:
     """Rows of samples -> model inputs plus the targets the objective needs.
 
     layout: "rows" keeps the rows as given (SFT: already packed, or one sample each),
-    "repack" re-packs the micro-batch's samples (see `repack`: padding-free pairs), "split"
+    "shared" computes each pair's prompt once (`collate_shared`), "repack" re-packs the
+    micro-batch's samples (see `repack`: padding-free pairs), "split"
     puts each sample in its own padded row. flat=True lays everything out as one row
     (flash-attention varlen: no padding at all). Returns input_ids/position_ids [B, T],
     target_index (flat positions carrying a label), target_ids, target_seq (which sample
     each target belongs to) and per-sample metadata.
     """
+    if layout == "shared" and not flat:
+        return collate_shared(rows, pad_id)
     if flat:
         rows = [[s for row in rows for s in row]]
     elif layout == "repack":

@@ -47,11 +47,11 @@ class PairTables:
 class PreferenceObjective:
     metric_names = METRICS
 
-    def __init__(self, settings: PreferenceSettings, tables: PairTables, live_reference=None, padding_free=True):
+    def __init__(self, settings: PreferenceSettings, tables: PairTables, live_reference=None, layout="repack"):
         self.s = settings
         self.tables = tables
         self.live_reference = live_reference  # callable(batch) -> token logps, or None
-        self.layout = "repack" if padding_free else "split"
+        self.layout = layout  # shared | repack | split (see data.packing.collate)
 
     def units(self, rows: list[list[Sample]]) -> float:
         return float(len(rows))  # pairs
@@ -129,7 +129,7 @@ def reference_logps(cfg: Config, acc, policy, tokenizer, data: PairData, where: 
     ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
     with ctx:
         out = compute_pair_logps(acc, model, data.rows, tokenizer.pad_token_id, cfg.preference.reference_batch_size,
-                                 cfg.train.logps_chunk_size)
+                                 cfg.train.logps_chunk_size, pair_layout(cfg.preference, model))
     if model is not policy:
         del model
     if acc.is_main_process:
@@ -149,6 +149,7 @@ def run_dpo(cfg: Config) -> dict:
     model.to(acc.device)
     if s.disable_dropout:
         disable_dropout(model)
+    layout = pair_layout(s, model, console)
     rows = load_rows(cfg.data, want="preference", seed=cfg.seed)
     train_data = tokenize_pairs(rows.train, fmt, s.max_length, s.max_prompt_length, on_bad_row=cfg.data.on_bad_row)
     eval_data = tokenize_pairs(rows.eval, fmt, s.max_length, s.max_prompt_length, first_example=len(train_data.rows),
@@ -184,11 +185,22 @@ def run_dpo(cfg: Config) -> dict:
         tables.chosen_win_prob = torch.cat([p[0] for p in probs])
         tables.rejected_win_prob = torch.cat([p[1] for p in probs])
 
-    objective = PreferenceObjective(s, tables, live_reference=live, padding_free=s.padding_free)
+    objective = PreferenceObjective(s, tables, live_reference=live, layout=layout)
     result = train(cfg.train, accelerator=acc, model=model, objective=objective, rows=train_data.rows,
                    eval_rows=eval_data.rows, pad_id=tokenizer.pad_token_id, run_dir=run_dir, seed=cfg.seed,
                    console=console, identity=run_identity(cfg), on_start=lambda: write_resolved(cfg, run_dir))
     return finish_stage(acc, result, tokenizer, run_dir, stats, console)
+
+
+def pair_layout(s: PreferenceSettings, model, console=None) -> str:
+    """How pairs are laid out: prompts shared where the attention backend takes a block mask."""
+    attn = getattr(model.config, "_attn_implementation", "sdpa")
+    if s.share_prompt and attn in ("sdpa", "eager"):
+        return "shared"
+    if s.share_prompt and console is not None:
+        console.print(f"preference.share_prompt: {attn} cannot take the shared-prompt block mask; "
+                      "each prompt is computed twice (padding-free rows)")
+    return "repack" if s.padding_free else "split"
 
 
 def _live_reference(cfg: Config, acc, policy):

@@ -1,0 +1,92 @@
+"""DPO with the prompt computed once (issue 16): log-probs and gradients equal the unshared path."""
+
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pride.config import ModelSettings, PreferenceSettings
+from pride.data.packing import collate
+from pride.data.preference import tokenize_pairs
+from pride.data.rows import PreferencePair
+from pride.logps import TokenLogps
+from pride.models import load_model_and_tokenizer
+from pride.train.preference import pair_layout, run_dpo
+from tests.conftest import write_jsonl
+from tests.test_dpo import dpo_config, uf_rows
+
+CASES = [("llama", "sdpa", {}), ("llama", "eager", {}), ("gemma2", "auto", {}),  # gemma2: window 16, softcaps
+         ("qwen2", "sdpa", {}), ("mistral", "sdpa", {"sliding_window": 16})]
+
+
+def pairs(fmt, n=7, seed=0):
+    """Prompts of very different lengths, answers longer than the sliding windows, some sharing a start."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        prompt = " ".join(rng.choice(["why", "how", "the", "cat", "sat"]) for _ in range(rng.randint(1, 30)))
+        chosen = "".join(rng.choice("abcdefg ") for _ in range(rng.randint(5, 60)))
+        rejected = chosen[: rng.randint(0, 4)] + "".join(rng.choice("hijk ") for _ in range(rng.randint(5, 60)))
+        out.append(PreferencePair(prompt=[{"role": "user", "content": prompt}], chosen=chosen, rejected=rejected))
+    return tokenize_pairs(out, fmt, max_length=512, max_prompt_length=256)
+
+
+def logps_and_grads(wrapper, rows, pad_id, layout):
+    wrapper.zero_grad()
+    batch = collate(rows, pad_id, layout=layout)
+    lp = wrapper(**batch)
+    seqs = torch.zeros(batch["n_seqs"]).index_add(0, batch["target_seq"], lp)
+    order = torch.argsort(batch["seq_example"] * 2 + batch["seq_kind"])  # (pair, chosen/rejected) order
+    seqs = seqs[order]
+    (seqs * torch.linspace(0.5, 1.5, len(seqs))).sum().backward()  # a loss that weighs every sequence
+    grads = {n: p.grad.detach().clone() for n, p in wrapper.named_parameters() if p.grad is not None}
+    return seqs.detach(), grads, batch
+
+
+@pytest.mark.parametrize("arch,attn,tiny", CASES, ids=[f"{a}-{b}" for a, b, _ in CASES])
+def test_shared_prompt_equals_unshared(arch, attn, tiny):
+    model, tok, fmt = load_model_and_tokenizer(ModelSettings(path=f"tiny:{arch}", attn_implementation=attn,
+                                                             tiny=tiny), seed=1)
+    model.train()
+    wrapper = TokenLogps(model, chunk_size=13)
+    data = pairs(fmt)
+    assert max(len(s) for row in data.rows for s in row) > 40  # beyond the 16-token windows
+    shared, g_shared, batch = logps_and_grads(wrapper, data.rows, tok.pad_token_id, "shared")
+    plain, g_plain, plain_batch = logps_and_grads(wrapper, data.rows, tok.pad_token_id, "repack")
+    assert batch["n_computed"] < plain_batch["n_tokens"] == batch["n_tokens"]  # the prompts really ran once
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-5)
+    assert g_shared.keys() == g_plain.keys()
+    for name in g_plain:
+        torch.testing.assert_close(g_shared[name], g_plain[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_dpo_stage_with_and_without_sharing_trains_the_same_weights(tmp_path):
+    data = write_jsonl(tmp_path / "uf.jsonl", uf_rows(24))
+    for flag in ("true", "false"):
+        run_dpo(dpo_config(tmp_path, "tiny:llama", data, tmp_path / flag, "train.max_steps=4",
+                           f"preference.share_prompt={flag}"))
+    a, b = load_file(str(tmp_path / "true/model/model.safetensors")), load_file(str(tmp_path / "false/model/model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5, msg=k)
+    import pyarrow.parquet as pq
+
+    ra = pq.read_table(tmp_path / "true" / "reference_logps.parquet").to_pydict()
+    rb = pq.read_table(tmp_path / "false" / "reference_logps.parquet").to_pydict()
+    assert ra["ref_chosen_logps"] == pytest.approx(rb["ref_chosen_logps"], abs=1e-4)
+    assert ra["chosen_tokens"] == rb["chosen_tokens"]
+
+
+def test_flash_attention_falls_back_and_says_so():
+    model, _, _ = load_model_and_tokenizer(ModelSettings(path="tiny:llama"))
+    said = []
+
+    class Console:
+        def print(self, text):
+            said.append(text)
+
+    assert pair_layout(PreferenceSettings(), model, Console()) == "shared"
+    model.config._attn_implementation = "flash_attention_2"
+    assert pair_layout(PreferenceSettings(), model, Console()) == "repack"
+    assert "computed twice" in said[0]
+    assert pair_layout(PreferenceSettings(share_prompt=False), model) == "repack"
