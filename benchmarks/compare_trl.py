@@ -1,15 +1,24 @@
 """pride vs TRL on the same model, data, batch size, lengths and precision.
 
     python benchmarks/compare_trl.py --stage dpo --shape small-128k --device cpu --steps 12
+    python benchmarks/compare_trl.py --stage dpo --data long-prompt ...
+    python benchmarks/compare_trl.py --stage dpo --shape 1b --device cuda --attn flash_attention_2 --peak-tflops 989
 
 Each side runs in its own subprocess (clean peak-memory numbers) and prints one JSON line:
-tokens/s (non-padding tokens of the timed steps), seconds/step, peak memory (CUDA max
-allocated on GPU, peak RSS on CPU); the parent then prints the pride/TRL ratios.
+tokens/s (non-padding tokens of the timed steps, counted as the data's own tokens: a
+shared prompt counts for both sequences), seconds/step, peak memory (CUDA max allocated on
+GPU, peak RSS on CPU); the parent then prints the ratios. DPO runs three sides: `pride`
+(prompt computed once), `pride-unshared` (`preference.share_prompt=false`) and `trl`.
 
-* Model: a random-init Llama-3-like model (`--shape`), identical on both sides (same seed).
-* Data: random-letter texts with chat-like lengths (prompts 30-600 tokens, answers 10-800),
-  tokenized by the byte-level `tiny:llama` tokenizer, so one character is one token and
-  both sides see exactly the same token ids; the model's vocabulary is Llama-3's 128,256.
+* Model: a random-init Llama-3-like model (`--shape`, `--vocab`), identical on every side.
+* Data: random-letter texts (`--data standard`: prompts 30-600 tokens, answers 10-800;
+  `long-prompt`: prompts 500-2000, answers 50-400; `--fixed-length N`: every sequence N
+  tokens, a quarter prompt), tokenized by the byte-level `tiny:llama` tokenizer, so one
+  character is one token and every side sees the same token ids.
+* TRL at its best on GPU: `padding_free` with flash-attention 2 and Liger kernels when
+  installed; MFU = tokens/s x 6 x parameters / (`--peak-tflops` x 1e12), the usual
+  model-FLOPs utilisation (pride skips the LM head at prompt positions, so its useful
+  FLOPs per token are fewer than 6N: the same formula on both sides compares speed).
 * SFT: packing on both sides (BFD into rows of --max-length), loss on answer tokens.
   DPO: reference log-probs precomputed on both sides (before the timed steps).
 * Timed: steps after --warmup; tokens are counted from the batches actually collated.
@@ -47,27 +56,43 @@ def text(rng: random.Random, n: int) -> str:
     return "".join(rng.choice(LETTERS) for _ in range(n))
 
 
-def make_data(stage: str, n: int, seed: int) -> list[dict]:
+DATA = {  # (prompt, answer) token ranges, log-uniform
+    "standard": ((30, 600), (10, 800)),
+    "long-prompt": ((500, 2000), (50, 400)),  # LION/UltraFeedback-style multi-turn prompts
+}
+
+
+def make_data(stage: str, n: int, seed: int, data: str = "standard", fixed_length: int | None = None) -> list[dict]:
+    """Rows of random letters (one token each); `fixed_length`: every sequence exactly that long,
+    a quarter of it prompt (the scaling sweep)."""
     rng = random.Random(seed)
+    (p_lo, p_hi), (a_lo, a_hi) = DATA[data]
     rows = []
     for _ in range(n):
-        prompt = text(rng, lengths(rng, 30, 600))
-        if stage == "sft":
-            rows.append({"prompt": prompt, "completion": text(rng, lengths(rng, 10, 800))})
+        if fixed_length:
+            p_len = fixed_length // 4
+            a_len = c_len = r_len = fixed_length - p_len - 1  # + EOS
         else:
-            rows.append({"prompt": prompt, "chosen": text(rng, lengths(rng, 10, 800)),
-                         "rejected": text(rng, lengths(rng, 10, 800))})
+            p_len, a_len, c_len, r_len = (lengths(rng, p_lo, p_hi), lengths(rng, a_lo, a_hi),
+                                          lengths(rng, a_lo, a_hi), lengths(rng, a_lo, a_hi))
+        prompt = text(rng, p_len)
+        if stage == "sft":
+            rows.append({"prompt": prompt, "completion": text(rng, a_len)})
+        else:
+            rows.append({"prompt": prompt, "chosen": text(rng, c_len), "rejected": text(rng, r_len)})
     return rows
 
 
-def build(shape: str, device: str):
+def build(shape: str, device: str, vocab: int | None = None, attn: str = "sdpa"):
     import torch
 
     from pride.tiny import tiny_model, tiny_tokenizer
 
     tok = tiny_tokenizer("llama")
     tok.chat_template = None
-    model = tiny_model("llama", seed=0, overrides=SHAPES[shape], tokenizer=tok)
+    overrides = {**SHAPES[shape], **({"vocab_size": vocab} if vocab else {})}
+    model = tiny_model("llama", seed=0, overrides=overrides, tokenizer=tok)
+    model.set_attn_implementation(attn)
     model.config.use_cache = False
     return model.to(device), tok, torch
 
@@ -85,6 +110,7 @@ def summarize(side, args, step_times, batch_tokens, accumulation, torch, extra=N
     seconds = timed[-1] - step_times[w - 1] if w > 0 else timed[-1] - step_times[0]
     n = len(timed) if w > 0 else len(timed) - 1
     return {"side": side, "stage": args.stage, "shape": args.shape, "device": args.device, "steps": n,
+            "data": args.data, "fixed_length": args.fixed_length, "vocab": args.vocab or SHAPES[args.shape].get("vocab_size"),
             "tokens_per_s": tokens / seconds, "seconds_per_step": seconds / n,
             "peak_memory_mib": peak_memory(torch, args.device), **(extra or {})}
 
@@ -118,7 +144,7 @@ def run_pride(args) -> dict:
     from pride.train.preference import PairTables, PreferenceObjective
     from pride.train.sft import SftObjective
 
-    model, tok, torch = build(args.shape, args.device)
+    model, tok, torch = build(args.shape, args.device, args.vocab, args.attn)
     cfg = TrainSettings(learning_rate=1e-5, max_steps=args.steps, micro_batch_size=args.batch, warmup_ratio=0.0,
                         max_length=args.max_length, mixed_precision="bf16" if args.device == "cuda" else "no",
                         max_grad_norm=1.0, logging_steps=10**6, resume="never")
@@ -128,7 +154,7 @@ def run_pride(args) -> dict:
     def ids(s):
         return tok(s, add_special_tokens=False)["input_ids"]
 
-    data = make_data(args.stage, args.rows, args.seed)
+    data = make_data(args.stage, args.rows, args.seed, args.data, args.fixed_length)
     if args.stage == "sft":
         samples = []
         for i, r in enumerate(data):
@@ -142,10 +168,11 @@ def run_pride(args) -> dict:
     else:
         rows = [pair_samples(ids(r["prompt"]), ids(r["chosen"]) + [eos], ids(r["rejected"]) + [eos], example=i)
                 for i, r in enumerate(data)]
-        ref = compute_pair_logps(acc, model, rows, tok.pad_token_id, batch_size=args.batch)
+        layout = "shared" if args.side == "pride" else "repack"  # pride-unshared: each prompt twice
+        ref = compute_pair_logps(acc, model, rows, tok.pad_token_id, batch_size=args.batch, layout=layout)
         objective = PreferenceObjective(PreferenceSettings(loss_type="sigmoid", beta=0.1),
-                                        PairTables(ref.chosen, ref.rejected, None, None))
-        extra = {}
+                                        PairTables(ref.chosen, ref.rejected, None, None), layout=layout)
+        extra = {"layout": layout}
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     step_times, batch_tokens = [], []
@@ -158,7 +185,7 @@ def run_pride(args) -> dict:
 
     train(cfg, accelerator=acc, model=model, objective=objective, rows=rows, eval_rows=None,
           pad_id=tok.pad_token_id, run_dir=args.out, seed=args.seed, on_step_end=on_step_end)
-    return summarize("pride", args, step_times, batch_tokens, 1, torch, extra)
+    return summarize(args.side, args, step_times, batch_tokens, 1, torch, extra)
 
 
 # ------------------------------------------------------------------ TRL
@@ -169,8 +196,8 @@ def run_trl(args) -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback
 
-    model, tok, torch = build(args.shape, args.device)
-    data = make_data(args.stage, args.rows, args.seed)
+    model, tok, torch = build(args.shape, args.device, args.vocab, args.attn)
+    data = make_data(args.stage, args.rows, args.seed, args.data, args.fixed_length)
     step_times, batch_tokens = [], []
 
     class Timer(TrainerCallback):
@@ -183,11 +210,18 @@ def run_trl(args) -> dict:
                 torch.cuda.synchronize()
             step_times.append(time.perf_counter())
 
+    import importlib.util
+
+    gpu_best = {}
+    if args.device == "cuda":  # TRL configured at its best
+        gpu_best = {"use_liger_kernel": importlib.util.find_spec("liger_kernel") is not None}
+        if args.attn == "flash_attention_2" and args.stage == "dpo":
+            gpu_best["padding_free"] = True
     common = dict(output_dir=args.out, max_steps=args.steps, per_device_train_batch_size=args.batch,
                   gradient_accumulation_steps=1, learning_rate=1e-5, lr_scheduler_type="constant",
                   warmup_steps=0, logging_steps=10**6, save_strategy="no", report_to="none",
                   use_cpu=args.device == "cpu", bf16=args.device == "cuda", seed=args.seed,
-                  dataloader_num_workers=0, max_grad_norm=1.0)
+                  dataloader_num_workers=0, max_grad_norm=1.0, **gpu_best)
     if args.stage == "sft":
         eos = tok.eos_token_id
         enc = []
@@ -235,20 +269,42 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=2048, help="SFT packed row length")
     ap.add_argument("--rows", type=int, default=256, help="synthetic rows generated")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--side", choices=["both", "pride", "trl"], default="both")
+    ap.add_argument("--data", choices=list(DATA), default="standard", help="prompt and answer lengths")
+    ap.add_argument("--fixed-length", type=int, default=None, help="every sequence this long (scaling sweep)")
+    ap.add_argument("--vocab", type=int, default=None, help="vocabulary size (default: the shape's)")
+    ap.add_argument("--attn", default="sdpa", help="attention implementation (flash_attention_2 on GPU)")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="device peak (bf16 dense) for MFU")
+    ap.add_argument("--memory-limit-gib", type=float, default=None,
+                    help="cap each side's address space: out of memory becomes a result, not a killed machine")
+    ap.add_argument("--side", choices=["both", "pride", "pride-unshared", "trl"], default="both")
     ap.add_argument("--out", default="runs/bench")
     args = ap.parse_args()
     if args.side != "both":
         os.makedirs(args.out, exist_ok=True)
+        if args.memory_limit_gib:
+            limit = int(args.memory_limit_gib * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         if args.device == "cpu":
             import torch
 
             torch.set_num_threads(os.cpu_count() or 1)
-        result = run_pride(args) if args.side == "pride" else run_trl(args)
+        try:
+            result = run_trl(args) if args.side == "trl" else run_pride(args)
+        except (MemoryError, RuntimeError) as e:
+            if not isinstance(e, MemoryError) and "memory" not in str(e).lower():
+                raise
+            result = {"side": args.side, "stage": args.stage, "fixed_length": args.fixed_length, "data": args.data,
+                      "vocab": args.vocab or SHAPES[args.shape].get("vocab_size"), "out_of_memory": True,
+                      "memory_limit_gib": args.memory_limit_gib}
+        if args.peak_tflops and "tokens_per_s" in result:
+            model, _, _ = build(args.shape, "cpu", args.vocab)
+            params = sum(p.numel() for p in model.parameters())
+            result["mfu"] = result["tokens_per_s"] * 6 * params / (args.peak_tflops * 1e12)
         print("RESULT " + json.dumps(result), flush=True)
         return
     results = {}
-    for side in ("pride", "trl"):
+    sides = ("pride", "pride-unshared", "trl") if args.stage == "dpo" else ("pride", "trl")
+    for side in sides:
         cmd = [sys.executable, __file__, *sys.argv[1:], "--side", side, "--out", os.path.join(args.out, side)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -260,6 +316,11 @@ def main() -> None:
     print(json.dumps({"ratio": "pride/trl", "stage": args.stage, "shape": args.shape, "device": args.device,
                       "tokens_per_s": p["tokens_per_s"] / t["tokens_per_s"],
                       "peak_memory": p["peak_memory_mib"] / t["peak_memory_mib"]}), flush=True)
+    if "pride-unshared" in results:
+        u = results["pride-unshared"]
+        print(json.dumps({"ratio": "shared/unshared", "stage": args.stage, "data": args.data,
+                          "tokens_per_s": p["tokens_per_s"] / u["tokens_per_s"],
+                          "peak_memory": p["peak_memory_mib"] / u["peak_memory_mib"]}), flush=True)
 
 
 if __name__ == "__main__":

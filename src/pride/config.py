@@ -262,7 +262,10 @@ def load_yaml(path: Path):
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise PrideError(f"{path}{where}: {getattr(e, 'problem', None) or 'not valid YAML'}") from None
+        problem = getattr(e, "problem", None) or str(e)
+        if problem.startswith("duplicate key"):
+            raise PrideError(f"{path}{where}: {problem}") from None
+        raise PrideError(f"{path}{where}: not valid YAML ({problem})") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
