@@ -41,6 +41,8 @@ SHAPES = {
                  num_key_value_heads=2),
     "small-128k": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8,
                        num_key_value_heads=2, vocab_size=128256),
+    "body-32k": dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
+                     num_key_value_heads=2, vocab_size=32000),  # the transformer body dominates, not the LM head
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, head_dim=64),
 }
