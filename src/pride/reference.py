@@ -21,7 +21,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from pride.config import ModelSettings
-from pride.data.packing import Sample, collate
+from pride.data.packing import Sample, collate, hash_samples
 from pride.data.preference import PairData
 from pride.io import disk_error
 from pride.logps import TokenLogps, sequence_logps
@@ -56,10 +56,7 @@ def cache_key(fingerprint: str) -> str:
 def pair_key(row: list[Sample]) -> str:
     """Key of one pair's content: its exact token ids and targets (template, truncation included)."""
     h = hashlib.sha256()
-    for s in row:
-        h.update(torch.tensor(s.input_ids, dtype=torch.int64).numpy().tobytes())
-        h.update(torch.tensor(s.labels, dtype=torch.int64).numpy().tobytes())
-        h.update(b"|")
+    hash_samples(h, row)
     return h.hexdigest()
 
 

@@ -34,6 +34,17 @@ class Sample:
         return sum(1 for x in self.labels if x != IGNORE)
 
 
+def hash_samples(h, samples) -> None:
+    """Feed samples' exact token ids and targets (int64) into hash `h`: the identity of
+    tokenized data (the reference cache's pair keys, a run's data fingerprint)."""
+    from array import array
+
+    for s in samples:
+        h.update(array("q", s.input_ids).tobytes())
+        h.update(array("q", s.labels).tobytes())
+    h.update(b"|")
+
+
 def shift_targets(ids: list[int], mask: list[bool]) -> list[int]:
     """Per-position targets: position t predicts ids[t+1] when that token is trained."""
     return [ids[t + 1] if mask[t + 1] else IGNORE for t in range(len(ids) - 1)] + [IGNORE]

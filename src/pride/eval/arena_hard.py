@@ -26,7 +26,6 @@ Answer metadata is taken from the answer files where present, else computed the 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -496,4 +495,4 @@ def score_files(paths: list[Path], baseline: str | None = None, rounds: int = 10
 
 
 __all__ = ["VERSIONS", "judge", "score", "score_files", "load_questions", "load_answers", "answer_record",
-           "style_metadata", "parse_label_v01", "parse_label_v2", "json"]
+           "style_metadata", "parse_label_v01", "parse_label_v2"]

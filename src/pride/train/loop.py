@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pride.config import TrainSettings
-from pride.data.packing import Sample, collate
+from pride.data.packing import Sample, collate, hash_samples
 from pride.errors import PrideError
 from pride.logps import TokenLogps
 
@@ -131,14 +131,10 @@ def run_identity(cfg) -> dict:
 def data_fingerprint(rows: list[list[Sample]]) -> str:
     """Hash of the exact training rows (token ids and targets, in order)."""
     import hashlib
-    from array import array
 
     h = hashlib.sha256()
     for row in rows:
-        for s in row:
-            h.update(array("q", s.input_ids).tobytes())
-            h.update(array("q", s.labels).tobytes())
-        h.update(b"|")
+        hash_samples(h, row)
     return h.hexdigest()
 
 

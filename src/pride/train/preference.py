@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from pride.config import Config, PreferenceSettings
+from pride.config import Config, PreferenceSettings, write_resolved
 from pride.data import load_rows
 from pride.data.packing import Sample
 from pride.data.preference import PairData, tokenize_pairs
@@ -27,8 +27,9 @@ from pride.models import disable_dropout, load_model
 from pride.reference import (PairLogps, cache_key, compute_pair_logps, model_fingerprint, read_cached, same_layout,
                              write_parquet)
 from pride.train.loop import make_accelerator, run_identity, train
-from pride.config import write_resolved
-from pride.train.stage import exclusive_run_dir, console_for, load_for_training, prepare_run_dir, finish_stage, seed_everything, write_json
+from pride.io import write_json
+from pride.train.stage import (console_for, exclusive_run_dir, finish_stage, load_for_training, prepare_run_dir,
+                               seed_everything)
 
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
            "logps/rejected", "nll_loss")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from pride.config import Config
+from pride.config import Config, write_resolved
 from pride.data import load_rows
 from pride.data.packing import Sample
 from pride.data.sft import build_rows, tokenize_conversations
 from pride.logps import TokenLogps
 from pride.train.loop import make_accelerator, run_identity, train
-from pride.config import write_resolved
-from pride.train.stage import (exclusive_run_dir, console_for, load_for_training, prepare_run_dir, finish_stage, seed_everything,
-                               write_json)
+from pride.io import write_json
+from pride.train.stage import (console_for, exclusive_run_dir, finish_stage, load_for_training, prepare_run_dir,
+                               seed_everything)
 
 
 class SftObjective:

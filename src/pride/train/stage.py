@@ -17,7 +17,7 @@ from rich.console import Console
 from pride.config import Config, write_resolved
 from pride.errors import PrideError
 from pride.io import disk_error
-from pride.io import write_json as _write_json
+from pride.io import write_json
 from pride.models import load_model_and_tokenizer
 
 
@@ -145,10 +145,6 @@ def finish_stage(acc: Accelerator, result, tokenizer, run_dir: Path, stats: dict
         write_json(run_dir / "summary.json", summary)
         console.print(f"[bold green]done[/]: model saved to {out}")
     return summary
-
-
-def write_json(path: Path, data: dict) -> None:
-    _write_json(path, data)
 
 
 def console_for(acc: Accelerator) -> Console:
