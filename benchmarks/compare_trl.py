@@ -126,13 +126,15 @@ class Counted:
     def __init__(self, objective, counts: list):
         self.objective, self.counts = objective, counts
         self.metric_names = objective.metric_names
-        self.layout = getattr(objective, "layout", "rows")
+        self.layout, self.attention_weight = objective.layout, objective.attention_weight
+        self.computed: list[int] = []  # tokens actually run (fewer with shared prompts)
 
     def units(self, rows):
         return self.objective.units(rows)
 
     def __call__(self, model, batch):
         self.counts.append(batch["n_tokens"])
+        self.computed.append(batch.get("n_computed", batch["n_tokens"]))
         return self.objective(model, batch)
 
 
@@ -141,6 +143,7 @@ def run_pride(args) -> dict:
     from pride.data.packing import IGNORE, Sample
     from pride.data.preference import pair_samples
     from pride.data.sft import build_rows
+    from pride.logps import attention_weight
     from pride.reference import compute_pair_logps
     from pride.train.loop import make_accelerator, train
     from pride.train.preference import PairTables, PreferenceObjective
@@ -171,9 +174,12 @@ def run_pride(args) -> dict:
         rows = [pair_samples(ids(r["prompt"]), ids(r["chosen"]) + [eos], ids(r["rejected"]) + [eos], example=i)
                 for i, r in enumerate(data)]
         layout = "shared" if args.side == "pride" else "repack"  # pride-unshared: each prompt twice
-        ref = compute_pair_logps(acc, model, rows, tok.pad_token_id, batch_size=args.batch, layout=layout)
+        weight = attention_weight(model.config)  # as run_dpo: share a prompt where it saves FLOPs
+        ref = compute_pair_logps(acc, model, rows, tok.pad_token_id, batch_size=args.batch, layout=layout,
+                                 attention_weight=weight)
         objective = PreferenceObjective(PreferenceSettings(loss_type="sigmoid", beta=0.1),
-                                        PairTables(ref.chosen, ref.rejected, None, None), layout=layout)
+                                        PairTables(ref.chosen, ref.rejected, None, None), layout=layout,
+                                        attention_weight=weight)
         extra = {"layout": layout}
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -187,6 +193,7 @@ def run_pride(args) -> dict:
 
     train(cfg, accelerator=acc, model=model, objective=objective, rows=rows, eval_rows=None,
           pad_id=tok.pad_token_id, run_dir=args.out, seed=args.seed, on_step_end=on_step_end)
+    extra["computed_fraction"] = round(sum(objective.computed) / sum(objective.counts), 4)
     return summarize(args.side, args, step_times, batch_tokens, 1, torch, extra)
 
 

@@ -7,10 +7,11 @@ import torch
 from safetensors.torch import load_file
 
 from pride.config import ModelSettings, PreferenceSettings
-from pride.data.packing import collate
+from pride.data import packing
+from pride.data.packing import IGNORE, Sample, collate, layout_cost, prompt_length, share_choice
 from pride.data.preference import tokenize_pairs
 from pride.data.rows import PreferencePair
-from pride.logps import TokenLogps
+from pride.logps import TokenLogps, attention_weight
 from pride.models import load_model_and_tokenizer
 from pride.train.preference import pair_layout, run_dpo
 from tests.conftest import write_jsonl
@@ -32,9 +33,9 @@ def pairs(fmt, n=7, seed=0):
     return tokenize_pairs(out, fmt, max_length=512, max_prompt_length=256)
 
 
-def logps_and_grads(wrapper, rows, pad_id, layout):
+def logps_and_grads(wrapper, rows, pad_id, layout, attention_weight=0.0):
     wrapper.zero_grad()
-    batch = collate(rows, pad_id, layout=layout)
+    batch = collate(rows, pad_id, layout=layout, attention_weight=attention_weight)
     lp = wrapper(**batch)
     seqs = torch.zeros(batch["n_seqs"]).index_add(0, batch["target_seq"], lp)
     order = torch.argsort(batch["seq_example"] * 2 + batch["seq_kind"])  # (pair, chosen/rejected) order
@@ -59,6 +60,53 @@ def test_shared_prompt_equals_unshared(arch, attn, tiny):
     assert g_shared.keys() == g_plain.keys()
     for name in g_plain:
         torch.testing.assert_close(g_shared[name], g_plain[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_mixed_layout_equals_unshared(monkeypatch):
+    """Pairs whose answers are long against the prompt keep two units and the rest share; such a
+    mixed micro-batch still gives the unshared log-probs and gradients."""
+    model, tok, fmt = load_model_and_tokenizer(ModelSettings(path="tiny:mistral", tiny={"sliding_window": 16}), seed=1)
+    wrapper = TokenLogps(model, chunk_size=13)
+    data = pairs(fmt, n=9, seed=3)
+    share = [2 * (len(c) - p) * (len(r) - p) <= p * p for c, r, p in ((c, r, prompt_length(c)) for c, r in data.rows)]
+    # (any mix will do: here, the pairs whose one unit has less attention than two sequences)
+    assert 0 < sum(share) < len(share)  # the data holds both kinds of pair
+    monkeypatch.setattr(packing, "share_choice", lambda pairs, w: share)
+    mixed, g_mixed, batch = logps_and_grads(wrapper, data.rows, tok.pad_token_id, "shared", attention_weight=1.0)
+    plain, g_plain, plain_batch = logps_and_grads(wrapper, data.rows, tok.pad_token_id, "repack")
+    assert plain_batch["n_tokens"] - batch["n_computed"] == sum(
+        prompt_length(c) for (c, _), s in zip(data.rows, share) if s)  # exactly the shared prompts ran once
+    torch.testing.assert_close(mixed, plain, atol=1e-5, rtol=1e-5)
+    for name in g_plain:
+        torch.testing.assert_close(g_mixed[name], g_plain[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def synthetic_pair(example, p, c, r):
+    """A pair with a p-token prompt and answers of c and r tokens (labels as tokenize_pairs makes them)."""
+    def sample(n, seq):
+        ids = list(range(1, p + 1)) + [100 + seq] * n
+        return Sample(ids, [IGNORE] * (p - 1) + ids[p:] + [IGNORE], seq=seq, example=example)
+    return sample(c, 0), sample(r, 1), p
+
+
+def test_layout_choice_follows_the_cost():
+    """A pair with a tiny prompt and long answers would double the row width if shared: with
+    attention weighed it keeps two units while the short-answer pairs share (free, they fit the
+    width anyway); with no weight everything shares. layout_cost counts tokens plus weighted
+    query-key pairs of the packed rows."""
+    pairs_ = [synthetic_pair(0, 2, 100, 100)] + [synthetic_pair(i, 50, 10, 10) for i in (1, 2, 3)]
+    assert share_choice(pairs_, 0.0) == [True] * 4
+    assert share_choice(pairs_, 0.01) == [False, True, True, True]
+    # rows of width 102: [102], [102], [70], [70], [70]; all shared, width 202: [202], [70, 70], [70]
+    assert layout_cost([102, 102, 70, 70, 70], 0.01) == pytest.approx(414 + 0.01 * 5 * 102 ** 2)
+    assert layout_cost([202, 70, 70, 70], 0.01) == pytest.approx(412 + 0.01 * 3 * 202 ** 2)
+    model, _, _ = load_model_and_tokenizer(ModelSettings(path="tiny:llama"), seed=1)
+    w = attention_weight(model.config)
+    cfg = model.config  # 2 * (d*H*hd*2 + d*kv*hd*2 + 3*d*ff) FLOPs per token, 4*H*hd per query-key pair
+    hd = cfg.hidden_size // cfg.num_attention_heads
+    per_token = 2 * (2 * cfg.hidden_size ** 2 + 2 * cfg.hidden_size * cfg.num_key_value_heads * hd
+                     + 3 * cfg.hidden_size * cfg.intermediate_size)
+    assert w == pytest.approx(4 * cfg.hidden_size / per_token)
 
 
 def test_dpo_stage_with_and_without_sharing_trains_the_same_weights(tmp_path):

@@ -91,6 +91,20 @@ def shared_prompt_mask(config, part: torch.Tensor, segment: torch.Tensor, positi
     return additive(windowed() if window else allowed)
 
 
+def attention_weight(config) -> float:
+    """FLOPs of one query-key pair across a layer's heads over FLOPs of one token through the
+    layer's matrices (projections and gated MLP): what `data.packing.collate_shared` weighs a
+    longer shared unit's attention against the prompt tokens it saves. 0 when unknown."""
+    try:
+        d, heads, ff = config.hidden_size, config.num_attention_heads, config.intermediate_size
+    except AttributeError:
+        return 0.0
+    head_dim = getattr(config, "head_dim", None) or d // heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    matrices = 2 * d * heads * head_dim + 2 * d * kv * head_dim + 3 * d * ff  # q, o; k, v; gate, up, down
+    return 4 * heads * head_dim / (2 * matrices)  # QK^T and AV: 2 FLOPs per multiply-add each
+
+
 def sequence_logps(token_logps: torch.Tensor, target_seq: torch.Tensor, n_seqs: int) -> torch.Tensor:
     """Sum the token log-probs of each sequence: [N] -> [n_seqs]."""
     out = token_logps.new_zeros(n_seqs)

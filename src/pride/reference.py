@@ -62,7 +62,8 @@ def pair_key(row: list[Sample]) -> str:
 
 @torch.no_grad()
 def compute_pair_logps(acc: Accelerator, model: torch.nn.Module, rows: list[list[Sample]], pad_id: int,
-                       batch_size: int, chunk_size: int = 256, layout: str = "repack") -> PairLogps:
+                       batch_size: int, chunk_size: int = 256, layout: str = "repack",
+                       attention_weight: float = 0.0) -> PairLogps:
     """Summed completion log-probs of every pair, split across ranks, gathered on all."""
     wrapper = TokenLogps(model, chunk_size)
     was_training = model.training
@@ -71,7 +72,7 @@ def compute_pair_logps(acc: Accelerator, model: torch.nn.Module, rows: list[list
     local = []
     batches = [list(range(i, min(i + batch_size, len(rows)))) for i in range(0, len(rows), batch_size)]
     for idx in batches[acc.process_index::acc.num_processes]:
-        batch = collate([rows[i] for i in idx], pad_id, layout=layout)
+        batch = collate([rows[i] for i in idx], pad_id, layout=layout, attention_weight=attention_weight)
         batch = {k: (v.to(acc.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
         with acc.autocast():
             logps = wrapper(**batch)

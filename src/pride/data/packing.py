@@ -95,25 +95,32 @@ def prompt_length(sample: Sample) -> int:
     return next(t for t, y in enumerate(sample.labels) if y != IGNORE) + 1
 
 
-def collate_shared(rows: list[list[Sample]], pad_id: int) -> dict:
-    """Pairs as `[prompt, chosen, rejected]`, the prompt computed once.
+def collate_shared(rows: list[list[Sample]], pad_id: int, attention_weight: float = 0.0) -> dict:
+    """Pairs as `[prompt, chosen, rejected]`, the prompt computed once where that is cheaper.
 
     Rejected's positions continue from the prompt's end, as if it followed the prompt
     directly; `part` and `segment` let the model build the mask in which rejected sees the
     prompt but not chosen (`pride.logps.shared_prompt_mask`). The prompt's last position
     predicts the first token of both completions, so it appears twice among the targets.
     Units are re-packed into rows no longer than the longest unit (as `repack`).
+
+    Sharing saves the prompt's tokens but makes one unit of P+C+R tokens, whose masked
+    attention sdpa computes in full. `attention_weight` is the cost of one query-key pair
+    relative to one token through the layer's matrices (`attention_weight(config)`); with it
+    each micro-batch shares the prompts whose units fit the cheapest row width (`share_choice`).
+    With 0 every prompt is shared.
     Counts: `n_tokens` is the tokens of the unshared layout (the data's own size, so
     tokens/s compare), `n_computed` the tokens actually run.
     """
-    units = []
+    pairs = []
     for c, r in rows:
         p = prompt_length(c)
         if c.input_ids[:p] != r.input_ids[:p] or prompt_length(r) != p:
             raise ValueError("shared-prompt layout: chosen and rejected must start with the same prompt")
-        units.append((c, r, p, len(c) + len(r) - p))
-    groups = pack_bfd([u[3] for u in units], max(u[3] for u in units))
-    width = max(sum(units[i][3] for i in g) for g in groups)
+        pairs.append((c, r, p))
+    units = build_units(pairs, share_choice(pairs, attention_weight))
+    groups = pack_bfd([len(u[0]) for u in units], max(len(u[0]) for u in units))
+    width = max(sum(len(units[i][0]) for i in g) for g in groups)
     ids = torch.full((len(groups), width), pad_id, dtype=torch.long)
     pos = torch.zeros((len(groups), width), dtype=torch.long)
     part = torch.full((len(groups), width), PADDING, dtype=torch.long)
@@ -122,24 +129,19 @@ def collate_shared(rows: list[list[Sample]], pad_id: int) -> dict:
     for b, group in enumerate(groups):
         at = 0
         for i in group:
-            c, r, p, n = units[i]
-            comp_c, comp_r = c.input_ids[p:], r.input_ids[p:]
-            ids[b, at:at + n] = torch.tensor(c.input_ids[:p] + comp_c + comp_r)
-            pos[b, at:at + n] = torch.cat([torch.arange(p + len(comp_c)), torch.arange(p, p + len(comp_r))])
-            part[b, at:at + n] = torch.tensor([PROMPT] * p + [CHOSEN] * len(comp_c) + [REJECTED] * len(comp_r))
+            unit_ids, unit_pos, unit_part, targets = units[i]
+            n = len(unit_ids)
+            ids[b, at:at + n] = torch.tensor(unit_ids)
+            pos[b, at:at + n] = torch.tensor(unit_pos)
+            part[b, at:at + n] = torch.tensor(unit_part)
             segment[b, at:at + n] = i
-            base = b * width + at
-            for seq, (sample, start) in enumerate(((c, 0), (r, len(comp_c)))):
-                # sample.labels[t] is what position t of prompt+completion predicts
-                for t, y in enumerate(sample.labels):
-                    if y == IGNORE:
-                        continue
-                    flat_t = t if t < p else p + start + (t - p)  # completion positions follow the prompt
-                    t_index.append(base + flat_t)
-                    t_ids.append(y)
-                    t_seq.append(len(kinds) + seq)
-            kinds += [c.seq, r.seq]
-            examples += [c.example, r.example]
+            for sample, offsets in targets:
+                labelled = [t for t, y in enumerate(sample.labels) if y != IGNORE]
+                t_index += [b * width + at + offsets(t) for t in labelled]
+                t_ids += [sample.labels[t] for t in labelled]
+                t_seq += [len(kinds)] * len(labelled)
+                kinds.append(sample.seq)
+                examples.append(sample.example)
             at += n
         if at < width:
             pos[b, at:] = torch.arange(width - at)
@@ -148,12 +150,58 @@ def collate_shared(rows: list[list[Sample]], pad_id: int) -> dict:
         "target_index": torch.tensor(t_index, dtype=torch.long), "target_ids": torch.tensor(t_ids, dtype=torch.long),
         "target_seq": torch.tensor(t_seq, dtype=torch.long), "n_seqs": len(kinds),
         "seq_kind": torch.tensor(kinds, dtype=torch.long), "seq_example": torch.tensor(examples, dtype=torch.long),
-        "n_tokens": sum(len(s) for row in rows for s in row), "n_computed": sum(u[3] for u in units),
+        "n_tokens": sum(len(s) for row in rows for s in row), "n_computed": sum(len(u[0]) for u in units),
         "n_slots": ids.numel(),
     }
 
 
-def collate(rows: list[list[Sample]], pad_id: int, flat: bool = False, layout: str = "rows") -> dict:
+def _shared_unit(c: Sample, r: Sample, p: int):
+    """One unit `[prompt, chosen, rejected]`; rejected's positions continue from the prompt."""
+    n_c, n_r = len(c) - p, len(r) - p
+    targets = [(c, lambda t: t), (r, lambda t: t if t < p else t + n_c)]
+    return (c.input_ids + r.input_ids[p:], list(range(p + n_c)) + list(range(p, p + n_r)),
+            [PROMPT] * p + [CHOSEN] * n_c + [REJECTED] * n_r, targets)
+
+
+def _single_unit(s: Sample, p: int, kind: int):
+    """One answer after its own copy of the prompt (the unshared layout)."""
+    return s.input_ids, list(range(len(s))), [PROMPT] * p + [kind] * (len(s) - p), [(s, lambda t: t)]
+
+
+def layout_cost(lengths: list[int], attention_weight: float) -> float:
+    """Tokens run plus weighted query-key pairs, with units packed into rows as `collate_shared` packs them."""
+    groups = pack_bfd(lengths, max(lengths))
+    width = max(sum(lengths[i] for i in g) for g in groups)
+    return sum(lengths) + attention_weight * len(groups) * width ** 2
+
+
+def share_choice(pairs: list[tuple[Sample, Sample, int]], attention_weight: float) -> list[bool]:
+    """Which pairs of a micro-batch share their prompt.
+
+    sdpa computes each packed row's whole masked block, so a row of width W costs W² query-key
+    pairs whatever it holds: sharing saves a pair's prompt tokens for free while its unit
+    (P+C+R) fits the width the unshared layout needs anyway (its longest sequence), and beyond
+    that only if the saved tokens outweigh the wider rows. So: pick the row width W, from that
+    floor up to the longest shared unit, that minimises `layout_cost`; pairs whose unit fits W share.
+    """
+    shared = [len(c) + len(r) - p for c, r, p in pairs]
+    if attention_weight == 0:
+        return [True] * len(pairs)
+    floor = max(max(len(c), len(r)) for c, r, _ in pairs)
+    options = [[n <= w for n in shared] for w in sorted({floor, *(n for n in shared if n > floor)})]
+    return min(options, key=lambda share: layout_cost([len(u[0]) for u in build_units(pairs, share)], attention_weight))
+
+
+def build_units(pairs: list[tuple[Sample, Sample, int]], share: list[bool]) -> list[tuple]:
+    """(ids, positions, parts, targets) per unit: a shared pair is one unit, any other two."""
+    units = []
+    for (c, r, p), s in zip(pairs, share):
+        units += [_shared_unit(c, r, p)] if s else [_single_unit(c, p, CHOSEN), _single_unit(r, p, REJECTED)]
+    return units
+
+
+def collate(rows: list[list[Sample]], pad_id: int, flat: bool = False, layout: str = "rows",
+            attention_weight: float = 0.0) -> dict:
     """Rows of samples -> model inputs plus the targets the objective needs.
 
     layout: "rows" keeps the rows as given (SFT: already packed, or one sample each),
@@ -165,7 +213,7 @@ def collate(rows: list[list[Sample]], pad_id: int, flat: bool = False, layout: s
     each target belongs to) and per-sample metadata.
     """
     if layout == "shared" and not flat:
-        return collate_shared(rows, pad_id)
+        return collate_shared(rows, pad_id, attention_weight)
     if flat:
         rows = [[s for row in rows for s in row]]
     elif layout == "repack":

@@ -41,6 +41,8 @@ from pride.logps import TokenLogps
 
 class Objective(Protocol):
     metric_names: tuple[str, ...]  # keys of the metric sums it returns (besides the loss)
+    layout: str  # how micro-batches are laid out (data.packing.collate)
+    attention_weight: float  # for the shared layout's choice (data.packing.collate_shared)
 
     def units(self, rows: list[list[Sample]]) -> float:
         """Normalisation units in these rows (trained tokens for SFT, pairs for DPO)."""
@@ -264,7 +266,8 @@ def train(
         acc.init_trackers("pride", config={"train": cfg.model_dump(mode="json")})
 
     def batch_for(idx: list[int], source: list[list[Sample]]) -> dict:
-        batch = collate([source[i] for i in idx], pad_id, flat=flat, layout=getattr(objective, "layout", "rows"))
+        batch = collate([source[i] for i in idx], pad_id, flat=flat, layout=objective.layout,
+                        attention_weight=objective.attention_weight)
         return {k: (v.to(acc.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
     schedules: dict[int, list] = {}

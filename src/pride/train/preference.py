@@ -21,7 +21,7 @@ from pride.data import load_rows
 from pride.data.packing import Sample
 from pride.data.preference import PairData, tokenize_pairs
 from pride.errors import PrideError
-from pride.logps import TokenLogps, sequence_logps
+from pride.logps import TokenLogps, attention_weight, sequence_logps
 from pride.losses import NEEDS_WIN_PROB, REFERENCE_FREE, preference_loss
 from pride.models import disable_dropout, load_model
 from pride.reference import (PairLogps, cache_key, compute_pair_logps, model_fingerprint, read_cached, same_layout,
@@ -48,11 +48,13 @@ class PairTables:
 class PreferenceObjective:
     metric_names = METRICS
 
-    def __init__(self, settings: PreferenceSettings, tables: PairTables, live_reference=None, layout="repack"):
+    def __init__(self, settings: PreferenceSettings, tables: PairTables, live_reference=None, layout="repack",
+                 attention_weight: float = 0.0):
         self.s = settings
         self.tables = tables
         self.live_reference = live_reference  # callable(batch) -> token logps, or None
         self.layout = layout  # shared | repack | split (see data.packing.collate)
+        self.attention_weight = attention_weight
 
     def units(self, rows: list[list[Sample]]) -> float:
         return float(len(rows))  # pairs
@@ -130,7 +132,8 @@ def reference_logps(cfg: Config, acc, policy, tokenizer, data: PairData, where: 
     ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
     with ctx:
         out = compute_pair_logps(acc, model, data.rows, tokenizer.pad_token_id, cfg.preference.reference_batch_size,
-                                 cfg.train.logps_chunk_size, pair_layout(cfg.preference, model))
+                                 cfg.train.logps_chunk_size, pair_layout(cfg.preference, model),
+                                 attention_weight(model.config))
     if model is not policy:
         del model
     if acc.is_main_process:
@@ -186,7 +189,8 @@ def run_dpo(cfg: Config) -> dict:
         tables.chosen_win_prob = torch.cat([p[0] for p in probs])
         tables.rejected_win_prob = torch.cat([p[1] for p in probs])
 
-    objective = PreferenceObjective(s, tables, live_reference=live, layout=layout)
+    objective = PreferenceObjective(s, tables, live_reference=live, layout=layout,
+                                    attention_weight=attention_weight(model.config))
     result = train(cfg.train, accelerator=acc, model=model, objective=objective, rows=train_data.rows,
                    eval_rows=eval_data.rows, pad_id=tokenizer.pad_token_id, run_dir=run_dir, seed=cfg.seed,
                    console=console, identity=run_identity(cfg), on_start=lambda: write_resolved(cfg, run_dir))

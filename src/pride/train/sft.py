@@ -17,6 +17,8 @@ class SftObjective:
     """Negative log-likelihood summed over trained tokens (the loop divides by the step's total)."""
 
     metric_names = ()
+    layout = "rows"  # already packed
+    attention_weight = 0.0
 
     def units(self, rows: list[list[Sample]]) -> float:
         return float(sum(s.n_targets for row in rows for s in row))
