@@ -36,7 +36,17 @@ def expected(name, pw, pl, rw_, rl_, lw, ll, Pw, Pl):
         "nca_pair": -ls(BETA * rw) - 0.5 * ls(-BETA * rw) - 0.5 * ls(-BETA * rl),
         "apo_zero": (1 - sg(BETA * rw)) + sg(BETA * rl),
         "apo_down": sg(BETA * rw) + (1 - sg(BETA * (rw - rl))),
+        "cpo": -ls(BETA * (pw - pl)),
+        "slic": torch.clamp(1 - BETA * (pw - pl), min=0),
+        "orpo": -BETA * ls(log_odds(pw / lw) - log_odds(pl / ll)),
+        # CustomPOs' kto_pair: mean over cat(half_w, half_l) of 2B losses, written per pair as their mean
+        "kto_pair": ((1 - sg(BETA * (rw - torch.clamp(rl.mean(), min=0))))
+                     + (1 - sg(BETA * (torch.clamp(rw.mean(), min=0) - rl)))) / 2,
     }[name]
+
+
+def log_odds(a):  # log(p / (1 - p)) with p = exp(a)
+    return a - torch.log(1 - torch.exp(a))
 
 
 def inputs(seed):
@@ -51,7 +61,8 @@ def inputs(seed):
 
 def test_all_issue_losses_present():
     assert set(LOSS_TYPES) == {"sigmoid", "ipo", "hinge", "dpo_gamma", "slic_dpo", "simpo", "sppo", "sppo_hard",
-                               "robust", "bco_pair", "nca_pair", "apo_zero", "apo_down"}
+                               "robust", "bco_pair", "nca_pair", "apo_zero", "apo_down", "cpo", "slic", "orpo",
+                               "kto_pair"}
 
 
 @pytest.mark.parametrize("name", LOSS_TYPES)
@@ -89,3 +100,31 @@ def test_missing_inputs_are_named():
         preference_loss("simpo", policy_chosen_logps=z, policy_rejected_logps=z)
     with pytest.raises(PrideError, match="unknown loss_type 'kto'"):
         preference_loss("kto", policy_chosen_logps=z, policy_rejected_logps=z)
+
+
+def test_orpo_equals_trl_odds_ratio_loss():
+    """TRL's ORPOTrainer.odds_ratio_loss on mean log-probs: ours is minus its per-pair term (TRL subtracts it)."""
+    pytest.importorskip("trl")
+    import os
+    from types import SimpleNamespace
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from trl.experimental.orpo.orpo_trainer import ORPOTrainer
+
+    pw, pl, _, _, lw, ll, _, _ = inputs(3)
+    self = SimpleNamespace(beta=BETA, accelerator=SimpleNamespace(device="cpu"))
+    trl_losses = ORPOTrainer.odds_ratio_loss(self, pw / lw, pl / ll)[0]
+    ours = preference_loss("orpo", policy_chosen_logps=pw, policy_rejected_logps=pl, chosen_lengths=lw,
+                           rejected_lengths=ll, beta=BETA)
+    torch.testing.assert_close(ours, -trl_losses.double(), atol=1e-6, rtol=1e-6)
+
+
+def test_kto_pair_mean_equals_the_concatenated_halves():
+    """CustomPOs / LLM_DPO average torch.cat((half_w, half_l)) over 2B; the mean of our per-pair losses is that."""
+    pw, pl, rw_, rl_, *_ = inputs(4)
+    rw, rl = pw - rw_, pl - rl_
+    kl_w, kl_l = rw.mean().clamp(min=0), rl.mean().clamp(min=0)
+    theirs = torch.cat((1 - torch.sigmoid(BETA * (rw - kl_l)), 1 - torch.sigmoid(BETA * (kl_w - rl))), 0).mean()
+    ours = preference_loss("kto_pair", policy_chosen_logps=pw, policy_rejected_logps=pl, reference_chosen_logps=rw_,
+                           reference_rejected_logps=rl_, beta=BETA).mean()
+    torch.testing.assert_close(ours, theirs)

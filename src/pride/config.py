@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pride.errors import PrideError
+from pride.losses import LOSS_TYPES
 
 
 class Section(BaseModel):
@@ -101,8 +102,7 @@ class TrainSettings(Section):
     logps_chunk_size: int = Field(256, gt=0, description="label positions per LM-head chunk (fp32 logits: chunk x vocab)")
 
 
-LossType = Literal["sigmoid", "ipo", "hinge", "dpo_gamma", "slic_dpo", "simpo", "sppo", "sppo_hard", "robust",
-                   "bco_pair", "nca_pair", "apo_zero", "apo_down"]
+LossType = Literal[LOSS_TYPES]  # the table in pride.losses
 
 
 class PreferenceSettings(Section):

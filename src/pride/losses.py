@@ -12,6 +12,7 @@ training objective averages it over the pairs of an optimizer step.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -99,31 +100,77 @@ def apo_down(r_w: Tensor, r_l: Tensor, beta: float) -> Tensor:
     return torch.sigmoid(beta * r_w) + (1 - torch.sigmoid(beta * (r_w - r_l)))
 
 
-REFERENCE_FREE = frozenset({"simpo"})
-NEEDS_LENGTHS = frozenset({"ipo", "simpo"})
-NEEDS_WIN_PROB = frozenset({"sppo"})
+def cpo(pi_w: Tensor, pi_l: Tensor, beta: float) -> Tensor:
+    """Reference-free sigmoid (CPO, Xu et al. 2024, arXiv:2401.08417; CustomPOs' `cpo`:
+    contrast_loss_type sigmoid, reference_free): -log sigmoid(beta*(pi_w - pi_l)). CPO's NLL term
+    on the chosen answer is `nll_weight` (CustomPOs: lambda_sft 1.0)."""
+    return -logsig(beta * (pi_w - pi_l))
 
 
-def _dispatch() -> dict[str, Callable]:
-    return {
-        "sigmoid": lambda a: sigmoid(a["D"], a["beta"], a["label_smoothing"]),
-        "robust": lambda a: robust(a["D"], a["beta"], a["label_smoothing"]),
-        "ipo": lambda a: ipo(a["r_w"] / a["len_w"] - a["r_l"] / a["len_l"], a["beta"]),
-        "hinge": lambda a: hinge(a["D"], a["beta"]),
-        "dpo_gamma": lambda a: dpo_gamma(a["D"], a["beta"], a["gamma"]),
-        "slic_dpo": lambda a: slic_dpo(a["D"], a["beta"], a["delta"]),
-        "simpo": lambda a: simpo(a["pi_w"], a["pi_l"], a["len_w"], a["len_l"], a["beta"], a["gamma"]),
-        "sppo": lambda a: sppo(a["r_w"], a["r_l"], a["p_w"], a["p_l"], a["beta"]),
-        "sppo_hard": lambda a: sppo_hard(a["r_w"], a["r_l"], a["beta"]),
-        "bco_pair": lambda a: bco_pair(a["r_w"], a["r_l"], a["beta"]),
-        "nca_pair": lambda a: nca_pair(a["r_w"], a["r_l"], a["beta"]),
-        "apo_zero": lambda a: apo_zero(a["r_w"], a["r_l"], a["beta"]),
-        "apo_down": lambda a: apo_down(a["r_w"], a["r_l"], a["beta"]),
-    }
+def slic(pi_w: Tensor, pi_l: Tensor, beta: float) -> Tensor:
+    """Reference-free hinge (SLiC-HF's calibration on the policy alone; CustomPOs' `slic`:
+    contrast_loss_type hinge, reference_free): relu(1 - beta*(pi_w - pi_l)); its NLL term is
+    `nll_weight` (CustomPOs: lambda_sft 1.0)."""
+    return torch.relu(1 - beta * (pi_w - pi_l))
 
 
-LOSSES = _dispatch()
+def _log1mexp(x: Tensor) -> Tensor:
+    """log(1 - exp(x)) for x < 0, stable on both sides of -log 2."""
+    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def orpo(a_w: Tensor, a_l: Tensor, beta: float) -> Tensor:
+    """ORPO's odds-ratio term (Hong et al. 2024, arXiv:2403.07691, eqs. 4 and 7), as TRL computes it on
+    per-token mean log-probs a = pi/|y|: -beta * log sigmoid(log odds(a_w) - log odds(a_l)),
+    log odds(a) = a - log(1 - exp(a)). ORPO adds the NLL of the chosen answer: `nll_weight: 1`."""
+    return -beta * logsig((a_w - a_l) - (_log1mexp(a_w) - _log1mexp(a_l)))
+
+
+def kto_pair(r_w: Tensor, r_l: Tensor, beta: float) -> Tensor:
+    """Paired KTO (HALOs, Ethayarajh et al. 2024, eq. 7; the kto_pair of TRL <= 0.8, CustomPOs and
+    LLM_DPO): the KL reference point of chosen is estimated from the rejected half and vice versa,
+    as the micro-batch means clamped at 0. Their code averages the two halves over 2B losses; per
+    pair that is the halves' mean, so the objective's mean over pairs equals theirs."""
+    kl_w, kl_l = r_w.mean().clamp(min=0), r_l.mean().clamp(min=0)
+    return ((1 - torch.sigmoid(beta * (r_w - kl_l))) + (1 - torch.sigmoid(beta * (kl_w - r_l)))) / 2
+
+
+@dataclass(frozen=True)
+class Loss:
+    """One row of the loss table: the function of the named inputs and what the row needs."""
+
+    fn: Callable[[dict], Tensor]
+    reference: bool = True  # needs reference log-probs
+    lengths: bool = False  # needs completion lengths
+    win_prob: bool = False  # needs SPPO win probabilities
+
+
+# The one list of loss types: the config's `preference.loss_type` choices derive from it.
+LOSSES: dict[str, Loss] = {
+    "sigmoid": Loss(lambda a: sigmoid(a["D"], a["beta"], a["label_smoothing"])),
+    "robust": Loss(lambda a: robust(a["D"], a["beta"], a["label_smoothing"])),
+    "ipo": Loss(lambda a: ipo(a["r_w"] / a["len_w"] - a["r_l"] / a["len_l"], a["beta"]), lengths=True),
+    "hinge": Loss(lambda a: hinge(a["D"], a["beta"])),
+    "dpo_gamma": Loss(lambda a: dpo_gamma(a["D"], a["beta"], a["gamma"])),
+    "slic_dpo": Loss(lambda a: slic_dpo(a["D"], a["beta"], a["delta"])),
+    "simpo": Loss(lambda a: simpo(a["pi_w"], a["pi_l"], a["len_w"], a["len_l"], a["beta"], a["gamma"]),
+                  reference=False, lengths=True),
+    "cpo": Loss(lambda a: cpo(a["pi_w"], a["pi_l"], a["beta"]), reference=False),
+    "slic": Loss(lambda a: slic(a["pi_w"], a["pi_l"], a["beta"]), reference=False),
+    "orpo": Loss(lambda a: orpo(a["pi_w"] / a["len_w"], a["pi_l"] / a["len_l"], a["beta"]),
+                 reference=False, lengths=True),
+    "kto_pair": Loss(lambda a: kto_pair(a["r_w"], a["r_l"], a["beta"])),
+    "sppo": Loss(lambda a: sppo(a["r_w"], a["r_l"], a["p_w"], a["p_l"], a["beta"]), win_prob=True),
+    "sppo_hard": Loss(lambda a: sppo_hard(a["r_w"], a["r_l"], a["beta"])),
+    "bco_pair": Loss(lambda a: bco_pair(a["r_w"], a["r_l"], a["beta"])),
+    "nca_pair": Loss(lambda a: nca_pair(a["r_w"], a["r_l"], a["beta"])),
+    "apo_zero": Loss(lambda a: apo_zero(a["r_w"], a["r_l"], a["beta"])),
+    "apo_down": Loss(lambda a: apo_down(a["r_w"], a["r_l"], a["beta"])),
+}
 LOSS_TYPES = tuple(LOSSES)
+REFERENCE_FREE = frozenset(k for k, v in LOSSES.items() if not v.reference)
+NEEDS_LENGTHS = frozenset(k for k, v in LOSSES.items() if v.lengths)
+NEEDS_WIN_PROB = frozenset(k for k, v in LOSSES.items() if v.win_prob)
 
 
 def preference_loss(
@@ -161,4 +208,4 @@ def preference_loss(
         args["r_w"] = policy_chosen_logps - reference_chosen_logps
         args["r_l"] = policy_rejected_logps - reference_rejected_logps
         args["D"] = args["r_w"] - args["r_l"]
-    return LOSSES[loss_type](args)
+    return LOSSES[loss_type].fn(args)
