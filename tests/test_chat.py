@@ -124,3 +124,16 @@ def test_tokenizer_without_template_gets_chatml_tokens():
     assert "<|im_start|>" in tok.get_vocab()
     enc = fmt.encode(CONV)
     assert tok.convert_tokens_to_ids("<|im_start|>") in enc.ids
+
+
+def test_raw_template_is_the_texts_between_bos_and_eos():
+    """No chat markup (CustomPOs, LLM_DPO): BOS + prompt + answer + EOS, the answer span ending with EOS."""
+    from pride.chat import get_template
+
+    text, spans = get_template("raw").render(
+        [{"role": "user", "content": "Translate: Hallo"}, {"role": "assistant", "content": " Hello"}],
+        add_generation_prompt=False, bos_token="<s>", eos_token="</s>")
+    assert text == "<s>Translate: Hallo Hello</s>"
+    assert text[spans[0][0]:spans[0][1]] == " Hello</s>"
+    prompt, _ = get_template("raw").render([{"role": "user", "content": "Q"}], True, "<s>", "</s>")
+    assert prompt == "<s>Q"

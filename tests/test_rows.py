@@ -154,3 +154,46 @@ def test_prompt_only_rows(tmp_path):
     assert rows[0].messages == [{"role": "user", "content": "Say hi"}]
     with pytest.raises(PrideError, match="prompt-only rows"):
         rows_of(tmp_path / "p.jsonl", want="conversation")
+
+
+# openai/summarize_from_feedback "comparisons": the post under info, two summaries and the index of the preferred one
+TLDR = {"info": {"id": "t3_1", "post": "My cat sat on the mat all day.", "title": "Cat news", "subreddit": "cats",
+                 "site": None, "article": None},
+        "summaries": [{"text": " cat sat", "policy": "sup2", "note": None},
+                      {"text": " dog ran", "policy": "ppo", "note": None}],
+        "choice": 1, "worker": "w1", "batch": "batch3", "split": "train", "extra": {"confidence": 8}}
+# CustomPOs' SUMMARIZATION_TEMPLATE (algorithms/run_custom_po.py), Jinja fields written as paths
+SUM_PROMPT = ("<|im_start|>user\nSUBREDDIT: r/{info.subreddit}\nTITLE: {info.title}\nPOST: {info.post}\nTL;DR: "
+              "<|im_end|> <|im_start|>assistant ")
+SUM_COLUMNS = {"prompt": SUM_PROMPT, "chosen": "summaries[choice].text", "rejected": "summaries[1-choice].text"}
+
+
+def test_nested_summarization_layout(tmp_path):
+    """CustomPOs' apply_sum_template: prompt from info, chosen = summaries[choice], rejected = summaries[1 - choice]."""
+    (row,) = rows_of(write_jsonl(tmp_path / "tldr.jsonl", [TLDR]), columns=SUM_COLUMNS)
+    assert row.prompt == [{"role": "user", "content": "<|im_start|>user\nSUBREDDIT: r/cats\nTITLE: Cat news\nPOST: "
+                                                      "My cat sat on the mat all day.\nTL;DR: <|im_end|> "
+                                                      "<|im_start|>assistant "}]
+    assert (row.chosen, row.rejected) == (" dog ran", " cat sat")
+    flipped = {**TLDR, "choice": 0}
+    (row,) = rows_of(write_jsonl(tmp_path / "tldr0.jsonl", [flipped]), columns=SUM_COLUMNS)
+    assert (row.chosen, row.rejected) == (" cat sat", " dog ran")
+
+
+def test_template_renders_like_jinja(tmp_path):
+    """The CNN/DM rows of the same dataset have no subreddit and a null post: Jinja renders '' and 'None'."""
+    jinja2 = pytest.importorskip("jinja2")
+    cnn = {**TLDR, "info": {"id": "c1", "article": "Text.", "title": "T", "post": None, "site": "cnn"}}
+    (row,) = rows_of(write_jsonl(tmp_path / "cnn.jsonl", [cnn]), columns=SUM_COLUMNS)
+    jinja = jinja2.Template(SUM_PROMPT.replace("{info.", "{{ ").replace("}", " }}")).render(**cnn["info"])
+    assert row.prompt[0]["content"] == jinja and "r/\n" in jinja and "POST: None" in jinja
+
+
+def test_nested_path_errors_name_the_path(tmp_path):
+    bad = {**TLDR, "choice": 5}
+    path = write_jsonl(tmp_path / "bad.jsonl", [TLDR, bad])
+    with pytest.raises(PrideError, match=r"bad.jsonl line 2: field 'chosen': columns path 'summaries\[choice\].text': "
+                                         r"no item \[5\]"):
+        rows_of(path, columns=SUM_COLUMNS)
+    with pytest.raises(PrideError, match=r"line 1: field 'chosen': columns path 'info.nope.x': 'nope' missing"):
+        rows_of(path, columns={**SUM_COLUMNS, "chosen": "info.nope.x"})

@@ -182,6 +182,14 @@ TEMPLATES: dict[str, NamedTemplate] = {
             assistant_prefix="",
             end_of_turn="{eos}",
         ),
+        NamedTemplate(  # no chat markup: BOS, the texts as they are, EOS after each answer (the old TRL
+            name="raw",  # DPOTrainer's layout, which CustomPOs and LLM_DPO train with)
+            bos=True,
+            system="{content}",
+            user="{content}",
+            assistant_prefix="",
+            end_of_turn="{eos}",
+        ),
         NamedTemplate(
             name="zephyr",
             bos=False,

@@ -19,6 +19,7 @@ Problems raise `RowError` with the field path; the caller adds the file and line
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -78,13 +79,68 @@ def detect_kind(row: dict) -> str:
 
 
 def map_columns(row: dict, columns: dict[str, str]) -> dict:
+    """Apply a source's `columns:` mapping (pride field -> where its value is in the row).
+
+    A value is a column name; a path into nested columns (`info.post`, `summaries[0].text`, an
+    index may name an integer column or be `1-column`: `summaries[1-choice].text`); or a
+    template whose `{path}` placeholders are filled so (`"TITLE: {info.title}"`; a missing key
+    renders empty, None as "None", as Jinja renders them). Examples in the README (Data).
+    """
     if not columns:
         return row
     out = dict(row)
     for ours, theirs in columns.items():
-        if theirs in row:
+        if theirs in row:  # a plain column name (also one with dots or brackets in it)
             out[ours] = row[theirs]
+        elif "{" in theirs:
+            out[ours] = _TEMPLATE_FIELD.sub(lambda m: _render(row, m.group(1), ours), theirs)
+        elif "." in theirs or "[" in theirs:
+            out[ours] = _resolve(row, theirs, ours)
     return out
+
+
+_TEMPLATE_FIELD = re.compile(r"\{([^{}]+)\}")
+_SEGMENT = re.compile(r"([^.\[\]]+)((?:\[[^\]]+\])*)")
+
+
+def _render(row: dict, path: str, field_name: str) -> str:
+    try:
+        value = _resolve(row, path.strip(), field_name)
+    except RowError as e:
+        if "missing" in str(e):
+            return ""
+        raise
+    return str(value)
+
+
+def _index(row: dict, text: str, path: str, field_name: str) -> int:
+    """`3`, `choice` (an integer column) or `1-choice`."""
+    m = re.fullmatch(r"\s*(?:(-?\d+)\s*-\s*)?([A-Za-z_]\w*|-?\d+)\s*", text)
+    if not m:
+        raise RowError(field_name, f"columns path {path!r}: index [{text}] is not N, a column or N-column")
+    base, ref = m.groups()
+    value = int(ref) if re.fullmatch(r"-?\d+", ref) else row.get(ref)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RowError(field_name, f"columns path {path!r}: index column {ref!r} is {value!r}, not an integer")
+    return int(base) - value if base is not None else value
+
+
+def _resolve(row: dict, path: str, field_name: str):
+    node = row
+    for part in path.split("."):
+        m = _SEGMENT.fullmatch(part)
+        if not m:
+            raise RowError(field_name, f"columns path {path!r}: cannot read {part!r}")
+        name, brackets = m.groups()
+        if not isinstance(node, dict) or name not in node:
+            raise RowError(field_name, f"columns path {path!r}: {name!r} missing")
+        node = node[name]
+        for idx_text in re.findall(r"\[([^\]]+)\]", brackets):
+            i = _index(row, idx_text, path, field_name)
+            if not isinstance(node, list) or not -len(node) <= i < len(node):
+                raise RowError(field_name, f"columns path {path!r}: no item [{i}] in {type(node).__name__}")
+            node = node[i]
+    return node
 
 
 def normalize(row: dict, layout: str, allow_empty: bool = False) -> Conversation | PreferencePair:
