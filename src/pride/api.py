@@ -46,31 +46,40 @@ class ChatClient:
 
     def complete(self, messages: list[dict], **params) -> dict:
         """The chat completion response as a dict (OpenAI's layout), from the cache when there."""
+        return self._request("chat/completions", {"messages": messages}, params)
+
+    def text(self, messages: list[dict], **params) -> str:
+        return self.complete(messages, **params)["choices"][0]["message"]["content"] or ""
+
+    def raw_text(self, prompt: str, **params) -> str:
+        """A plain completion of `prompt` (/v1/completions: no chat template; models trained on raw text)."""
+        return self._request("completions", {"prompt": prompt}, params)["choices"][0]["text"] or ""
+
+    def _request(self, route: str, inputs: dict, params: dict) -> dict:
         if self.max_tokens_cap and params.get("max_tokens"):
             params["max_tokens"] = min(params["max_tokens"], self.max_tokens_cap)
-        body = {"model": self.model, "messages": messages, **{k: v for k, v in params.items() if v is not None}}
-        key = hashlib.sha256(json.dumps([self.url + "/chat/completions", body], sort_keys=True).encode()).hexdigest()
+        body = {"model": self.model, **inputs, **{k: v for k, v in params.items() if v is not None}}
+        key = hashlib.sha256(json.dumps([f"{self.url}/{route}", body], sort_keys=True).encode()).hexdigest()
         if self._db is not None:
             with self._lock:
                 row = self._db.execute("SELECT body FROM responses WHERE key = ?", (key,)).fetchone()
             if row:
                 return json.loads(row[0])
-        response = self._send(body)
+        response = self._send(route, body)
         if self._db is not None:
             with self._lock:
                 self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?)", (key, json.dumps(response)))
                 self._db.commit()
         return response
 
-    def text(self, messages: list[dict], **params) -> str:
-        return self.complete(messages, **params)["choices"][0]["message"]["content"] or ""
-
-    def _send(self, body: dict) -> dict:
+    def _send(self, route: str, body: dict) -> dict:
         import openai
 
         self._pace()
         try:
-            response = self.client.chat.completions.create(**body)
+            create = self.client.chat.completions.create if route == "chat/completions" else \
+                self.client.completions.create
+            response = create(**body)
         except openai.APIStatusError as e:
             detail = json.dumps(e.body)[:300] if e.body is not None else e.message
             tried = f" after {self.max_retries + 1} tries" if _retried(e.status_code) else ""

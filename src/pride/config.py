@@ -185,12 +185,25 @@ class EvalGeneration(Section):
     mt_bench: BenchmarkGeneration = Field(default_factory=lambda: BenchmarkGeneration(max_new_tokens=1024))
     alpaca_eval: BenchmarkGeneration = Field(default_factory=lambda: BenchmarkGeneration(max_new_tokens=4096))
     arena_hard: BenchmarkGeneration = Field(default_factory=lambda: BenchmarkGeneration(max_new_tokens=4096))
+    task_metrics: BenchmarkGeneration = Field(default_factory=lambda: BenchmarkGeneration(max_new_tokens=512))
+
+
+class TaskMetricsSettings(Section):
+    """Outputs scored against references (pride.eval.task_metrics): translation, summarisation."""
+
+    references: str | None = Field(None, description="JSONL: prompt, reference (string or list), source?")
+    metrics: list[Literal["bleu", "chrf", "rouge", "comet", "bertscore"]] = Field(
+        default_factory=lambda: ["chrf", "bleu"], description="comet / bertscore need their optional packages")
+    prompt_format: Literal["chat", "raw"] = Field(
+        "chat", description="raw: string prompts go to /v1/completions as they are (models trained without a "
+                            "chat template, like CustomPOs')")
 
 
 class EvalSettings(Section):
     """`pride eval`: benchmarks on a model directory (or every checkpoint of a run)."""
 
-    benchmarks: list[Literal["mt_bench", "alpaca_eval", "arena_hard", "open_llm_v1", "open_llm_v2"]] = Field(
+    benchmarks: list[Literal["mt_bench", "alpaca_eval", "arena_hard", "open_llm_v1", "open_llm_v2",
+                             "task_metrics"]] = Field(
         default_factory=lambda: ["mt_bench"])
     data_dir: str | None = Field(None, description="benchmark files (layout in the README)")
     output_dir: str = "runs/eval"
@@ -210,6 +223,7 @@ class EvalSettings(Section):
     arena_hard_version: Literal["v2", "v0.1"] = Field("v2", description="whose official code scores and parses")
     arena_hard_set: str = Field("arena_hard_v0.1", description="folder of the question set in data_dir")
     arena_hard_baseline: str = "gpt-4-0314"
+    task_metrics: TaskMetricsSettings = Field(default_factory=TaskMetricsSettings)
     bootstrap_rounds: int = Field(100, gt=0)
     style_control: bool = False
     open_llm_tasks: list[str] | None = None

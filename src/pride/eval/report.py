@@ -7,12 +7,14 @@ from pathlib import Path
 
 HEADLINE = {"mt_bench": ("average", "MT-Bench (1-10)"), "alpaca_eval": ("length_controlled_winrate", "AlpacaEval 2 LC %"),
             "arena_hard": ("score", "Arena-Hard %"), "open_llm_v1": ("average", "Open LLM v1"),
-            "open_llm_v2": ("average", "Open LLM v2")}
+            "open_llm_v2": ("average", "Open LLM v2"), "task_metrics": ("chrf", "chrF / ROUGE-Lsum")}
 
 
 def headline(bench: str, result: dict) -> float | None:
     """The benchmark's headline number, None when the run could not compute it (never a stand-in:
     a missing LC win rate is not replaced by the raw one)."""
+    if bench == "task_metrics":  # translation: chrF; summarisation: ROUGE-Lsum
+        return next((result[k] for k in ("chrf", "rougeLsum") if k in result), None)
     if bench == "mt_bench" and "win_rate_adjusted" in result:  # pairwise modes: % against the others
         return result["win_rate_adjusted"] * 100
     return result.get(HEADLINE[bench][0])

@@ -23,7 +23,7 @@ from rich.console import Console
 from pride.api import ChatClient, map_concurrently
 from pride.config import Config
 from pride.errors import PrideError
-from pride.eval import alpaca_eval, arena_hard, mt_bench, open_llm
+from pride.eval import alpaca_eval, arena_hard, mt_bench, open_llm, task_metrics
 from pride.eval.hosting import hosted
 from pride.eval.report import headline, write_report
 
@@ -176,7 +176,33 @@ def run_arena_hard(cfg: Config, answerer: ChatClient, judge: ChatClient, name: s
     return arena_hard.score(judgments, base, ev.bootstrap_rounds, seed=42, version_name=v.name, meta=meta)[name]
 
 
-RUNNERS = {"mt_bench": run_mt_bench, "alpaca_eval": run_alpaca_eval, "arena_hard": run_arena_hard}
+def run_task_metrics(cfg: Config, answerer: ChatClient, judge: ChatClient | None, name: str, out: Path,
+                     seed: int) -> dict:
+    """Answer each reference row's prompt, then score the answers (no judge)."""
+    ev = cfg.eval
+    if not ev.task_metrics.references:
+        raise PrideError("eval.task_metrics.references is not set: a JSONL file of prompt + reference rows")
+    rows = task_metrics.load_references(ev.task_metrics.references)[: ev.max_questions]
+    gen = generation(cfg, "task_metrics")
+    params = dict(temperature=gen["temperature"] or 0, top_p=gen["top_p"], max_tokens=gen["max_tokens"], seed=seed)
+    raw = ev.task_metrics.prompt_format == "raw"
+
+    def answer(row: dict) -> str:
+        prompt = row["prompt"]
+        if raw and isinstance(prompt, str):
+            return answerer.raw_text(prompt, **params).strip()
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        return answerer.text(messages, **params).strip()
+
+    outputs = map_concurrently(answer, rows, ev.generation_concurrency)
+    _jsonl(out / "outputs.jsonl", [{"prompt": r["prompt"], "output": o, "references": r["references"]}
+                                   for r, o in zip(rows, outputs)])
+    return task_metrics.score(outputs, rows, ev.task_metrics.metrics)
+
+
+RUNNERS = {"mt_bench": run_mt_bench, "alpaca_eval": run_alpaca_eval, "arena_hard": run_arena_hard,
+           "task_metrics": run_task_metrics}
+JUDGED = ("mt_bench", "alpaca_eval", "arena_hard")
 
 
 def models_to_evaluate(cfg: Config) -> list[tuple[str, str]]:
@@ -209,7 +235,8 @@ def run_eval(cfg: Config, console: Console | None = None) -> dict:
             seed = cfg.seed + r  # a seed per run: sampled runs differ, and each can be repeated
             chat_benches = [b for b in ev.benchmarks if b in RUNNERS]
             if chat_benches:
-                judge = judge or _judge(cfg, out_root)
+                if any(b in JUDGED for b in chat_benches):
+                    judge = judge or _judge(cfg, out_root)
                 with ExitStack() as stack:
                     base = ev.server_url or stack.enter_context(hosted(ref, name, ev.server, run_dir / "server.log"))
                     answerer = ChatClient(base, name)
