@@ -174,13 +174,13 @@ def run_pride(args) -> dict:
         rows = [pair_samples(ids(r["prompt"]), ids(r["chosen"]) + [eos], ids(r["rejected"]) + [eos], example=i)
                 for i, r in enumerate(data)]
         layout = "shared" if args.side == "pride" else "repack"  # pride-unshared: each prompt twice
-        weight = attention_weight(model.config)  # as run_dpo: share a prompt where it saves FLOPs
+        weight = 0.0 if args.share_all else attention_weight(model.config)  # as run_dpo: share where it pays
         ref = compute_pair_logps(acc, model, rows, tok.pad_token_id, batch_size=args.batch, layout=layout,
                                  attention_weight=weight)
         objective = PreferenceObjective(PreferenceSettings(loss_type="sigmoid", beta=0.1),
                                         PairTables(ref.chosen, ref.rejected, None, None), layout=layout,
                                         attention_weight=weight)
-        extra = {"layout": layout}
+        extra = {"layout": layout + ("-all" if layout == "shared" and args.share_all else "")}
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     step_times, batch_tokens = [], []
@@ -286,6 +286,8 @@ def main() -> None:
     ap.add_argument("--memory-limit-gib", type=float, default=None,
                     help="cap each side's address space: out of memory becomes a result, not a killed machine")
     ap.add_argument("--side", choices=["both", "pride", "pride-unshared", "trl"], default="both")
+    ap.add_argument("--share-all", action="store_true",
+                    help="pride side: share every prompt (no per-micro-batch choice of layout)")
     ap.add_argument("--out", default="runs/bench")
     args = ap.parse_args()
     if args.side != "both":

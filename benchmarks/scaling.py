@@ -29,6 +29,7 @@ def point(side: str, length: int, vocab: int, limit: float) -> dict:
     cmd = [sys.executable, str(HERE / "compare_trl.py"), "--stage", "dpo", "--shape", "small-128k", "--side", side,
            "--fixed-length", str(length), "--vocab", str(vocab), "--steps", "3", "--warmup", "1", "--batch", "1",
            "--rows", "4", "--memory-limit-gib", str(limit), "--out", f"runs/bench-scaling/{side}-{length}-{vocab}"]
+    cmd += ["--share-all"] if side == "pride" else []  # the shared layout itself, not the choice between layouts
     proc = subprocess.run(cmd, capture_output=True, text=True)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:  # killed or crashed: recorded, not hidden
