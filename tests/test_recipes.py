@@ -12,7 +12,9 @@ from tests.test_online import tiny_pairrm
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 ARCH = {"google/gemma-2b": "tiny:gemma", "meta-llama/Meta-Llama-3-8B": "tiny:llama",
         "meta-llama/Meta-Llama-3-8B-Instruct": "tiny:llama", "mistralai/Mistral-7B-Instruct-v0.2": "tiny:mistral",
-        "HuggingFaceH4/mistral-7b-sft-beta": "tiny:mistral", "allenai/tulu-2-7b": "tiny:llama"}
+        "HuggingFaceH4/mistral-7b-sft-beta": "tiny:mistral", "allenai/tulu-2-7b": "tiny:llama",
+        "utter-project/EuroLLM-1.7B-Instruct": "tiny:llama", "martimfasantos/gemma-2-2b-it-MT-SFT": "tiny:gemma2",
+        "martimfasantos/TinyLlama-1.1B-MT-SFT": "tiny:llama"}
 
 
 def test_recipes_exist_and_name_their_source():
