@@ -189,7 +189,12 @@ def share_choice(pairs: list[tuple[Sample, Sample, int]], attention_weight: floa
         return [True] * len(pairs)
     floor = max(max(len(c), len(r)) for c, r, _ in pairs)
     options = [[n <= w for n in shared] for w in sorted({floor, *(n for n in shared if n > floor)})]
-    return min(options, key=lambda share: layout_cost([len(u[0]) for u in build_units(pairs, share)], attention_weight))
+    return min(options, key=lambda share: layout_cost(unit_lengths(pairs, share), attention_weight))
+
+
+def unit_lengths(pairs: list[tuple[Sample, Sample, int]], share: list[bool]) -> list[int]:
+    """Token count of each unit `build_units` would make (a shared pair: P+C+R; else P+C and P+R)."""
+    return [n for (c, r, p), s in zip(pairs, share) for n in ([len(c) + len(r) - p] if s else [len(c), len(r)])]
 
 
 def build_units(pairs: list[tuple[Sample, Sample, int]], share: list[bool]) -> list[tuple]:

@@ -103,14 +103,11 @@ _TEMPLATE_FIELD = re.compile(r"\{([^{}]+)\}")
 _SEGMENT = re.compile(r"([^.\[\]]+)((?:\[[^\]]+\])*)")
 
 
+_MISSING = object()
+
+
 def _render(row: dict, path: str, field_name: str) -> str:
-    try:
-        value = _resolve(row, path.strip(), field_name)
-    except RowError as e:
-        if "missing" in str(e):
-            return ""
-        raise
-    return str(value)
+    return str(_resolve(row, path.strip(), field_name, missing=""))
 
 
 def _index(row: dict, text: str, path: str, field_name: str) -> int:
@@ -125,7 +122,8 @@ def _index(row: dict, text: str, path: str, field_name: str) -> int:
     return int(base) - value if base is not None else value
 
 
-def _resolve(row: dict, path: str, field_name: str):
+def _resolve(row: dict, path: str, field_name: str, missing=_MISSING):
+    """The value at `path`; a missing key raises unless `missing` gives the value to use."""
     node = row
     for part in path.split("."):
         m = _SEGMENT.fullmatch(part)
@@ -133,6 +131,8 @@ def _resolve(row: dict, path: str, field_name: str):
             raise RowError(field_name, f"columns path {path!r}: cannot read {part!r}")
         name, brackets = m.groups()
         if not isinstance(node, dict) or name not in node:
+            if missing is not _MISSING:
+                return missing
             raise RowError(field_name, f"columns path {path!r}: {name!r} missing")
         node = node[name]
         for idx_text in re.findall(r"\[([^\]]+)\]", brackets):
