@@ -112,7 +112,7 @@ def summarize(side, args, step_times, batch_tokens, accumulation, torch, extra=N
     seconds = timed[-1] - step_times[w - 1] if w > 0 else timed[-1] - step_times[0]
     n = len(timed) if w > 0 else len(timed) - 1
     return {"side": side, "stage": args.stage, "shape": args.shape, "device": args.device, "steps": n,
-            "data": args.data, "fixed_length": args.fixed_length, "vocab": args.vocab or SHAPES[args.shape].get("vocab_size"),
+            "data": args.data, "fixed_length": args.fixed_length, "accumulation": accumulation, "vocab": args.vocab or SHAPES[args.shape].get("vocab_size"),
             "tokens_per_s": tokens / seconds, "seconds_per_step": seconds / n,
             "peak_memory_mib": peak_memory(torch, args.device), **(extra or {})}
 
@@ -152,7 +152,8 @@ def run_pride(args) -> dict:
     model, tok, torch = build(args.shape, args.device, args.vocab, args.attn)
     cfg = TrainSettings(learning_rate=1e-5, max_steps=args.steps, micro_batch_size=args.batch, warmup_ratio=0.0,
                         max_length=args.max_length, mixed_precision="bf16" if args.device == "cuda" else "no",
-                        max_grad_norm=1.0, logging_steps=10**6, resume="never")
+                        max_grad_norm=1.0, logging_steps=10**6, resume="never",
+                        gradient_accumulation_steps=args.accumulation)
     acc = make_accelerator(cfg, args.out)
     eos = tok.eos_token_id
 
@@ -194,7 +195,7 @@ def run_pride(args) -> dict:
     train(cfg, accelerator=acc, model=model, objective=objective, rows=rows, eval_rows=None,
           pad_id=tok.pad_token_id, run_dir=args.out, seed=args.seed, on_step_end=on_step_end)
     extra["computed_fraction"] = round(sum(objective.computed) / sum(objective.counts), 4)
-    return summarize(args.side, args, step_times, batch_tokens, 1, torch, extra)
+    return summarize(args.side, args, step_times, batch_tokens, args.accumulation, torch, extra)
 
 
 # ------------------------------------------------------------------ TRL
@@ -227,7 +228,7 @@ def run_trl(args) -> dict:
         if args.attn == "flash_attention_2" and args.stage == "dpo":
             gpu_best["padding_free"] = True
     common = dict(output_dir=args.out, max_steps=args.steps, per_device_train_batch_size=args.batch,
-                  gradient_accumulation_steps=1, learning_rate=1e-5, lr_scheduler_type="constant",
+                  gradient_accumulation_steps=args.accumulation, learning_rate=1e-5, lr_scheduler_type="constant",
                   warmup_steps=0, logging_steps=10**6, save_strategy="no", report_to="none",
                   use_cpu=args.device == "cpu", bf16=args.device == "cuda", seed=args.seed,
                   dataloader_num_workers=0, max_grad_norm=1.0, **gpu_best)
@@ -261,7 +262,7 @@ def run_trl(args) -> dict:
     trainer.data_collator = counting
     trainer.train()
     # the dataloader may collate one batch ahead of the step being run; counts are taken in order
-    return summarize("trl", args, step_times, batch_tokens, 1, torch)
+    return summarize("trl", args, step_times, batch_tokens, args.accumulation, torch)
 
 
 # ------------------------------------------------------------------ driver
@@ -274,7 +275,8 @@ def main() -> None:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--steps", type=int, default=12, help="optimizer steps, warm-up included")
     ap.add_argument("--warmup", type=int, default=2, help="steps left out of the timing")
-    ap.add_argument("--batch", type=int, default=4, help="sequences (SFT: packed rows; DPO: pairs) per step")
+    ap.add_argument("--batch", type=int, default=4, help="sequences (SFT: packed rows; DPO: pairs) per micro-batch")
+    ap.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimizer step (both sides)")
     ap.add_argument("--max-length", type=int, default=2048, help="SFT packed row length")
     ap.add_argument("--rows", type=int, default=256, help="synthetic rows generated")
     ap.add_argument("--seed", type=int, default=0)
