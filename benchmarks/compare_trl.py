@@ -133,8 +133,8 @@ class Counted:
         return self.objective.units(rows)
 
     def __call__(self, model, batch):
-        self.counts.append(batch["n_tokens"])
-        self.computed.append(batch.get("n_computed", batch["n_tokens"]))
+        self.counts.append(batch.n_tokens)
+        self.computed.append(batch.n_computed or batch.n_tokens)
         return self.objective(model, batch)
 
 
@@ -144,9 +144,9 @@ def run_pride(args) -> dict:
     from pride.data.preference import pair_samples
     from pride.data.sft import build_rows
     from pride.logps import attention_weight
-    from pride.reference import compute_pair_logps
+    from pride.reference import attach, compute_pair_logps
     from pride.train.loop import make_accelerator, train
-    from pride.train.preference import PairTables, PreferenceObjective
+    from pride.train.preference import PreferenceObjective
     from pride.train.sft import SftObjective
 
     model, tok, torch = build(args.shape, args.device, args.vocab, args.attn)
@@ -175,11 +175,11 @@ def run_pride(args) -> dict:
         rows = [pair_samples(ids(r["prompt"]), ids(r["chosen"]) + [eos], ids(r["rejected"]) + [eos], example=i)
                 for i, r in enumerate(data)]
         layout = "shared" if args.side == "pride" else "repack"  # pride-unshared: each prompt twice
-        weight = 0.0 if args.share_all else attention_weight(model.config)  # as run_dpo: share where it pays
+        weight = 0.0 if args.share_all else attention_weight(model.config)  # as run_preference: share where it pays
         ref = compute_pair_logps(acc, model, rows, tok.pad_token_id, batch_size=args.batch, layout=layout,
                                  attention_weight=weight)
-        objective = PreferenceObjective(PreferenceSettings(loss_type="sigmoid", beta=0.1),
-                                        PairTables(ref.chosen, ref.rejected, None, None), layout=layout,
+        attach(rows, ref)
+        objective = PreferenceObjective(PreferenceSettings(loss_type="sigmoid", beta=0.1), layout=layout,
                                         attention_weight=weight)
         extra = {"layout": layout + ("-all" if layout == "shared" and args.share_all else "")}
     if args.device == "cuda":

@@ -16,7 +16,7 @@ from pride.data.rows import PreferencePair
 from pride.logps import TokenLogps, sequence_logps
 from pride.models import load_model_and_tokenizer
 from pride.reference import compute_pair_logps
-from pride.train.preference import run_dpo
+from pride.train.preference import run_preference
 from pride.train.sft import run_sft
 from tests.conftest import write_jsonl
 
@@ -66,9 +66,9 @@ def test_padding_free_pairs_equal_padded():
     for layout in ("repack", "split"):
         batch = collate(data.rows, tok.pad_token_id, layout=layout)
         with torch.no_grad():
-            seq = sequence_logps(wrapper(**batch), batch["target_seq"], batch["n_seqs"])
-        order = sorted(range(batch["n_seqs"]), key=lambda j: (int(batch["seq_example"][j]), int(batch["seq_kind"][j])))
-        results.append((seq[order], batch["n_slots"]))
+            seq = sequence_logps(wrapper(**batch.inputs()), batch.target_seq, batch.n_seqs)
+        order = sorted(range(batch.n_seqs), key=lambda j: (int(batch.seq_example[j]), int(batch.seq_kind[j])))
+        results.append((seq[order], batch.n_slots))
     (packed, packed_slots), (padded, padded_slots) = results
     torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-5)
     assert packed_slots < padded_slots
@@ -97,8 +97,8 @@ def dpo_config(tmp_path, model, data, out, *extra):
 
 def test_precomputed_and_live_reference_train_to_the_same_weights(tmp_path):
     data = write_jsonl(tmp_path / "uf.jsonl", uf_rows(24))
-    run_dpo(dpo_config(tmp_path, "tiny:llama", data, tmp_path / "pre", "train.max_steps=4"))
-    run_dpo(dpo_config(tmp_path, "tiny:llama", data, tmp_path / "live", "train.max_steps=4", "preference.reference=live"))
+    run_preference(dpo_config(tmp_path, "tiny:llama", data, tmp_path / "pre", "train.max_steps=4"))
+    run_preference(dpo_config(tmp_path, "tiny:llama", data, tmp_path / "live", "train.max_steps=4", "preference.reference=live"))
     assert not (tmp_path / "live" / "reference_logps.parquet").exists()
     a, b = load_file(str(tmp_path / "pre/model/model.safetensors")), load_file(str(tmp_path / "live/model/model.safetensors"))
     for k in a:
@@ -112,7 +112,7 @@ def test_dpo_on_sft_output_with_ultrafeedback_layout(tmp_path):
     data = write_jsonl(tmp_path / "uf.jsonl", uf_rows(64))
     cfg = dpo_config(tmp_path, tmp_path / "sft" / "model", data, tmp_path / "dpo", "train.epochs=2",
                      "preference.beta=0.1", "train.learning_rate=5e-4")
-    summary = run_dpo(cfg)
+    summary = run_preference(cfg)
     metrics = [json.loads(x) for x in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()]
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
                 "logps/rejected", "loss", "grad_norm", "lr", "tokens_per_s"):
@@ -127,7 +127,7 @@ def test_dpo_on_sft_output_with_ultrafeedback_layout(tmp_path):
     assert all(c > 0 for c in cols["chosen_tokens"]) and all(v < 0 for v in cols["ref_chosen_logps"])
     # A second run with the same inputs reuses the stored values (cache hit).
     stamp = (tmp_path / "dpo" / "reference_logps.parquet").stat().st_mtime_ns
-    again = run_dpo(cfg.model_copy(update={"train": cfg.train.model_copy(update={"resume": "never"})}))
+    again = run_preference(cfg.model_copy(update={"train": cfg.train.model_copy(update={"resume": "never"})}))
     assert again["steps"] == summary["steps"]
     assert (tmp_path / "dpo" / "reference_logps.parquet").stat().st_mtime_ns == stamp
 
@@ -139,7 +139,7 @@ def test_every_loss_trains_through_the_stage(tmp_path, loss_type):
     for i, r in enumerate(rows):  # scored rows (SPPO)
         r["chosen_win_prob"], r["rejected_win_prob"] = 0.6 + 0.01 * i, 0.3
     data = write_jsonl(tmp_path / "scored.jsonl", rows)
-    summary = run_dpo(dpo_config(tmp_path, "tiny:llama", data, tmp_path / "run", "train.max_steps=2",
+    summary = run_preference(dpo_config(tmp_path, "tiny:llama", data, tmp_path / "run", "train.max_steps=2",
                                  f"preference.loss_type={loss_type}", "preference.gamma=0.5",
                                  "preference.label_smoothing=0.1", "preference.nll_weight=0.2"))
     assert summary["steps"] == 2 and torch.isfinite(torch.tensor(summary["final"]["loss"]))
@@ -148,25 +148,25 @@ def test_every_loss_trains_through_the_stage(tmp_path, loss_type):
 
 def test_reference_cache_survives_a_new_skipped_pair_and_a_torn_file(tmp_path, monkeypatch):
     """Issue 17, point 4: the cache is read by content; a broken file is recomputed."""
-    import pride.train.preference as preference
+    import pride.reference as reference
 
     computed = []
-    real = preference.compute_pair_logps
-    monkeypatch.setattr(preference, "compute_pair_logps", lambda *a, **k: computed.append(1) or real(*a, **k))
+    real = reference.compute_pair_logps
+    monkeypatch.setattr(reference, "compute_pair_logps", lambda *a, **k: computed.append(1) or real(*a, **k))
     rows = uf_rows(12)
     data = write_jsonl(tmp_path / "uf.jsonl", rows)
     cfg = dpo_config(tmp_path, "tiny:llama", data, tmp_path / "run", "train.max_steps=1", "train.resume=never")
-    run_dpo(cfg)
+    run_preference(cfg)
     ref = tmp_path / "run" / "reference_logps.parquet"
     first = pq.read_table(ref).to_pydict()
     before = {k: v for k, v in zip(first["pair_key"], first["ref_chosen_logps"])}
     same = {"prompt": "Q", "chosen": "same", "rejected": "same"}  # skipped: identical completions
     write_jsonl(data, [same] + rows + [same])  # shifts every input position (main: IndexError)
-    run_dpo(cfg)
+    run_preference(cfg)
     assert len(computed) == 1  # a cache hit
     after = pq.read_table(ref).to_pydict()
     assert after["status"].count("identical") == 2 and len(after["status"]) == 14
     assert {k: v for k, v in zip(after["pair_key"], after["ref_chosen_logps"]) if k} == before
     ref.write_bytes(ref.read_bytes()[:100])  # torn
-    run_dpo(cfg)  # recomputed with a warning, no traceback
+    run_preference(cfg)  # recomputed with a warning, no traceback
     assert len(computed) == 2 and pq.read_table(ref).num_rows == 14

@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pride.api import ChatClient, map_concurrently
+from pride.chat_client import ChatClient, map_concurrently
 from pride.errors import PrideError
 from pride.eval import mt_bench
 from pride.eval.report import write_report

@@ -130,7 +130,7 @@ def test_llm_judge_and_openai_sampler(fake_server, monkeypatch):
     assert out.matrix == [[0, -1, -1], [1, 0, 1], [1, -1, 0]] and out.scores.index(max(out.scores)) == 1
     assert set(FakeOpenAI.auth) == {"Bearer sk-test"}
     sampler = OpenAISampler(OnlineSettings(sampler="openai", sampler_url=fake_server, samples_per_prompt=3), "m")
-    assert sampler.sample([[{"role": "user", "content": "q"}]], [7]) == [["answer 7000", "answer 7001", "answer 7002"]]
+    assert sampler.sample([[{"role": "user", "content": "q"}]], [[7000, 7001, 7002]]) == [["answer 7000", "answer 7001", "answer 7002"]]
 
 
 def test_function_judge():
@@ -160,14 +160,14 @@ def online_config(tmp_path, out, *extra):
 KILLER = textwrap.dedent("""
     import os, signal, sys
     import pride.online.samplers as samplers
-    real = samplers.HFSampler.sample
+    real = samplers.EngineSampler.sample
     calls = {"n": 0}
     def sample(self, prompts, seeds):
         calls["n"] += 1
         if calls["n"] == 3:
             os.kill(os.getpid(), signal.SIGKILL)
         return real(self, prompts, seeds)
-    samplers.HFSampler.sample = sample
+    samplers.EngineSampler.sample = sample
     from pride.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
@@ -236,16 +236,16 @@ def test_online_round_trains_with_the_users_model_settings(tmp_path, monkeypatch
     """Issue 17, point 5: sampling turns checkpointing off; the round's training must not inherit that."""
     from pride.config import load_config
     from pride.online.loop import run_online
-    import pride.train.preference as preference
+    import pride.train.loop as loop
 
     seen = []
-    real = preference.train
+    real = loop.train
 
     def spy(cfg, *, model, **kw):
         seen.append(model.is_activation_checkpointing)
         return real(cfg, model=model, **kw)
 
-    monkeypatch.setattr(preference, "train", spy)
+    monkeypatch.setattr(loop, "train", spy)
     run_online(load_config(None, online_config(tmp_path, tmp_path / "run", "online.iterations=1",
                                                "model.gradient_checkpointing=true", "train.max_steps=1")))
     assert seen == [True]  # main: False
@@ -256,13 +256,13 @@ def test_preference_policy_has_no_dropout(tmp_path):
     import math
 
     from pride.config import load_config
-    from pride.train.preference import run_dpo
+    from pride.train.preference import run_preference
     from tests.test_dpo import uf_rows
 
     data = write_jsonl(tmp_path / "uf.jsonl", uf_rows(8))
     losses = {}
     for flag in ("true", "false"):
-        run_dpo(load_config(None, ["model.path=tiny:llama", "model.tiny.attention_dropout=0.5",
+        run_preference(load_config(None, ["model.path=tiny:llama", "model.tiny.attention_dropout=0.5",
                                    f"data.sources.0.path={data}", f"output_dir={tmp_path / flag}",
                                    "train.max_steps=1", "train.micro_batch_size=8", "seed=0",
                                    f"preference.disable_dropout={flag}"]))

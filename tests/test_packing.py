@@ -27,7 +27,7 @@ def make_samples(fmt, n, seed=0):
 def loss_and_grads(wrapper, rows, pad_id):
     wrapper.zero_grad()
     batch = collate(rows, pad_id)
-    logps = wrapper(**batch)
+    logps = wrapper(**batch.inputs())
     loss = -logps.sum() / len(logps)
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in wrapper.named_parameters() if p.grad is not None}
@@ -54,7 +54,7 @@ def test_packed_equals_one_by_one(arch, attn):
     total = sum(s.n_targets for s in order)
     logps_one = []
     for s in order:
-        lp = wrapper(**collate([[s]], tok.pad_token_id))
+        lp = wrapper(**collate([[s]], tok.pad_token_id).inputs())
         (-lp.sum() / total).backward()
         logps_one.append(lp.detach())
     one_grads = {n: p.grad.detach().clone() for n, p in wrapper.named_parameters() if p.grad is not None}
@@ -72,9 +72,9 @@ def test_cache_on_would_leak_across_samples():
     samples = make_samples(fmt, 2)
     batch = collate([samples], tok.pad_token_id)
     with torch.no_grad():
-        ours = TokenLogps(model)(**batch)
-        leaky = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=True).logits
-    logp = torch.log_softmax(leaky.float(), -1).view(-1, leaky.shape[-1])[batch["target_index"], batch["target_ids"]]
+        ours = TokenLogps(model)(**batch.inputs())
+        leaky = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=True).logits
+    logp = torch.log_softmax(leaky.float(), -1).view(-1, leaky.shape[-1])[batch.target_index, batch.target_ids]
     assert not torch.allclose(ours, logp, atol=1e-4)
 
 
@@ -91,9 +91,9 @@ def test_labels_never_cross_samples():
     a = Sample([1, 2, 3], shift_targets([1, 2, 3], [False, True, True]))
     b = Sample([4, 5], shift_targets([4, 5], [False, True]))
     batch = collate([[a, b]], pad_id=0)
-    assert batch["target_ids"].tolist() == [2, 3, 5]
-    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
-    assert batch["target_seq"].tolist() == [0, 0, 1]
+    assert batch.target_ids.tolist() == [2, 3, 5]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 0, 1]]
+    assert batch.target_seq.tolist() == [0, 0, 1]
 
 
 def test_chunked_logps_equal_full_logits():
@@ -101,7 +101,7 @@ def test_chunked_logps_equal_full_logits():
     samples = make_samples(fmt, 3)
     batch = collate([[s] for s in samples], tok.pad_token_id)
     with torch.no_grad():
-        ours = TokenLogps(model, chunk_size=5)(**batch)
-        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        ours = TokenLogps(model, chunk_size=5)(**batch.inputs())
+        logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits
     full = torch.log_softmax(logits.float(), -1).view(-1, logits.shape[-1])
-    torch.testing.assert_close(ours, full[batch["target_index"], batch["target_ids"]], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours, full[batch.target_index, batch.target_ids], atol=1e-5, rtol=1e-5)

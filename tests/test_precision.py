@@ -5,7 +5,7 @@ from safetensors.torch import load_file
 
 from pride.config import ModelSettings
 from pride.models import load_model_and_tokenizer
-from pride.train.preference import run_dpo
+from pride.train.preference import run_preference
 from pride.train.sft import run_sft
 from tests.conftest import write_jsonl
 from tests.test_dpo import dpo_config, uf_rows
@@ -36,7 +36,7 @@ def test_dpo_at_seed_learning_rate_moves_a_bf16_model_like_fp32(tmp_path):
     frac = {}
     for name, extra in (("fp32", ["model.dtype=fp32"]), ("bf16", ["model.dtype=bf16"]),
                         ("pure", ["model.dtype=bf16", "train.precision=pure"])):
-        run_dpo(dpo_config(tmp_path, model_dir, data, tmp_path / name, "train.max_steps=10",
+        run_preference(dpo_config(tmp_path, model_dir, data, tmp_path / name, "train.max_steps=10",
                            "train.learning_rate=5e-7", *extra))
         frac[name] = changed_fraction(start, tmp_path / name)
     print("changed fraction", frac)
@@ -57,7 +57,7 @@ def test_mixed_precision_computes_in_bf16_and_updates_in_fp32(tmp_path, monkeypa
         seen["autocast"] = accelerator.mixed_precision
         return real_train(cfg, accelerator=accelerator, model=model, **kw)
 
-    monkeypatch.setattr("pride.train.sft.train", spy)
+    monkeypatch.setattr("pride.train.loop.train", spy)
     chats = write_jsonl(tmp_path / "chat.jsonl", [{"messages": r["chosen"]} for r in uf_rows(8)])
     run_sft(dpo_config(tmp_path, bf16_model_dir(tmp_path), chats, tmp_path / "sft", "train.max_steps=1",
                        "model.dtype=bf16"))

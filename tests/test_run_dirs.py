@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-import pride.train.sft as sft_stage
+import pride.train.loop as training_loop
 from pride.config import load_config
 from pride.errors import PrideError
 from pride.recipe import run_recipe
@@ -29,7 +29,7 @@ def data(tmp_path_factory):
 
 def killed_at(monkeypatch, step):
     """The next run_sft stops after `step` as a kill would (checkpoints as written so far)."""
-    real = sft_stage.train
+    real = training_loop.train
 
     def train(*args, **kwargs):
         def hook(done):
@@ -37,7 +37,7 @@ def killed_at(monkeypatch, step):
                 raise Killed
         return real(*args, **{**kwargs, "on_step_end": hook})
 
-    monkeypatch.setattr(sft_stage, "train", train)
+    monkeypatch.setattr(training_loop, "train", train)
 
 
 def run_killed(monkeypatch, cfg, step):
@@ -156,7 +156,7 @@ def test_a_changed_upstream_stage_reruns_everything_downstream(tmp_path, data):
 
 
 def test_half_written_iteration_summary_is_not_a_finished_iteration(tmp_path):
-    from pride.online.loop import _finished
+    from pride.rundir import read_iteration as _finished
 
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")

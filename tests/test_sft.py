@@ -73,7 +73,7 @@ def test_microbatch_times_accumulation_equals_big_batch(tmp_path, data):
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    import pride.train.loop as loop, pride.train.sft as sft
+    import pride.train.loop as loop
     original = loop.train
     def train(*args, **kwargs):
         def hook(step):
@@ -81,7 +81,7 @@ KILLER = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGKILL)
         kwargs["on_step_end"] = hook
         return original(*args, **kwargs)
-    sft.train = train
+    loop.train = train
     from pride.cli import main
     sys.exit(main(sys.argv[1:]))
 """)

@@ -13,7 +13,7 @@ from pride.data.preference import tokenize_pairs
 from pride.data.rows import PreferencePair
 from pride.logps import TokenLogps, attention_weight
 from pride.models import load_model_and_tokenizer
-from pride.train.preference import pair_layout, run_dpo
+from pride.train.preference import pair_layout, run_preference
 from tests.conftest import write_jsonl
 from tests.test_dpo import dpo_config, uf_rows
 
@@ -36,9 +36,9 @@ def pairs(fmt, n=7, seed=0):
 def logps_and_grads(wrapper, rows, pad_id, layout, attention_weight=0.0):
     wrapper.zero_grad()
     batch = collate(rows, pad_id, layout=layout, attention_weight=attention_weight)
-    lp = wrapper(**batch)
-    seqs = torch.zeros(batch["n_seqs"]).index_add(0, batch["target_seq"], lp)
-    order = torch.argsort(batch["seq_example"] * 2 + batch["seq_kind"])  # (pair, chosen/rejected) order
+    lp = wrapper(**batch.inputs())
+    seqs = torch.zeros(batch.n_seqs).index_add(0, batch.target_seq, lp)
+    order = torch.argsort(batch.seq_example * 2 + batch.seq_kind)  # (pair, chosen/rejected) order
     seqs = seqs[order]
     (seqs * torch.linspace(0.5, 1.5, len(seqs))).sum().backward()  # a loss that weighs every sequence
     grads = {n: p.grad.detach().clone() for n, p in wrapper.named_parameters() if p.grad is not None}
@@ -55,7 +55,7 @@ def test_shared_prompt_equals_unshared(arch, attn, tiny):
     assert max(len(s) for row in data.rows for s in row) > 40  # beyond the 16-token windows
     shared, g_shared, batch = logps_and_grads(wrapper, data.rows, tok.pad_token_id, "shared")
     plain, g_plain, plain_batch = logps_and_grads(wrapper, data.rows, tok.pad_token_id, "repack")
-    assert batch["n_computed"] < plain_batch["n_tokens"] == batch["n_tokens"]  # the prompts really ran once
+    assert batch.n_computed < plain_batch.n_tokens == batch.n_tokens  # the prompts really ran once
     torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-5)
     assert g_shared.keys() == g_plain.keys()
     for name in g_plain:
@@ -74,7 +74,7 @@ def test_mixed_layout_equals_unshared(monkeypatch):
     monkeypatch.setattr(packing, "share_choice", lambda pairs, w: share)
     mixed, g_mixed, batch = logps_and_grads(wrapper, data.rows, tok.pad_token_id, "shared", attention_weight=1.0)
     plain, g_plain, plain_batch = logps_and_grads(wrapper, data.rows, tok.pad_token_id, "repack")
-    assert plain_batch["n_tokens"] - batch["n_computed"] == sum(
+    assert plain_batch.n_tokens - batch.n_computed == sum(
         prompt_length(c) for (c, _), s in zip(data.rows, share) if s)  # exactly the shared prompts ran once
     torch.testing.assert_close(mixed, plain, atol=1e-5, rtol=1e-5)
     for name in g_plain:
@@ -112,7 +112,7 @@ def test_layout_choice_follows_the_cost():
 def test_dpo_stage_with_and_without_sharing_trains_the_same_weights(tmp_path):
     data = write_jsonl(tmp_path / "uf.jsonl", uf_rows(24))
     for flag in ("true", "false"):
-        run_dpo(dpo_config(tmp_path, "tiny:llama", data, tmp_path / flag, "train.max_steps=4",
+        run_preference(dpo_config(tmp_path, "tiny:llama", data, tmp_path / flag, "train.max_steps=4",
                            f"preference.share_prompt={flag}"))
     a, b = load_file(str(tmp_path / "true/model/model.safetensors")), load_file(str(tmp_path / "false/model/model.safetensors"))
     for k in a:

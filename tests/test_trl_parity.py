@@ -16,8 +16,8 @@ from pride.config import ModelSettings, PreferenceSettings  # noqa: E402
 from pride.data.preference import pair_samples  # noqa: E402
 from pride.logps import TokenLogps  # noqa: E402
 from pride.models import load_model_and_tokenizer  # noqa: E402
-from pride.reference import compute_pair_logps  # noqa: E402
-from pride.train.preference import PairTables, PreferenceObjective  # noqa: E402
+from pride.reference import attach, compute_pair_logps  # noqa: E402
+from pride.train.preference import PreferenceObjective  # noqa: E402
 
 TRL_LOSSES = ["sigmoid", "hinge", "ipo", "robust", "bco_pair", "nca_pair", "sppo_hard", "apo_zero", "apo_down"]
 ROWS = [("What is 2+2?", "4", "5"), ("Name a colour.", "Blue, like the sky.", "Loud."),
@@ -80,7 +80,8 @@ def test_loss_and_gradients_match_trl(setup, loss_type):
     acc = Accelerator(cpu=True)
     ref_lp = compute_pair_logps(acc, ref, rows, tok.pad_token_id, batch_size=2)
     settings = PreferenceSettings(loss_type=loss_type, beta=0.1, label_smoothing=label_smoothing)
-    objective = PreferenceObjective(settings, PairTables(ref_lp.chosen, ref_lp.rejected, None, None))
+    attach(rows, ref_lp)
+    objective = PreferenceObjective(settings)
     model = copy.deepcopy(policy)
     model.train()
     from pride.data.packing import collate

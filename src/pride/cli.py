@@ -7,11 +7,9 @@ import sys
 
 from pride import __version__
 from pride.errors import PrideError
+from pride.stages import STAGES
 
-STAGES = {"sft": "supervised fine-tuning (packing, assistant-only loss)",
-          "dpo": "offline preference training (DPO family, precomputed reference log-probs)",
-          "online": "online DPO / SPPO: sample K per prompt, judge, pair, train, repeat"}
-STAGES_NOT_BUILT: dict[str, str] = {}
+COMMANDS = [name for name, kind in STAGES.items() if kind.command]
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -24,12 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "SFT -> offline DPO family -> online DPO / SPPO -> evaluation.")
     parser.add_argument("--version", action="version", version=f"pride {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, text in STAGES.items():
-        _add_config_args(sub.add_parser(name, help=text, description=text))
-    for name, text in STAGES_NOT_BUILT.items():
-        p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("args", nargs="*")
-    ev = sub.add_parser("eval", help="benchmarks: MT-Bench, AlpacaEval 2, Arena-Hard, Open LLM",
+    for name in COMMANDS:
+        _add_config_args(sub.add_parser(name, help=STAGES[name].help, description=STAGES[name].help))
+    ev = sub.add_parser("eval", help=STAGES["eval"].help,
                         description="pride eval CONFIG [key=value ...] [--num-runs N]   or   "
                                     "pride eval score mt-bench|alpaca-eval|arena-hard FILE... (re-score saved judgments)")
     ev.add_argument("config", help="YAML config, or 'score'")
@@ -117,25 +112,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args, parser) -> int:
-    if args.command in STAGES_NOT_BUILT:
-        print(f"pride {args.command}: not built yet ({STAGES_NOT_BUILT[args.command]})", file=sys.stderr)
-        return 2
-    if args.command in STAGES:
+    if args.command in COMMANDS:
         from pride.config import load_config
 
-        cfg = load_config(args.config, args.overrides)
-        if args.command == "sft":
-            from pride.train.sft import run_sft
-
-            run_sft(cfg)
-        elif args.command == "dpo":
-            from pride.train.preference import run_dpo
-
-            run_dpo(cfg)
-        elif args.command == "online":
-            from pride.online.loop import run_online
-
-            run_online(cfg)
+        STAGES[args.command].run(load_config(args.config, args.overrides))
         return 0
     if args.command == "serve":
         from pride.serve import serve
@@ -163,7 +143,7 @@ def _dispatch(args, parser) -> int:
 
         run_recipe(args.config, args.overrides)
         return 0
-    raise AssertionError(args.command)
+    parser.error(f"unknown command {args.command!r}")
 
 
 def _finite(value):

@@ -67,7 +67,6 @@ class DataSettings(Section):
     on_bad_row: Literal["error", "skip"] = "error"
     train_on: Literal["all_assistant", "last_assistant", "all"] = "all_assistant"
     max_rows: int | None = Field(None, gt=0)
-    allow_empty_completions: bool = Field(False, description="accept empty chosen/rejected (online samples)")
 
 
 class TrainSettings(Section):

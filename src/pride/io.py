@@ -1,9 +1,11 @@
 """Reading and writing pride's own JSON files, with one set of guarantees.
 
 * `read_json` / `read_jsonl`: strict; a problem is a PrideError naming the file and line.
+* `read_record`: a marker file pride wrote, or None when absent or unreadable (redo the work).
 * `read_jsonl_tolerant`: for files pride appends to while running (metrics, resumable
   parts): complete lines only, a torn last line (a kill mid-write) is dropped.
-* `write_json` / `write_text`: atomic (a temp file in the same directory, then rename), so a
+* `append_jsonl`: whole lines, synced, so a kill leaves at most one torn last line.
+* `write_json` / `write_jsonl` / `write_text`: atomic (a temp file in the same directory, then rename), so a
   reader never sees half a file; a full disk is a PrideError naming the directory, with the
   temp file removed.
 """
@@ -30,6 +32,16 @@ def read_json(path: Path):
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise PrideError(f"{path} line {e.lineno}: bad JSON ({e.msg})") from None
+
+
+def read_record(path: Path) -> dict | None:
+    """A small JSON record pride wrote (a stage's or round's marker), or None when it is absent,
+    half-written (an older pride, a copy cut short) or not a record: the caller redoes the work."""
+    try:
+        info = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
 
 
 def read_jsonl(path: Path) -> list:
@@ -95,6 +107,21 @@ def write_text(path: Path, text: str) -> Path:
 
 def write_json(path: Path, data) -> Path:
     return write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    return write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def append_jsonl(path: Path, rows: list) -> None:
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise disk_error(e, Path(path).parent) from None
 
 
 def disk_error(e: OSError, where: Path, needed: int | None = None) -> Exception:

@@ -109,3 +109,15 @@ def sequence_logps(token_logps: torch.Tensor, target_seq: torch.Tensor, n_seqs: 
     """Sum the token log-probs of each sequence: [N] -> [n_seqs]."""
     out = token_logps.new_zeros(n_seqs)
     return out.index_add(0, target_seq, token_logps)
+
+
+def pair_logps(token_logps: torch.Tensor, batch):
+    """Per pair of a micro-batch, in example order: summed log-probs and completion lengths of
+    chosen and rejected, and which sequences of the batch they are (to pick their columns)."""
+    seq = sequence_logps(token_logps.float(), batch.target_seq, batch.n_seqs)
+    lengths = torch.bincount(batch.target_seq, minlength=batch.n_seqs)
+    kind, example = batch.seq_kind, batch.seq_example
+    c = (kind == 0).nonzero(as_tuple=True)[0]
+    r = (kind == 1).nonzero(as_tuple=True)[0]
+    c, r = c[example[c].argsort()], r[example[r].argsort()]
+    return seq[c], seq[r], lengths[c], lengths[r], c, r

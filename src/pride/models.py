@@ -32,6 +32,21 @@ def resolve_dtype(name: str, device: str | torch.device | None = None) -> torch.
     return torch.float32
 
 
+def gpu_server() -> str | None:
+    """The generation backend `auto` picks over pride's own engine: vLLM, then sglang, when
+    installed and a GPU is there (online sampling and evaluation hosting both ask here)."""
+    if not torch.cuda.is_available():
+        return None
+    return next((name for name in ("vllm", "sglang") if importlib.util.find_spec(name) is not None), None)
+
+
+def attention_backend(model) -> str:
+    """The attention implementation the model runs (sdpa, eager, flash_attention_2, ...): what
+    `load_model` set. transformers keeps it on the config without a public accessor, so this is
+    the one place that reads it (the loop's flat layout, the shared-prompt mask)."""
+    return getattr(model.config, "_attn_implementation", None) or "eager"
+
+
 def resolve_attention(name: str, device: str | torch.device | None = None, model_class=None) -> str:
     """auto: flash-attention 2 on a GPU where installed, else sdpa, else eager, each only where
     the architecture supports it (Gemma-2 has no sdpa: eager, which keeps its softcapping)."""

@@ -27,9 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pride.config import Config, apply_override, load_yaml, parse_override, validate_config
 from pride.errors import PrideError
-from pride.io import write_json
+from pride.rundir import final_model, read_stage, write_stage
+from pride.stages import STAGES
 
-StageType = Literal["sft", "dpo", "online", "sppo", "eval"]
+StageType = Literal[tuple(STAGES)]
 SHARED = ("model", "data", "train", "preference", "online", "eval", "seed")
 
 
@@ -55,7 +56,6 @@ class Stage:
     type: str
     start_from: str | None
     config: Config
-    raw: dict
 
 
 def deep_merge(base: dict, extra: dict) -> dict:
@@ -101,36 +101,18 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[RecipeFile
             raise PrideError(f"{path}: stage '{spec.name}': unknown key '{sorted(bad)[0]}' (allowed: {', '.join(SHARED)})")
         merged = deep_merge(shared, own)
         merged["output_dir"] = str(Path(recipe.output_dir) / spec.name)
-        if spec.type == "sppo":
-            merged = deep_merge({"online": {"pairs": "sppo"}, "preference": {"loss_type": "sppo"}}, merged)
+        merged = deep_merge(STAGES[spec.type].defaults, merged)
         if spec.type == "eval":
             merged = deep_merge(merged, {"eval": {"output_dir": merged["output_dir"]}})
         config = validate_config(merged, f"{path} stage '{spec.name}'")
-        stages.append(Stage(spec.name, spec.type, spec.from_, config, merged))
+        stages.append(Stage(spec.name, spec.type, spec.from_, config))
     return recipe, stages
-
-
-def stage_model(stage: Stage) -> str:
-    """Where a finished stage leaves its model."""
-    out = Path(stage.config.output_dir)
-    if stage.type in ("online", "sppo"):
-        return str(out / f"iteration-{stage.config.online.iterations}" / "model")
-    return str(out / "model")
 
 
 def config_hash(cfg: Config, upstream: str = "") -> str:
     """The stage's identity: its resolved config and the identity of the stage it starts from."""
     body = json.dumps(cfg.model_dump(mode="json"), sort_keys=True) + "|" + upstream
     return hashlib.sha256(body.encode()).hexdigest()
-
-
-def finished_identity(marker: Path) -> str | None:
-    """The identity recorded by a finished stage, or None (absent, half-written or unreadable)."""
-    try:
-        info = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return info.get("config_hash") if isinstance(info, dict) else None
 
 
 def run_recipe(path: str | Path, overrides: list[str] = (), console=None) -> list[dict]:
@@ -149,42 +131,23 @@ def run_recipe(path: str | Path, overrides: list[str] = (), console=None) -> lis
         cfg = stage.config
         if start is not None:
             cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": start})})
-        marker = Path(cfg.output_dir) / "stage.json"
         digest = config_hash(cfg, upstream)
-        if finished_identity(marker) == digest:
-            info = json.loads(marker.read_text())
+        info = read_stage(cfg.output_dir)
+        if info is not None and info.get("config_hash") == digest:
             console.print(f"[bold]{stage.name}[/] ({stage.type}): finished earlier with the same inputs, skipped")
         else:
             console.rule(f"{stage.name} ({stage.type})")
             t = time.perf_counter()
-            run_stage(stage.type, cfg)
+            kind = STAGES[stage.type]
+            kind.run(cfg)
             info = {"stage": stage.name, "type": stage.type, "config_hash": digest, "model": None,
                     "seconds": round(time.perf_counter() - t, 1)}
-            if stage.type != "eval":
-                info["model"] = stage_model(Stage(stage.name, stage.type, None, cfg, stage.raw))
-            write_json(marker, info)
+            if kind.trains:
+                info["model"] = str(final_model(cfg.output_dir, cfg.online.iterations if kind.iterative else None))
+            write_stage(cfg.output_dir, info)
         identities[stage.name] = digest
         if info.get("model"):
             models[stage.name] = info["model"]
             previous, previous_identity = info["model"], digest
         done.append(info)
     return done
-
-
-def run_stage(kind: str, cfg: Config) -> None:
-    if kind == "sft":
-        from pride.train.sft import run_sft
-
-        run_sft(cfg)
-    elif kind == "dpo":
-        from pride.train.preference import run_dpo
-
-        run_dpo(cfg)
-    elif kind in ("online", "sppo"):
-        from pride.online.loop import run_online
-
-        run_online(cfg)
-    else:
-        from pride.eval.run import run_eval
-
-        run_eval(cfg)

@@ -1,16 +1,21 @@
-"""Reference log-probs, computed once and stored as data (LION's speed and memory trick).
+"""Reference log-probs, in one place: computed once and stored as data (LION's speed and
+memory trick), or from a live reference model on request.
 
 One no-grad pass of the reference model gives, per pair, the summed log-probs of the
 chosen and rejected completion tokens and their token counts. They are written to
 `reference_logps.parquet` (one row per input pair, in input order), keyed by the reference
 model (file metadata) and per pair by its exact token ids (so tokenizer, template, lengths
-and truncation are all in it, and adding, dropping or reordering pairs keeps the others). Ranks split the pairs and gather the results.
+and truncation are all in it, and adding, dropping or reordering pairs keeps the others).
+Ranks split the pairs and gather the results. The values then ride on the pair's samples
+(`Sample.ref_logps`) into every micro-batch.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +25,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from pride.config import ModelSettings
+from pride.config import Config, ModelSettings
 from pride.data.packing import Sample, collate, hash_samples
 from pride.data.preference import PairData
 from pride.io import disk_error
-from pride.logps import TokenLogps, sequence_logps
+from pride.logps import TokenLogps, attention_weight, pair_logps
+from pride.models import load_model
 
 COLUMNS = ("ref_chosen_logps", "ref_rejected_logps", "chosen_tokens", "rejected_tokens")
 
@@ -64,31 +70,29 @@ def pair_key(row: list[Sample]) -> str:
 def compute_pair_logps(acc: Accelerator, model: torch.nn.Module, rows: list[list[Sample]], pad_id: int,
                        batch_size: int, chunk_size: int = 256, layout: str = "repack",
                        attention_weight: float = 0.0) -> PairLogps:
-    """Summed completion log-probs of every pair, split across ranks, gathered on all."""
+    """Summed completion log-probs of every pair (in the order of `rows`), split across ranks, gathered on all."""
     wrapper = TokenLogps(model, chunk_size)
     was_training = model.training
     model.eval()
-    first = min(s.example for row in rows for s in row) if rows else 0
+    index = {row[0].example: i for i, row in enumerate(rows)}
     local = []
     batches = [list(range(i, min(i + batch_size, len(rows)))) for i in range(0, len(rows), batch_size)]
     for idx in batches[acc.process_index::acc.num_processes]:
-        batch = collate([rows[i] for i in idx], pad_id, layout=layout, attention_weight=attention_weight)
-        batch = {k: (v.to(acc.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        batch = collate([rows[i] for i in idx], pad_id, layout=layout, attention_weight=attention_weight).to(acc.device)
         with acc.autocast():
-            logps = wrapper(**batch)
-        seq = sequence_logps(logps.float(), batch["target_seq"], batch["n_seqs"]).cpu()
-        counts = torch.bincount(batch["target_seq"].cpu(), minlength=batch["n_seqs"])
-        for j in range(batch["n_seqs"]):
-            local.append((int(batch["seq_example"][j]) - first, int(batch["seq_kind"][j]), float(seq[j]), int(counts[j])))
+            logps = wrapper(**batch.inputs())
+        w, l, len_w, len_l, c, _ = pair_logps(logps, batch)
+        examples = batch.seq_example[c].tolist()
+        local += [(index[ex], *values) for ex, *values in
+                  zip(examples, w.tolist(), l.tolist(), len_w.tolist(), len_l.tolist())]
     if was_training:
         model.train()
     gathered = gather_object(local) if acc.num_processes > 1 else local
     n = len(rows)
     out = PairLogps(torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64),
                     torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long))
-    for ex, kind, lp, count in gathered:
-        (out.chosen if kind == 0 else out.rejected)[ex] = lp
-        (out.chosen_tokens if kind == 0 else out.rejected_tokens)[ex] = count
+    for i, w, l, len_w, len_l in gathered:
+        out.chosen[i], out.rejected[i], out.chosen_tokens[i], out.rejected_tokens[i] = w, l, len_w, len_l
     return out
 
 
@@ -143,3 +147,65 @@ def read_cached(path: Path, data: PairData, key: str, warn=print) -> PairLogps |
     except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as e:
         warn(f"warning: {path} is unreadable ({e}); computing the reference log-probs again")
         return None
+
+
+def reference_settings(cfg: Config) -> ModelSettings:
+    """The reference model: `preference.reference_model`, else the starting policy (without its LoRA)."""
+    if cfg.preference.reference_model is None:
+        return cfg.model
+    return cfg.model.model_copy(update={"path": cfg.preference.reference_model, "lora": None,
+                                        "gradient_checkpointing": False})
+
+
+def attach(rows: list[list[Sample]], logps: PairLogps) -> None:
+    """Put each pair's reference sums on its chosen and rejected samples."""
+    for row, w, l in zip(rows, logps.chosen.tolist(), logps.rejected.tolist()):
+        row[0].ref_logps, row[1].ref_logps = w, l
+
+
+def precompute(ctx, policy, tokenizer, data: PairData, where: list[str], path: Path, layout: str) -> PairLogps:
+    """Reference sums of every kept pair, from the cache when it matches, else computed with the
+    reference model (the policy itself by default: no second model in memory) and stored."""
+    cfg, acc = ctx.cfg, ctx.acc
+    settings = reference_settings(cfg)
+    key = cache_key(model_fingerprint(settings, cfg.seed))
+    cached = read_cached(path, data, key, warn=ctx.console.print)
+    if cached is not None:
+        ctx.console.print(f"reference log-probs: cached in {path}")
+        if acc.is_main_process and not same_layout(path, data, where):  # re-align rows to this input
+            write_parquet(path, data, cached, key, where)
+        acc.wait_for_everyone()
+        return cached
+    model = policy if cfg.preference.reference_model is None else load_model(
+        settings, seed=cfg.seed, device=acc.device).to(acc.device)
+    ctx.console.print(f"reference log-probs: computing for {len(data.rows)} pairs")
+    with model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():
+        out = compute_pair_logps(acc, model, data.rows, tokenizer.pad_token_id, cfg.preference.reference_batch_size,
+                                 cfg.train.logps_chunk_size, layout, attention_weight(model.config))
+    if model is not policy:
+        del model
+    if acc.is_main_process:
+        write_parquet(path, data, out, key, where)
+    acc.wait_for_everyone()
+    return out
+
+
+def live(cfg: Config, acc: Accelerator, policy):
+    """A callable batch -> reference token log-probs, with a reference model held in memory
+    (`preference.reference=live`; with LoRA and no reference_model, the policy with its adapter off)."""
+    if cfg.preference.reference_model is None and hasattr(policy, "disable_adapter"):
+        wrapper = TokenLogps(policy, cfg.train.logps_chunk_size)
+
+        def with_adapter_off(batch):
+            with policy.disable_adapter():
+                return wrapper(**batch.inputs())
+
+        return with_adapter_off
+    if cfg.preference.reference_model is None:
+        ref = copy.deepcopy(policy).eval()  # the starting policy, frozen
+    else:
+        ref = load_model(reference_settings(cfg), seed=cfg.seed, device=acc.device).to(acc.device).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    wrapper = TokenLogps(ref, cfg.train.logps_chunk_size)
+    return lambda batch: wrapper(**batch.inputs())

@@ -27,7 +27,7 @@ class Rows:
     stats: dict = field(default_factory=dict)
 
 
-def read_rows(src: SourceSettings, want: Want, on_bad_row: str, stats: dict, allow_empty: bool = False) -> list:
+def read_rows(src: SourceSettings, want: Want, on_bad_row: str, stats: dict) -> list:
     """All usable rows of one source, normalised. Raises on the first bad row unless skipping."""
     out: list = []
     layout = None
@@ -39,7 +39,7 @@ def read_rows(src: SourceSettings, want: Want, on_bad_row: str, stats: dict, all
             if layout is None:
                 layout = detect_kind(row)
                 _check_layout(layout, want, src)
-            item = normalize(row, layout, allow_empty)
+            item = normalize(row, layout)
         except RowError as e:
             problem = str(e).replace("field '<row>': ", "")
             if on_bad_row == "error":
@@ -85,16 +85,19 @@ def dedup(rows: list) -> tuple[list, int]:
     return out, len(rows) - len(out)
 
 
-def load_rows(data: DataSettings | None, want: Want, seed: int) -> Rows:
+def load_rows(data: DataSettings | None, want: Want, seed: int, in_memory: dict[str, list] | None = None) -> Rows:
+    """`in_memory`: rows already validated for a source path (an online round's pairs, also
+    written to that file), used instead of reading it."""
     if data is None:
         raise PrideError("missing required key 'data' (this stage reads data.sources)")
+    in_memory = in_memory or {}
     stats: dict = {"sources": []}
     rng = random.Random(seed)
 
     def gather(sources: list[SourceSettings]) -> list:
         rows: list = []
         for src in sources:
-            got = read_rows(src, want, data.on_bad_row, stats, data.allow_empty_completions)
+            got = in_memory[src.path] if src.path in in_memory else read_rows(src, want, data.on_bad_row, stats)
             taken = take_fraction(got, src.fraction, rng)
             stats["sources"].append({"path": src.path, "rows": len(got), "used": len(taken)})
             rows += taken

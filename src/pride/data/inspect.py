@@ -9,7 +9,6 @@ preference `{"prompt_ids", "chosen_ids", "rejected_ids"}` (completions without t
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from pride.data import Conversation, PreferencePair, load_rows
 from pride.data.packing import IGNORE
 from pride.data.preference import tokenize_pairs
 from pride.data.sft import tokenize_conversations
+from pride.io import write_jsonl
 from pride.models import load_chat
 
 
@@ -84,9 +84,7 @@ def inspect(cfg: Config, n: int = 3, console: Console | None = None, export: str
     for example in rows.stats.get("bad_row_examples", []):
         console.print(f"[yellow]skipped[/] {example}")
     if export:
-        path = Path(export)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+        path = write_jsonl(Path(export), lines)
         console.print(f"exported {len(lines)} rows to {path}")
     return counts
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pride.errors import PrideError
+
 IGNORE = -100
 
 
@@ -25,6 +27,8 @@ class Sample:
     labels: list[int]  # aligned targets: labels[t] is predicted at position t, IGNORE elsewhere
     seq: int = 0  # sequence id inside the example (DPO: 0 chosen, 1 rejected)
     example: int = 0  # index of the example the sample came from
+    ref_logps: float | None = None  # DPO: the reference model's summed completion log-probs
+    win_prob: float | None = None  # SPPO: the completion's estimated win probability
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -32,6 +36,54 @@ class Sample:
     @property
     def n_targets(self) -> int:
         return sum(1 for x in self.labels if x != IGNORE)
+
+
+@dataclass
+class Batch:
+    """One micro-batch as the model and the objectives see it (what `collate` returns).
+
+    Targets are flat: `target_index` (positions of input_ids.view(-1) that carry a label),
+    `target_ids`, and `target_seq` (which sequence each target belongs to). Per sequence:
+    `seq_kind` (DPO: 0 chosen, 1 rejected), `seq_example`, and the precomputed columns
+    `seq_ref_logps` / `seq_win_prob` when the samples carry them.
+    """
+
+    input_ids: torch.Tensor  # [B, T]
+    position_ids: torch.Tensor  # [B, T], restarting at every sample
+    target_index: torch.Tensor
+    target_ids: torch.Tensor
+    target_seq: torch.Tensor
+    n_seqs: int
+    seq_kind: torch.Tensor
+    seq_example: torch.Tensor
+    n_tokens: int  # tokens of the data (a shared prompt counted for both sequences)
+    n_slots: int  # B x T, padding included
+    n_computed: int | None = None  # tokens actually run (fewer with shared prompts)
+    part: torch.Tensor | None = None  # shared-prompt units: prompt / chosen / rejected / padding
+    segment: torch.Tensor | None = None  # shared-prompt units: which unit
+    seq_ref_logps: torch.Tensor | None = None
+    seq_win_prob: torch.Tensor | None = None
+
+    def inputs(self) -> dict:
+        """The keyword arguments of `pride.logps.TokenLogps`."""
+        return {"input_ids": self.input_ids, "position_ids": self.position_ids, "target_index": self.target_index,
+                "target_ids": self.target_ids, "part": self.part, "segment": self.segment}
+
+    def to(self, device) -> "Batch":
+        return Batch(**{f: (v.to(device) if torch.is_tensor(v) else v) for f, v in vars(self).items()})
+
+
+def sequence_columns(samples: list[Sample]) -> dict:
+    """Per-sequence values of a micro-batch, in the order of `target_seq` (as TRL's collator
+    carries precomputed columns): kind, example, and the reference log-probs and win
+    probabilities when every sample has them."""
+    out = {"n_seqs": len(samples), "seq_kind": torch.tensor([s.seq for s in samples], dtype=torch.long),
+           "seq_example": torch.tensor([s.example for s in samples], dtype=torch.long)}
+    for name in ("ref_logps", "win_prob"):
+        values = [getattr(s, name) for s in samples]
+        if samples and all(v is not None for v in values):
+            out[f"seq_{name}"] = torch.tensor(values, dtype=torch.float64)
+    return out
 
 
 def hash_samples(h, samples) -> None:
@@ -62,7 +114,7 @@ def pack_bfd(lengths: list[int], capacity: int) -> list[list[int]]:
     for i in order:
         n = lengths[i]
         if n > capacity:
-            raise ValueError(f"sample of {n} tokens exceeds row capacity {capacity}")
+            raise PrideError(f"sample of {n} tokens exceeds row capacity {capacity}")
         k = bisect.bisect_left(free, (n, -1))
         if k < len(free):
             space, row = free.pop(k)
@@ -95,7 +147,7 @@ def prompt_length(sample: Sample) -> int:
     return next(t for t, y in enumerate(sample.labels) if y != IGNORE) + 1
 
 
-def collate_shared(rows: list[list[Sample]], pad_id: int, attention_weight: float = 0.0) -> dict:
+def collate_shared(rows: list[list[Sample]], pad_id: int, attention_weight: float = 0.0) -> Batch:
     """Pairs as `[prompt, chosen, rejected]`, the prompt computed once where that is cheaper.
 
     Rejected's positions continue from the prompt's end, as if it followed the prompt
@@ -116,7 +168,7 @@ def collate_shared(rows: list[list[Sample]], pad_id: int, attention_weight: floa
     for c, r in rows:
         p = prompt_length(c)
         if c.input_ids[:p] != r.input_ids[:p] or prompt_length(r) != p:
-            raise ValueError("shared-prompt layout: chosen and rejected must start with the same prompt")
+            raise PrideError("shared-prompt layout: chosen and rejected must start with the same prompt")
         pairs.append((c, r, p))
     units = build_units(pairs, share_choice(pairs, attention_weight))
     groups = pack_bfd([len(u[0]) for u in units], max(len(u[0]) for u in units))
@@ -125,7 +177,7 @@ def collate_shared(rows: list[list[Sample]], pad_id: int, attention_weight: floa
     pos = torch.zeros((len(groups), width), dtype=torch.long)
     part = torch.full((len(groups), width), PADDING, dtype=torch.long)
     segment = torch.full((len(groups), width), -1, dtype=torch.long)
-    t_index, t_ids, t_seq, kinds, examples = [], [], [], [], []
+    t_index, t_ids, t_seq, seqs = [], [], [], []
     for b, group in enumerate(groups):
         at = 0
         for i in group:
@@ -139,20 +191,16 @@ def collate_shared(rows: list[list[Sample]], pad_id: int, attention_weight: floa
                 labelled = [t for t, y in enumerate(sample.labels) if y != IGNORE]
                 t_index += [b * width + at + offsets(t) for t in labelled]
                 t_ids += [sample.labels[t] for t in labelled]
-                t_seq += [len(kinds)] * len(labelled)
-                kinds.append(sample.seq)
-                examples.append(sample.example)
+                t_seq += [len(seqs)] * len(labelled)
+                seqs.append(sample)
             at += n
         if at < width:
             pos[b, at:] = torch.arange(width - at)
-    return {
-        "input_ids": ids, "position_ids": pos, "part": part, "segment": segment,
-        "target_index": torch.tensor(t_index, dtype=torch.long), "target_ids": torch.tensor(t_ids, dtype=torch.long),
-        "target_seq": torch.tensor(t_seq, dtype=torch.long), "n_seqs": len(kinds),
-        "seq_kind": torch.tensor(kinds, dtype=torch.long), "seq_example": torch.tensor(examples, dtype=torch.long),
-        "n_tokens": sum(len(s) for row in rows for s in row), "n_computed": sum(len(u[0]) for u in units),
-        "n_slots": ids.numel(),
-    }
+    return Batch(input_ids=ids, position_ids=pos, part=part, segment=segment,
+                 target_index=torch.tensor(t_index, dtype=torch.long), target_ids=torch.tensor(t_ids, dtype=torch.long),
+                 target_seq=torch.tensor(t_seq, dtype=torch.long), **sequence_columns(seqs),
+                 n_tokens=sum(len(s) for row in rows for s in row), n_computed=sum(len(u[0]) for u in units),
+                 n_slots=ids.numel())
 
 
 def _shared_unit(c: Sample, r: Sample, p: int):
@@ -206,7 +254,7 @@ def build_units(pairs: list[tuple[Sample, Sample, int]], share: list[bool]) -> l
 
 
 def collate(rows: list[list[Sample]], pad_id: int, flat: bool = False, layout: str = "rows",
-            attention_weight: float = 0.0) -> dict:
+            attention_weight: float = 0.0) -> Batch:
     """Rows of samples -> model inputs plus the targets the objective needs.
 
     layout: "rows" keeps the rows as given (SFT: already packed, or one sample each),
@@ -245,15 +293,6 @@ def collate(rows: list[list[Sample]], pad_id: int, flat: bool = False, layout: s
             pos[r, at:] = torch.arange(width - at)
     flat_labels, flat_seg = labels.view(-1), seg.view(-1)
     target_index = (flat_labels != IGNORE).nonzero(as_tuple=True)[0]
-    return {
-        "input_ids": ids,
-        "position_ids": pos,
-        "target_index": target_index,
-        "target_ids": flat_labels[target_index],
-        "target_seq": flat_seg[target_index],
-        "n_seqs": len(samples),
-        "seq_kind": torch.tensor([s.seq for s in samples], dtype=torch.long),
-        "seq_example": torch.tensor([s.example for s in samples], dtype=torch.long),
-        "n_tokens": sum(len(s) for s in samples),
-        "n_slots": ids.numel(),
-    }
+    return Batch(input_ids=ids, position_ids=pos, target_index=target_index, target_ids=flat_labels[target_index],
+                 target_seq=flat_seg[target_index], **sequence_columns(samples), n_tokens=sum(len(s) for s in samples),
+                 n_slots=ids.numel())

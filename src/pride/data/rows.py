@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pride.errors import PrideError
+
 RowKind = Literal["conversation", "preference"]
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -154,7 +156,7 @@ def normalize(row: dict, layout: str, allow_empty: bool = False) -> Conversation
         return _preference(row, allow_empty)
     if layout == "prompt":  # prompts alone: for sampling (online rounds, evaluation)
         return Conversation(_prompt(row.get("prompt"), "prompt"))
-    raise ValueError(layout)
+    raise PrideError(f"unknown row layout {layout!r}")
 
 
 # ------------------------------------------------------------------ pieces

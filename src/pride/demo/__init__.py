@@ -12,7 +12,6 @@ on screen and DIR/scores.png. The same seed gives the same numbers.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ from rich.table import Table
 
 from pride.demo.evaluate import bootstrap_ci, per_prompt_scores, win_rate
 from pride.demo.task import make_prompt, preference_rows, prompt_rows, sft_rows
+from pride.io import write_json, write_jsonl, write_text
+from pride.rundir import iteration_dir, model_dir, read_iteration
 
 FULL = {"sft_rows": 3000, "sft_epochs": 10, "sft_micro_batch": 4, "pref_rows": 1000, "online_prompts": 400, "online_iterations": 2,
         "sppo_iterations": 2, "eval_prompts": 300, "eval_samples": 4}
@@ -63,11 +64,6 @@ def demo_recipe(out: Path, size: dict, seed: int) -> dict:
     }
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-
-
 def run_demo(output: str, quick: bool = False, seed: int = 0) -> list[dict]:
     from pride.recipe import run_recipe
 
@@ -81,20 +77,18 @@ def run_demo(output: str, quick: bool = False, seed: int = 0) -> list[dict]:
     write_jsonl(out / "data" / "prompts.jsonl", prompt_rows(size["online_prompts"], seed + 2))
     rng = random.Random(1_000_003 + seed)  # held-out prompts: a stream no training file is drawn from
     held_out = [make_prompt(rng)[0] for _ in range(size["eval_prompts"])]
-    (out / "recipe.yaml").write_text(yaml.safe_dump(demo_recipe(out, size, seed), sort_keys=False))
+    write_text(out / "recipe.yaml", yaml.safe_dump(demo_recipe(out, size, seed), sort_keys=False))
     console.print(f"[bold]pride demo[/] ({'quick' if quick else 'full'}, seed {seed}): toy task "
                   f"'Write the word W n times.', tiny:llama, recipe {out / 'recipe.yaml'}")
     stages = run_recipe(out / "recipe.yaml", console=console)
-    seconds = {s["stage"]: s["seconds"] for s in stages}
-
-    models = [("base", "tiny:llama", 0.0), ("sft", stages[0]["model"], seconds.get("sft", 0.0)),
-              ("dpo", stages[1]["model"], seconds.get("dpo", 0.0))]
+    by_name = {s["stage"]: s for s in stages}
+    models = [("base", "tiny:llama", 0.0)] + [(name, by_name[name]["model"], by_name[name]["seconds"])
+                                              for name in ("sft", "dpo")]
     for name, n_it in (("online_dpo", size["online_iterations"]), ("sppo", size["sppo_iterations"])):
         for it in range(1, n_it + 1):
-            it_dir = out / name / f"iteration-{it}"
-            info = json.loads((it_dir / "iteration.json").read_text())
-            models.append((f"{name}_{it}", str(it_dir / "model"),
-                           round(info["sample_s"] + info["judge_s"] + info["train_s"], 1)))
+            it_dir = iteration_dir(out / name, it)
+            info = read_iteration(it_dir)
+            models.append((f"{name}_{it}", str(model_dir(it_dir)), info["seconds"]))
     results, scores = [], {}
     for name, ref, secs in models:
         t = time.perf_counter()
@@ -105,7 +99,7 @@ def run_demo(output: str, quick: bool = False, seed: int = 0) -> list[dict]:
                         "seconds": secs, "eval_seconds": round(time.perf_counter() - t, 1)})
     for r in results:
         r["win_rate_vs_sft"] = win_rate(scores[r["stage"]], scores["sft"], seed=seed)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json(out / "results.json", results)
     console.print(results_table(results, seed))
     plot(results, out / "scores.png")
     console.print(f"results: {out / 'results.json'}, plot: {out / 'scores.png'}")

@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from pride.config import ModelSettings, OnlineSettings
+from pride.config import ModelSettings
 from pride.demo.task import judge
 from pride.models import load_model_and_tokenizer
-from pride.online.samplers import HFSampler
+from pride.serve.engine import Engine
 
 
 def per_prompt_scores(model_ref: str, prompts: list[str], samples: int = 4, temperature: float = 0.7,
                       seed: int = 0, max_new_tokens: int = 40, model_seed: int = 0) -> list[float]:
-    """Mean judge score of `samples` sampled answers for each prompt (seeded, so repeatable)."""
+    """Mean judge score of `samples` sampled answers for each prompt (each answer seeded, so repeatable)."""
     model, tok, fmt = load_model_and_tokenizer(ModelSettings(path=model_ref), seed=model_seed)
-    s = OnlineSettings(samples_per_prompt=samples, temperature=temperature, max_new_tokens=max_new_tokens)
-    sampler = HFSampler(model, tok, fmt, s, torch.device("cpu"))
+    engine = Engine(model, tok, max_batch_size=32 * samples)
     out = []
     for start in range(0, len(prompts), 32):
         chunk = prompts[start:start + 32]
-        answers = sampler.sample([[{"role": "user", "content": p}] for p in chunk], [seed * 100_003 + start] * len(chunk))
-        out += [float(np.mean([judge(p, a) for a in ans])) for p, ans in zip(chunk, answers)]
+        seeds = [[(seed * 100_003 + start + i) * 1_000 + j for j in range(samples)] for i in range(len(chunk))]
+        answers = engine.complete([fmt.encode_prompt([{"role": "user", "content": p}]) for p in chunk], samples,
+                                  seeds, temperature=temperature, max_tokens=max_new_tokens)
+        out += [float(np.mean([judge(p, a.strip()) for a in ans])) for p, ans in zip(chunk, answers)]
     return out
 
 

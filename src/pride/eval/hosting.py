@@ -6,7 +6,6 @@ and a free port, logs in the eval directory, stopped afterwards.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import subprocess
@@ -16,9 +15,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
 from pride.errors import PrideError
+from pride.models import gpu_server
 
 
 def free_port() -> int:
@@ -29,9 +27,7 @@ def free_port() -> int:
 
 def server_command(kind: str, model_ref: str, name: str, port: int) -> list[str]:
     if kind == "auto":
-        gpu = torch.cuda.is_available()
-        kind = ("vllm" if gpu and importlib.util.find_spec("vllm") else
-                "sglang" if gpu and importlib.util.find_spec("sglang") else "pride")
+        kind = gpu_server() or "pride"
     if kind == "vllm":
         return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_ref, "--host",
                 "127.0.0.1", "--port", str(port), "--served-model-name", name]

@@ -26,7 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
-from pride.api import map_concurrently
+from pride.chat_client import map_concurrently
 from pride.errors import PrideError
 from pride.eval.files import read_jsonl, read_objects
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pride.io import write_json, write_text
+
 HEADLINE = {"mt_bench": ("average", "MT-Bench (1-10)"), "alpaca_eval": ("length_controlled_winrate", "AlpacaEval 2 LC %"),
             "arena_hard": ("score", "Arena-Hard %"), "open_llm_v1": ("average", "Open LLM v1"),
             "open_llm_v2": ("average", "Open LLM v2"), "task_metrics": ("chrf", "chrF / ROUGE-Lsum")}
@@ -23,7 +25,7 @@ def headline(bench: str, result: dict) -> float | None:
 def write_report(out_dir: Path, scores: dict) -> None:
     """scores: {model: {bench: {"mean": {...}, "std": {...}, "runs": [...]}}}."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+    write_json(out_dir / "scores.json", scores)
     lines = ["# pride evaluation", ""]
     benches = sorted({b for m in scores.values() for b in m})
     lines.append("| model | " + " | ".join(HEADLINE[b][1] for b in benches) + " |")
@@ -53,7 +55,7 @@ def write_report(out_dir: Path, scores: dict) -> None:
         for b in benches:
             if b in res:
                 lines.append(f"## {model} — {b}\n\n```json\n{json.dumps(res[b]['mean'], indent=2)}\n```\n")
-    (out_dir / "report.md").write_text("\n".join(lines))
+    write_text(out_dir / "report.md", "\n".join(lines))
     _chart(out_dir / "scores.png", scores, benches)
 
 

@@ -13,16 +13,17 @@ Everything is written under eval.output_dir/<model>/run-<r>/<benchmark>/.
 
 from __future__ import annotations
 
-import json
 import statistics
 from contextlib import ExitStack
 from pathlib import Path
 
 from rich.console import Console
 
-from pride.api import ChatClient, map_concurrently
+from pride.chat_client import ChatClient, map_concurrently
 from pride.config import Config
 from pride.errors import PrideError
+from pride.io import write_json, write_jsonl
+from pride.rundir import saved_models
 from pride.eval import alpaca_eval, arena_hard, mt_bench, open_llm, task_metrics
 from pride.eval.hosting import hosted
 from pride.eval.report import headline, write_report
@@ -41,11 +42,6 @@ def _data_dir(cfg: Config) -> Path:
         raise PrideError("eval.data_dir is not set: pride does not ship benchmark files; download them "
                          "(see the README's evaluation section) and set eval.data_dir=DIR")
     return Path(cfg.eval.data_dir)
-
-
-def _jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def _judge(cfg: Config, out: Path) -> ChatClient:
@@ -73,7 +69,7 @@ def run_mt_bench(cfg: Config, answerer: ChatClient, judge: ChatClient, name: str
     gen = generation(cfg, "mt_bench")
     answers = mt_bench.generate_answers(answerer, questions, name, gen["max_tokens"], gen["temperature"], gen["top_p"],
                                         seed, ev.generation_concurrency)
-    _jsonl(out / "model_answer" / f"{name}.jsonl", answers)
+    write_jsonl(out / "model_answer" / f"{name}.jsonl", answers)
     texts = {a["question_id"]: a["choices"][0]["turns"] for a in answers}
     if ev.mt_bench_mode == "pairwise-all":  # judged with every other model once all have answered
         return {"pending": "pairwise-all", "answers": texts}
@@ -84,10 +80,10 @@ def run_mt_bench(cfg: Config, answerer: ChatClient, judge: ChatClient, name: str
         judgments = mt_bench.judge_pairs(judge, questions, {name: texts, ev.mt_bench_baseline: base},
                                          [(name, ev.mt_bench_baseline)], refs, prompts, ev.judge.model,
                                          ev.judge_concurrency)
-        _jsonl(out / "model_judgment" / f"{ev.judge.model}_pair.jsonl", judgments)
+        write_jsonl(out / "model_judgment" / f"{ev.judge.model}_pair.jsonl", judgments)
         return mt_bench.score_pairwise(judgments, ev.mt_bench_baseline).get(name, {})
     judgments = mt_bench.judge(judge, questions, texts, refs, prompts, name, ev.judge.model, ev.judge_concurrency)
-    _jsonl(out / "model_judgment" / f"{ev.judge.model}_single.jsonl", judgments)
+    write_jsonl(out / "model_judgment" / f"{ev.judge.model}_single.jsonl", judgments)
     return mt_bench.score(judgments)
 
 
@@ -105,7 +101,7 @@ def mt_bench_all_pairs(cfg: Config, judge: ChatClient, answers: dict, out: Path)
     pairs = [(models[i], models[j]) for i in range(len(models)) for j in range(i + 1, len(models))]
     judgments = mt_bench.judge_pairs(judge, questions, answers, pairs, refs, prompts, ev.judge.model,
                                      ev.judge_concurrency)
-    _jsonl(out / "mt_bench" / "model_judgment" / f"{ev.judge.model}_pair.jsonl", judgments)
+    write_jsonl(out / "mt_bench" / "model_judgment" / f"{ev.judge.model}_pair.jsonl", judgments)
     return mt_bench.score_pairwise(judgments)
 
 
@@ -123,13 +119,13 @@ def run_alpaca_eval(cfg: Config, answerer: ChatClient, judge: ChatClient, name: 
 
     outputs = map_concurrently(answer, eval_set, ev.generation_concurrency)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "model_outputs.json").write_text(json.dumps(outputs, indent=2, ensure_ascii=False))
+    write_json(out / "model_outputs.json", outputs)
     rows = [{"instruction": e["instruction"], "output_1": e.get("output", ""), "generator_1": e.get("generator", "baseline"),
              "output_2": o["output"], "generator_2": name, "dataset": e.get("dataset", "")}
             for e, o in zip(eval_set, outputs)]
     annotations = [a for chunk in map_concurrently(lambda r: alpaca_eval.judge(judge, [r]), rows,
                                                    ev.judge_concurrency) for a in chunk]
-    (out / "annotations.json").write_text(json.dumps(annotations, indent=2, ensure_ascii=False))
+    write_json(out / "annotations.json", annotations)
     result = alpaca_eval.get_winrate(annotations)
     gamed = root / "df_gamed.csv"
     if gamed.exists():
@@ -163,11 +159,11 @@ def run_arena_hard(cfg: Config, answerer: ChatClient, judge: ChatClient, name: s
     texts = map_concurrently(answer, questions, ev.generation_concurrency)
     answers = {q["id"]: t for q, t in zip(questions, texts)}
     records = [arena_hard.answer_record(q, name, t, v) for q, t in zip(questions, texts)]
-    _jsonl(out / "model_answer" / f"{name}.jsonl", records)
+    write_jsonl(out / "model_answer" / f"{name}.jsonl", records)
     judgments = [j for chunk in map_concurrently(
         lambda q: arena_hard.judge(judge, [q], answers, baseline, name, base, v), questions, ev.judge_concurrency)
         for j in chunk]
-    _jsonl(out / "model_judgment" / ev.judge.model / f"{name}.jsonl", judgments)
+    write_jsonl(out / "model_judgment" / ev.judge.model / f"{name}.jsonl", judgments)
     meta = None
     if ev.style_control:
         own = {r.get("uid", r.get("question_id")): r.get("metadata", r.get("conv_metadata")) for r in records}
@@ -195,7 +191,7 @@ def run_task_metrics(cfg: Config, answerer: ChatClient, judge: ChatClient | None
         return answerer.text(messages, **params).strip()
 
     outputs = map_concurrently(answer, rows, ev.generation_concurrency)
-    _jsonl(out / "outputs.jsonl", [{"prompt": r["prompt"], "output": o, "references": r["references"]}
+    write_jsonl(out / "outputs.jsonl", [{"prompt": r["prompt"], "output": o, "references": r["references"]}
                                    for r, o in zip(rows, outputs)])
     return task_metrics.score(outputs, rows, ev.task_metrics.metrics)
 
@@ -212,13 +208,10 @@ def models_to_evaluate(cfg: Config) -> list[tuple[str, str]]:
     name = cfg.eval.model_name or ref.rstrip("/").split("/")[-1].replace(":", "-")
     if not cfg.eval.checkpoints:
         return [(name, ref)]
-    root = Path(ref)
-    found = [root / "model"] if (root / "model" / "config.json").exists() else []
-    found += sorted((p / "model" for p in root.glob("iteration-*") if (p / "model" / "config.json").exists()),
-                    key=lambda p: int(p.parent.name.split("-")[1]))
+    found = saved_models(ref)
     if not found:
         raise PrideError(f"eval.checkpoints: no saved model (model/ or iteration-*/model/) under {ref}")
-    return [(f"{name}-{p.parent.name}" if p.parent != root else name, str(p)) for p in found]
+    return [(f"{name}-{where}" if where else name, str(path)) for where, path in found]
 
 
 def run_eval(cfg: Config, console: Console | None = None) -> dict:

@@ -57,7 +57,7 @@ class FunctionJudge:
 
     def __init__(self, spec: str | None):
         if not spec or ":" not in spec:
-            raise PrideError("online.judge.function must be 'module:function' (e.g. pride.demo.task:judge)")
+            raise PrideError("online.judge.function must be 'module:function' (e.g. mypackage.rewards:score)")
         module, name = spec.split(":", 1)
         try:
             self.fn = getattr(importlib.import_module(module), name)
@@ -135,7 +135,7 @@ class LLMJudge:
     def __init__(self, s: JudgeSettings):
         if not s.url or not s.model:
             raise PrideError("online.judge.type=llm needs online.judge.url and online.judge.model")
-        from pride.api import ChatClient
+        from pride.chat_client import ChatClient
 
         self.client = ChatClient(s.url, s.model, s.api_key_env)
 

@@ -15,8 +15,7 @@ parts are merged in prompt order when complete. A finished iteration is not redo
 
 from __future__ import annotations
 
-import json
-import os
+import hashlib
 import statistics
 import time
 from pathlib import Path
@@ -25,48 +24,28 @@ from rich.table import Table
 
 from pride.config import Config, DataSettings, SourceSettings
 from pride.data import Conversation, load_rows, read_rows
+from pride.data.rows import normalize
 from pride.errors import PrideError
-from pride.io import disk_error, read_jsonl_tolerant, write_json, write_text
+from pride.io import append_jsonl, read_jsonl, read_jsonl_tolerant, write_jsonl
 from pride.models import load_model_and_tokenizer
 from pride.online.judges import check_judgement, make_judge
 from pride.online.pairs import make_pair
 from pride.online.samplers import make_sampler
-from pride.train.loop import make_accelerator
-from pride.train.stage import console_for, exclusive_run_dir, prepare_run_dir, seed_everything
+from pride.rundir import ITERATIONS, iteration_dir, model_dir, read_iteration, write_iteration
+from pride.train.stage import StageContext
 
 
-# ------------------------------------------------------------------ resumable jsonl
+# ------------------------------------------------------------------ resumable work
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Complete lines only; a torn last line (killed mid-write) is cut off the file."""
-    return read_jsonl_tolerant(path, repair=True)
-
-
-def append_jsonl(path: Path, rows: list[dict]) -> None:
-    """Whole lines, synced: a kill leaves at most one torn last line (dropped on resume)."""
-    try:
-        with open(path, "a", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        raise disk_error(e, path.parent) from None
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def chunked_stage(acc, it_dir: Path, name: str, prompts: list[dict], chunk_size: int, work) -> list[dict]:
+def resumable_map(acc, it_dir: Path, name: str, prompts: list[dict], chunk_size: int, work) -> list[dict]:
     """Run `work(chunk_index, todo_prompts) -> rows` over this rank's prompts, chunk by chunk,
     appending to `name.part-<rank>.jsonl`; return all rows in prompt order once every rank is done."""
     final = it_dir / f"{name}.jsonl"
     if final.exists():
         return read_jsonl(final)
     part = it_dir / f"{name}.part-{acc.process_index}.jsonl"
-    done = {r["prompt_id"] for r in read_jsonl(part)}
+    done = {r["prompt_id"] for r in read_jsonl_tolerant(part, repair=True)}
     mine = prompts[acc.process_index::acc.num_processes]
     for ci in range(0, len(mine), chunk_size):
         todo = [p for p in mine[ci:ci + chunk_size] if p["prompt_id"] not in done]
@@ -76,7 +55,7 @@ def chunked_stage(acc, it_dir: Path, name: str, prompts: list[dict], chunk_size:
     if acc.is_main_process:
         rows = {}
         for p in sorted(it_dir.glob(f"{name}.part-*.jsonl")):
-            for r in read_jsonl(p):
+            for r in read_jsonl_tolerant(p, repair=True):
                 rows.setdefault(r["prompt_id"], r)  # never a duplicate
         missing = [p["prompt_id"] for p in prompts if p["prompt_id"] not in rows]
         if missing:
@@ -120,11 +99,19 @@ def prompts_for_iteration(prompts: list[dict], cfg: Config, n: int) -> list[dict
 # ------------------------------------------------------------------ one iteration
 
 
-def run_iteration(cfg: Config, acc, n: int, prompts: list[dict], model_ref: str, run_dir: Path, console) -> dict:
-    from pride.train.preference import run_dpo
+def sample_seed(seed: int, iteration: int, prompt_id: str, j: int) -> int:
+    """The seed of sample j of a prompt in an iteration: the same whatever the ranks, chunks or
+    resumes (recorded in generations.jsonl, and what the sampler really draws with)."""
+    digest = hashlib.sha256(f"{seed}/{iteration}/{prompt_id}/{j}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1  # 63 bits: torch, vLLM and OpenAI-style seeds take it
 
+
+def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str) -> dict:
+    from pride.train.preference import train_preference
+
+    cfg, acc = ctx.cfg, ctx.acc
     s = cfg.online
-    it_dir = run_dir / f"iteration-{n}"
+    it_dir = iteration_dir(ctx.run_dir, n)
     it_dir.mkdir(parents=True, exist_ok=True)
     # sampling loads the round's model plainly; training keeps every model setting of the user's
     sample_settings = cfg.model.model_copy(update={"path": model_ref, "lora": None, "gradient_checkpointing": False})
@@ -140,12 +127,12 @@ def run_iteration(cfg: Config, acc, n: int, prompts: list[dict], model_ref: str,
             state["sampler"] = make_sampler(s, model_ref, model_ref,
                                             lambda: load_model_and_tokenizer(sample_settings, seed=cfg.seed, device=acc.device),
                                             acc.device, cfg.seed)
-        seed = cfg.seed * 1_000_003 + n * 10_007 + acc.process_index * 1_009 + chunk
-        outs = state["sampler"].sample([p["prompt"] for p in todo], [seed] * len(todo))
-        return [{"prompt_id": p["prompt_id"], "prompt": p["prompt"], "responses": rs,
-                 "seeds": [seed * 1000 + j for j in range(k)]} for p, rs in zip(todo, outs)]
+        seeds = [[sample_seed(cfg.seed, n, p["prompt_id"], j) for j in range(k)] for p in todo]
+        outs = state["sampler"].sample([p["prompt"] for p in todo], seeds)
+        return [{"prompt_id": p["prompt_id"], "prompt": p["prompt"], "responses": rs, "seeds": ss}
+                for p, rs, ss in zip(todo, outs, seeds)]
 
-    generations = chunked_stage(acc, it_dir, "generations", prompts, s.generation_batch_size, generate)
+    generations = resumable_map(acc, it_dir, "generations", prompts, s.generation_batch_size, generate)
     if "sampler" in state:
         state.pop("sampler").close()
     timing["sample_s"] = time.perf_counter() - t
@@ -164,7 +151,7 @@ def run_iteration(cfg: Config, acc, n: int, prompts: list[dict], model_ref: str,
         return [{"prompt_id": g["prompt_id"], "scores": j.scores, **({"matrix": j.matrix} if j.matrix else {})}
                 for g, j in zip(gens, judged)]
 
-    scores = chunked_stage(acc, it_dir, "scores", prompts, s.judge.batch_size, score)
+    scores = resumable_map(acc, it_dir, "scores", prompts, s.judge.batch_size, score)
     state.pop("judge", None)
     timing["judge_s"] = time.perf_counter() - t
 
@@ -183,15 +170,10 @@ def run_iteration(cfg: Config, acc, n: int, prompts: list[dict], model_ref: str,
                          "raise online.temperature or samples_per_prompt")
 
     t = time.perf_counter()
-    sources = [SourceSettings(path=str(it_dir / "pairs.jsonl"))]
-    if s.mix_offline is not None and s.mix_fraction > 0:
-        offline = len(read_rows(s.mix_offline, "preference", cfg.data.on_bad_row, {}))
-        wanted = round(len(pairs) * s.mix_fraction / (1 - s.mix_fraction))
-        sources.append(s.mix_offline.model_copy(update={"fraction": min(1.0, max(wanted, 1) / offline)}))
-    dpo_cfg = cfg.model_copy(update={"model": train_settings,
-                                     "data": DataSettings(sources=sources, on_bad_row="error", allow_empty_completions=True),
-                                     "output_dir": str(it_dir), "seed": cfg.seed + n})
-    run_dpo(dpo_cfg)
+    data, in_memory = round_data(pairs, it_dir / "pairs.jsonl", s, cfg)
+    train_cfg = cfg.model_copy(update={"model": train_settings, "data": data, "output_dir": str(it_dir),
+                                       "seed": cfg.seed + n})
+    train_preference(ctx.within(train_cfg, it_dir), load_rows(data, "preference", train_cfg.seed, in_memory))
     timing["train_s"] = time.perf_counter() - t
 
     flat = [x for sc in scores for x in sc["scores"]]
@@ -199,45 +181,50 @@ def run_iteration(cfg: Config, acc, n: int, prompts: list[dict], model_ref: str,
                "score_mean": statistics.fmean(flat), "score_std": statistics.pstdev(flat),
                "score_min": min(flat), "score_max": max(flat), "pairs": len(pairs),
                "dropped_identical": dropped["identical"], "dropped_tie": dropped["tie"],
-               **{key: round(v, 2) for key, v in timing.items()}, "model": str(it_dir / "model")}
+               **{key: round(v, 2) for key, v in timing.items()}, "seconds": round(sum(timing.values()), 1),
+               "model": str(model_dir(it_dir))}
     if acc.is_main_process:
-        write_json(it_dir / "iteration.json", summary)
+        write_iteration(it_dir, summary)
     return summary
 
 
-@exclusive_run_dir
+def round_data(pairs: list[dict], path: Path, s, cfg: Config) -> tuple[DataSettings, dict]:
+    """What a round trains on: its pairs (also written to `path`), plus `online.mix_offline`
+    rows in the share `mix_fraction` of the total. Returns the data settings that say so (the
+    round's config.yaml) and the pairs as rows for `load_rows` (empty answers allowed: a
+    sample may be empty)."""
+    rows = []
+    for line, pair in enumerate(pairs, start=1):
+        row = normalize(pair, "preference", allow_empty=True)
+        row.where = f"{path} line {line}"
+        rows.append(row)
+    sources = [SourceSettings(path=str(path))]
+    if s.mix_offline is not None and s.mix_fraction > 0:
+        offline = len(read_rows(s.mix_offline, "preference", cfg.data.on_bad_row, {}))
+        wanted = round(len(pairs) * s.mix_fraction / (1 - s.mix_fraction))
+        sources.append(s.mix_offline.model_copy(update={"fraction": min(1.0, max(wanted, 1) / offline)}))
+    return DataSettings(sources=sources, on_bad_row=cfg.data.on_bad_row), {str(path): rows}
+
+
 def run_online(cfg: Config) -> list[dict]:
-    seed_everything(cfg.seed)
-    acc = make_accelerator(cfg.train, cfg.output_dir, cfg.model.dtype)
-    console = console_for(acc)
-    run_dir = prepare_run_dir(cfg, acc)
-    prompts = load_prompts(cfg)
-    model_ref = cfg.model.path
-    history = []
-    for n in range(1, cfg.online.iterations + 1):
-        it_dir = run_dir / f"iteration-{n}"
-        summary = _finished(it_dir)
-        if summary is not None:
-            console.print(f"iteration {n}: finished earlier, skipped")
-        else:
-            console.rule(f"iteration {n}")
-            summary = run_iteration(cfg, acc, n, prompts_for_iteration(prompts, cfg, n), model_ref, run_dir, console)
-        history.append(summary)
-        model_ref = summary["model"]
-        acc.wait_for_everyone()
-    if acc.is_main_process:
-        write_jsonl(run_dir / "iterations.jsonl", history)
-        console.print(iteration_table(history))
-    return history
-
-
-def _finished(it_dir: Path) -> dict | None:
-    """The summary of a finished iteration (its iteration.json readable and its model saved), else None."""
-    try:
-        summary = json.loads((it_dir / "iteration.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return summary if isinstance(summary, dict) and (it_dir / "model" / "config.json").exists() else None
+    with StageContext.open(cfg, write_config=True) as ctx:
+        prompts = load_prompts(cfg)
+        model_ref = cfg.model.path
+        history = []
+        for n in range(1, cfg.online.iterations + 1):
+            summary = read_iteration(iteration_dir(ctx.run_dir, n))
+            if summary is not None:
+                ctx.console.print(f"iteration {n}: finished earlier, skipped")
+            else:
+                ctx.console.rule(f"iteration {n}")
+                summary = run_iteration(ctx, n, prompts_for_iteration(prompts, cfg, n), model_ref)
+            history.append(summary)
+            model_ref = summary["model"]
+            ctx.acc.wait_for_everyone()
+        if ctx.acc.is_main_process:
+            write_jsonl(ctx.run_dir / ITERATIONS, history)
+            ctx.console.print(iteration_table(history))
+        return history
 
 
 def iteration_table(history: list[dict]) -> Table:
@@ -251,4 +238,4 @@ def iteration_table(history: list[dict]) -> Table:
     return table
 
 
-__all__ = ["run_online", "read_jsonl", "append_jsonl", "chunked_stage"]
+__all__ = ["run_online", "resumable_map"]

@@ -15,6 +15,8 @@ from torch import nn
 from transformers import AutoTokenizer
 from transformers.models.deberta_v2.modeling_deberta_v2 import DebertaV2Model, DebertaV2PreTrainedModel
 
+from pride.errors import PrideError
+
 SOURCE, CAND1, CAND2 = "<|source|>", "<|candidate1|>", "<|candidate2|>"
 
 
@@ -35,7 +37,8 @@ class PairRMModel(DebertaV2PreTrainedModel):
         def first(token_id):
             hit = input_ids == token_id
             if not bool(hit.any(dim=1).all()):
-                raise ValueError(f"PairRM input lacks token id {token_id} in some row")
+                raise PrideError(f"PairRM input lacks its marker token {token_id} in some row: the text was cut "
+                                 "before it (prompt or candidates longer than PairRM's source/candidate limits)")
             return hidden[torch.arange(len(input_ids)), hit.int().argmax(dim=1)]
 
         source = first(c.source_prefix_id)

@@ -1,10 +1,10 @@
 """Samplers: K responses per prompt from the current policy, behind one interface.
 
-`sample(prompts, seeds) -> [[K responses], ...]` where `seeds[i]` seeds prompt i's K samples.
+`sample(prompts, seeds) -> [[K responses], ...]` where `seeds[i][k]` seeds prompt i's sample k.
 
 * `VllmSampler`: offline batched vLLM (GPU), one request per sample with its own seed.
-* `HFSampler`: transformers `generate` with left-padded batches and the KV cache, one
-  seeded call per chunk of prompts.
+* `EngineSampler`: pride's own generation engine (`pride.serve.engine`) in process: a
+  chunk of prompts batched together, sample k of prompt i drawn with its own seed.
 * `OpenAISampler`: any OpenAI-compatible chat endpoint (`pride serve`, vLLM, sglang, ...),
   one request per sample with its seed; the API key comes from an environment variable.
 """
@@ -14,48 +14,37 @@ from __future__ import annotations
 import importlib.util
 from typing import Protocol
 
-import torch
-
 from pride.chat import ChatFormat
 from pride.config import OnlineSettings
 from pride.errors import PrideError
+from pride.models import gpu_server
 
 
 class Sampler(Protocol):
-    def sample(self, prompts: list[list[dict]], seeds: list[int]) -> list[list[str]]: ...
+    def sample(self, prompts: list[list[dict]], seeds: list[list[int]]) -> list[list[str]]: ...
 
     def close(self) -> None: ...
 
 
-class HFSampler:
-    """transformers `generate`: several prompts per call (left padding), K samples each, KV cache.
+class EngineSampler:
+    """pride's generation engine in process: the prompts of a call batched together, K samples
+    each, every sample from its own seeded generator (so it does not depend on its neighbours'
+    randomness, and the global RNG is left alone)."""
 
-    The RNG is seeded once per call with the first prompt's seed, so a call's samples are
-    reproducible for the same batch of prompts.
-    """
+    def __init__(self, model, tokenizer, fmt: ChatFormat, s: OnlineSettings):
+        from pride.serve.engine import Engine
 
-    def __init__(self, model, tokenizer, fmt: ChatFormat, s: OnlineSettings, device):
-        self.model, self.tok, self.fmt, self.s, self.device = model.eval(), tokenizer, fmt, s, device
+        self.fmt, self.s = fmt, s
+        self.engine = Engine(model, tokenizer, max_batch_size=s.generation_batch_size * s.samples_per_prompt)
 
-    @torch.no_grad()
-    def sample(self, prompts: list[list[dict]], seeds: list[int]) -> list[list[str]]:
-        k = self.s.samples_per_prompt
-        encoded = [self.fmt.encode_prompt(m) for m in prompts]
-        width = max(len(e) for e in encoded)
-        pad = self.tok.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=self.device)
-        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=self.device)
-        torch.manual_seed(seeds[0])
-        sampling = self.s.temperature > 0
-        gen = self.model.generate(
-            input_ids=ids, attention_mask=mask, do_sample=sampling, max_new_tokens=self.s.max_new_tokens,
-            num_return_sequences=k, pad_token_id=pad, use_cache=True,
-            **({"temperature": self.s.temperature, "top_p": self.s.top_p, "top_k": 0} if sampling else {}))
-        texts = [self.tok.decode(g[width:], skip_special_tokens=True).strip() for g in gen]
-        return [texts[i * k:(i + 1) * k] for i in range(len(prompts))]
+    def sample(self, prompts: list[list[dict]], seeds: list[list[int]]) -> list[list[str]]:
+        texts = self.engine.complete([self.fmt.encode_prompt(m) for m in prompts], self.s.samples_per_prompt, seeds,
+                                     temperature=self.s.temperature, top_p=self.s.top_p,
+                                     max_tokens=self.s.max_new_tokens)
+        return [[t.strip() for t in answers] for answers in texts]
 
     def close(self) -> None:
-        self.model = None
+        self.engine = None
 
 
 class VllmSampler:
@@ -65,17 +54,17 @@ class VllmSampler:
         self.fmt, self.s = fmt, s
         self.llm = LLM(model=model_dir, seed=seed, trust_remote_code=False)
 
-    def sample(self, prompts: list[list[dict]], seeds: list[int]) -> list[list[str]]:
+    def sample(self, prompts: list[list[dict]], seeds: list[list[int]]) -> list[list[str]]:
         from vllm import SamplingParams
 
         k = self.s.samples_per_prompt
         requests, params = [], []
-        for messages, seed in zip(prompts, seeds):
+        for messages, prompt_seeds in zip(prompts, seeds):
             ids = self.fmt.encode_prompt(messages)
             for j in range(k):
                 requests.append({"prompt_token_ids": ids})
                 params.append(SamplingParams(n=1, temperature=self.s.temperature, top_p=self.s.top_p,
-                                             max_tokens=self.s.max_new_tokens, seed=seed * 1000 + j))
+                                             max_tokens=self.s.max_new_tokens, seed=prompt_seeds[j]))
         outs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
         texts = [o.outputs[0].text.strip() for o in outs]
         return [texts[i * k:(i + 1) * k] for i in range(len(prompts))]
@@ -88,18 +77,18 @@ class OpenAISampler:
     def __init__(self, s: OnlineSettings, model_name: str):
         if not s.sampler_url:
             raise PrideError("online.sampler=openai needs online.sampler_url (an OpenAI-compatible base URL)")
-        from pride.api import ChatClient
+        from pride.chat_client import ChatClient
 
         self.s = s
         self.client = ChatClient(s.sampler_url, s.sampler_model or model_name, s.sampler_api_key_env)
 
-    def sample(self, prompts: list[list[dict]], seeds: list[int]) -> list[list[str]]:
+    def sample(self, prompts: list[list[dict]], seeds: list[list[int]]) -> list[list[str]]:
         out = []
-        for messages, seed in zip(prompts, seeds):
+        for messages, prompt_seeds in zip(prompts, seeds):
             answers = []
             for j in range(self.s.samples_per_prompt):
                 answers.append(self.client.text(messages, temperature=self.s.temperature, top_p=self.s.top_p,
-                                                max_tokens=self.s.max_new_tokens, seed=seed * 1000 + j).strip())
+                                                max_tokens=self.s.max_new_tokens, seed=prompt_seeds[j]).strip())
             out.append(answers)
         return out
 
@@ -108,10 +97,10 @@ class OpenAISampler:
 
 
 def make_sampler(s: OnlineSettings, model_dir: str, model_name: str, load, device, seed: int) -> Sampler:
-    """auto: vLLM when installed and on a GPU, else transformers. `load()` gives (model, tok, fmt)."""
+    """auto: vLLM when installed and on a GPU, else pride's engine. `load()` gives (model, tok, fmt)."""
     kind = s.sampler
     if kind == "auto":
-        kind = "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "transformers"
+        kind = "vllm" if gpu_server() == "vllm" else "transformers"
     if kind == "openai":
         return OpenAISampler(s, model_name)
     model, tok, fmt = load()
@@ -120,4 +109,4 @@ def make_sampler(s: OnlineSettings, model_dir: str, model_name: str, load, devic
             raise PrideError("online.sampler=vllm but vllm is not installed (pip install vllm), or use transformers")
         del model
         return VllmSampler(model_dir, tok, fmt, s, seed)
-    return HFSampler(model.to(device), tok, fmt, s, device)
+    return EngineSampler(model.to(device), tok, fmt, s)

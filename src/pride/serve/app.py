@@ -221,12 +221,20 @@ def create_app(engine: Engine, fmt, model_name: str, api_key: str | None, contex
     return app
 
 
-class ChatShape:
-    object, chunk_object = "chat.completion", "chat.completion.chunk"
+class ResponseShape:
+    """How one OpenAI route writes its choices and stream chunks."""
 
-    @staticmethod
-    def id() -> str:
-        return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    object: str
+    chunk_object: str
+    id_prefix: str
+
+    @classmethod
+    def id(cls) -> str:
+        return f"{cls.id_prefix}-{uuid.uuid4().hex[:24]}"
+
+
+class ChatShape(ResponseShape):
+    object, chunk_object, id_prefix = "chat.completion", "chat.completion.chunk", "chatcmpl"
 
     @staticmethod
     def choice(k: int, c: dict, logprobs: bool) -> dict:
@@ -239,12 +247,8 @@ class ChatShape:
                 "logprobs": {"content": entries} if entries is not None else None, "finish_reason": finish}
 
 
-class CompletionShape:
-    object, chunk_object = "text_completion", "text_completion"
-
-    @staticmethod
-    def id() -> str:
-        return f"cmpl-{uuid.uuid4().hex[:24]}"
+class CompletionShape(ResponseShape):
+    object, chunk_object, id_prefix = "text_completion", "text_completion", "cmpl"
 
     @staticmethod
     def _logprobs(entries):

@@ -1,17 +1,20 @@
-"""The generation engine behind `pride serve`: dynamic batching with a queue, in segments.
+"""pride's one generation engine: `pride serve`, online sampling and the demo all run it.
 
 Requests wait in a queue; a worker thread turns them into groups (requests with the same
 sampling settings, up to `max_batch_size` rows; a seeded request is a group of its own so
-its output does not depend on its neighbours) and runs every active group a few tokens at
-a time, round robin. Each segment continues `generate` from the group's KV cache, so:
+its output does not depend on its neighbours, unless its caller batches it on purpose with
+`batch`) and runs every active group a few tokens at a time, round robin. Each segment
+continues the decode from the group's KV cache, so:
 
 * a long generation never holds the others back for more than one segment;
 * rows that finished (end of turn, a stop string, max_tokens) or whose client went away
   leave the batch between segments, cache rows included;
 * streamed requests receive their text after every segment.
 
-Each group keeps its own random state (restored around its segments), so a seeded request
-gives the same text whatever else the server is doing.
+Every row samples with its own `torch.Generator` (choice k of a request seeded s: seed
+s + k, or the request's `seeds[k]`), so a seeded sample is the same whatever else runs, and
+the global RNG is never touched. In-process callers (online sampling, the demo) call
+`generate`, which runs requests to the end in the calling thread.
 """
 
 from __future__ import annotations
@@ -41,19 +44,29 @@ class Request:
     stop: list[str] = field(default_factory=list)
     logprobs: bool = False
     top_logprobs: int = 0
-    seed: int | None = None
+    seed: int | None = None  # choice k samples with seed + k
+    seeds: list[int] | None = None  # or one seed per choice (online samples record theirs)
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says
+    batch: object = None  # in-process callers: requests with the same key (and settings) run together
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     @property
     def sampling(self) -> bool:
         return self.temperature > 0
 
+    def choice_seed(self, k: int) -> int | None:
+        if self.seeds is not None:
+            return self.seeds[k]
+        return None if self.seed is None else self.seed + k
+
     def group_key(self):
-        if self.seed is not None:
+        settings = (self.temperature if self.sampling else 0.0, self.top_p if self.sampling else 1.0, self.logprobs,
+                    self.ignore_eos)
+        if self.batch is not None:
+            return ("batch", self.batch, *settings)
+        if self.seed is not None or self.seeds is not None:
             return ("seeded", id(self))
-        return (self.temperature if self.sampling else 0.0, self.top_p if self.sampling else 1.0, self.logprobs,
-                self.ignore_eos)
+        return settings
 
 
 @dataclass
@@ -69,6 +82,7 @@ class Row:
     finish: str | None = None
     n_tokens: int = 0  # tokens up to the end (a stop string's last token included)
     text: str = ""
+    generator: torch.Generator | None = None  # sampling rows
 
 
 class Group:
@@ -84,11 +98,6 @@ class Group:
         self.mask = torch.tensor([[0] * (width - len(r.request.prompt_ids)) + [1] * len(r.request.prompt_ids)
                                   for r in rows], device=device)
         self.cache = None
-        self.rng = None
-        if first.seed is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(first.seed)
-                self.rng = torch.get_rng_state()
 
     def keep(self, keep: list[int]) -> None:
         """Only these rows go on (finished and cancelled ones leave, KV cache rows included)."""
@@ -116,16 +125,50 @@ class Engine:
         self.stop_ids.discard(None)
         self.queue: queue.Queue[Request] = queue.Queue()
         self.groups: list[Group] = []
-        self.thread = threading.Thread(target=self._loop, name="pride-engine", daemon=True)
-        self.thread.start()
+        self.thread: threading.Thread | None = None
+        self.unseeded = torch.Generator(device=self.device)
+        self.unseeded.seed()  # unseeded requests: fresh randomness, still not the global RNG
 
     def submit(self, request: Request) -> None:
+        """Queue a request for the worker thread (started on first use)."""
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._loop, name="pride-engine", daemon=True)
+            self.thread.start()
         self.queue.put(request)
+
+    def generate(self, requests: list[Request]) -> None:
+        """Run these requests to the end in the calling thread (no worker, no queue)."""
+        groups = self._groups(requests)
+        while groups:
+            for group in list(groups):
+                self._segment(group, SEGMENT_TOKENS)
+                if not group.rows:
+                    groups.remove(group)
 
     @property
     def running(self) -> int:
         """Sequences being generated now."""
         return sum(len(g.rows) for g in list(self.groups))
+
+    def complete(self, prompts: list[list[int]], n: int, seeds: list[list[int]] | None = None,
+                 temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 256) -> list[list[str]]:
+        """n texts per prompt, all prompts batched together (in rows of max_batch_size), choice k
+        of prompt i sampled with seeds[i][k]. For in-process callers: online sampling, the demo."""
+        texts = [[""] * n for _ in prompts]
+
+        def collect(i):
+            def emit(event):
+                if event[0] == "delta":
+                    texts[i][event[1]] += event[2]
+                elif event[0] == "error":
+                    raise RuntimeError(event[1])
+            return emit
+
+        batch = object()
+        self.generate([Request(prompt_ids=ids, emit=collect(i), n=n, temperature=temperature, top_p=top_p,
+                               max_tokens=max_tokens, seeds=seeds[i] if seeds else None, batch=batch)
+                       for i, ids in enumerate(prompts)])
+        return texts
 
     # -- scheduling ---------------------------------------------------------------
 
@@ -150,50 +193,75 @@ class Engine:
                 new.append(self.queue.get_nowait())
         except queue.Empty:
             pass
+        self.groups += self._groups(new)
+
+    def _groups(self, requests: list[Request]) -> list[Group]:
+        """Rows of these requests, grouped by settings (and seed or batch), at most max_batch_size each."""
         by_key: dict = {}
-        for req in new:
+        for req in requests:
             if req.cancelled.is_set():
                 continue
             copies = [list(range(req.n))] if not req.sampling else [[k] for k in range(req.n)]
-            rows = [Row(req, c) for c in copies]
             pending = by_key.setdefault(req.group_key(), [[]])
-            for row in rows:
+            for c in copies:
+                row = Row(req, c)
+                if req.sampling:
+                    seed = req.choice_seed(c[0])
+                    row.generator = (torch.Generator(device=self.device).manual_seed(seed) if seed is not None
+                                     else self.unseeded)
                 if len(pending[-1]) >= self.max_batch_size:
                     pending.append([])
                 pending[-1].append(row)
-        for groups in by_key.values():
-            self.groups += [Group(rows, self.pad, self.device) for rows in groups if rows]
+        return [Group(rows, self.pad, self.device) for groups in by_key.values() for rows in groups if rows]
 
     # -- one segment of one group ---------------------------------------------------
 
     @torch.no_grad()
-    def _segment(self, g: Group) -> None:
+    def _segment(self, g: Group, tokens: int = SEGMENT_TOKENS) -> None:
         g.keep([i for i, r in enumerate(g.rows) if not r.request.cancelled.is_set()])
         if not g.rows:
             return
-        steps = min(SEGMENT_TOKENS, max(r.request.max_tokens - len(r.tokens) for r in g.rows))
-        start = g.seq.shape[1]
-        kwargs = dict(do_sample=g.sampling, max_new_tokens=steps, pad_token_id=self.pad,
-                      eos_token_id=None if g.ignore_eos else sorted(self.stop_ids), return_dict_in_generate=True, output_logits=g.logprobs,
-                      past_key_values=g.cache, use_cache=True)
-        if g.sampling:
-            kwargs.update(temperature=g.temperature, top_p=g.top_p, top_k=0)
-        if g.rng is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.set_rng_state(g.rng)
-                out = self.model.generate(input_ids=g.seq, attention_mask=g.mask, **kwargs)
-                g.rng = torch.get_rng_state()
-        else:
-            out = self.model.generate(input_ids=g.seq, attention_mask=g.mask, **kwargs)
-        new = out.sequences[:, start:]
-        g.seq, g.cache = out.sequences, out.past_key_values
-        g.mask = torch.cat([g.mask, torch.ones_like(new)], dim=1)
+        steps = min(tokens, max(r.request.max_tokens - len(r.tokens) for r in g.rows))
+        new, logits = [], []
+        stopped = [False] * len(g.rows)
+        for _ in range(steps):
+            last = self._forward(g)
+            chosen = self._choose(g, last)
+            new.append(chosen)
+            logits.append(last)
+            g.seq = torch.cat([g.seq, chosen[:, None]], dim=1)
+            g.mask = torch.cat([g.mask, torch.ones_like(chosen)[:, None]], dim=1)
+            stopped = [s or t in self.stop_ids for s, t in zip(stopped, chosen.tolist())]
+            if all(stopped) and not g.ignore_eos:  # the rest of the segment would be thrown away
+                break
+        new_ids = torch.stack(new, dim=1).tolist()
         keep = []
         for i, row in enumerate(g.rows):
-            self._advance(row, new[i].tolist(), out.logits, i)
+            self._advance(row, new_ids[i], logits, i)
             if row.finish is None:
                 keep.append(i)
         g.keep(keep)
+
+    def _forward(self, g: Group) -> torch.Tensor:
+        """Logits [rows, vocab] of each row's next token; the prompt at first, then one token on the cache."""
+        if g.cache is None:
+            ids = g.seq
+            positions = (g.mask.cumsum(-1) - 1).clamp(min=0)
+        else:
+            ids = g.seq[:, -1:]
+            positions = g.mask.sum(-1, keepdim=True) - 1
+        out = self.model(input_ids=ids, attention_mask=g.mask, position_ids=positions, past_key_values=g.cache,
+                         use_cache=True)
+        g.cache = out.past_key_values
+        return out.logits[:, -1, :].float()
+
+    @staticmethod
+    def _choose(g: Group, logits: torch.Tensor) -> torch.Tensor:
+        """Greedy, or a sample per row from its own generator."""
+        if not g.sampling:
+            return logits.argmax(-1)
+        probs = sampling_scores(logits, g.temperature, g.top_p).softmax(-1)
+        return torch.cat([torch.multinomial(probs[i], 1, generator=row.generator) for i, row in enumerate(g.rows)])
 
     def _advance(self, row: Row, new: list[int], logits, i: int) -> None:
         req = row.request
@@ -247,6 +315,18 @@ class Engine:
         text = self.tok.decode([tid])
         return {"token": text, "logprob": logprob if math.isfinite(logprob) else -9999.0,
                 "bytes": list(text.encode("utf-8"))}
+
+
+def sampling_scores(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Logits after temperature and top-p, as transformers' TemperatureLogitsWarper and
+    TopPLogitsWarper compute them (top_k off): tokens outside the nucleus get -inf."""
+    scores = logits / temperature
+    if top_p < 1.0:
+        ordered, order = torch.sort(scores, descending=False)
+        drop = ordered.softmax(-1).cumsum(-1) <= (1 - top_p)
+        drop[..., -1:] = False  # keep at least one token
+        scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return scores
 
 
 def _safe_length(text: str, stops: list[str]) -> int:

@@ -34,9 +34,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pride.config import TrainSettings
-from pride.data.packing import Sample, collate, hash_samples
+from pride.data.packing import Batch, Sample, collate, hash_samples
 from pride.errors import PrideError
+from pride.io import append_jsonl, read_jsonl_tolerant, write_jsonl
 from pride.logps import TokenLogps
+from pride.models import attention_backend
+from pride.rundir import METRICS, checkpoints_dir
 
 
 class Objective(Protocol):
@@ -47,7 +50,7 @@ class Objective(Protocol):
     def units(self, rows: list[list[Sample]]) -> float:
         """Normalisation units in these rows (trained tokens for SFT, pairs for DPO)."""
 
-    def __call__(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(loss summed over units, metric sums) for one micro-batch."""
 
 
@@ -173,7 +176,7 @@ def find_checkpoint(run_dir: Path, resume: str, warn=None) -> Path | None:
         if "problem" in state:
             raise PrideError(f"train.resume={resume}: not a usable checkpoint ({state['problem']})")
         return path
-    done = sorted((p for p in (run_dir / "checkpoints").glob("checkpoint-*")
+    done = sorted((p for p in (checkpoints_dir(run_dir)).glob("checkpoint-*")
                    if p.is_dir() and not p.name.endswith(".tmp") and p.name.split("-")[1].isdigit()),
                   key=lambda p: int(p.name.split("-")[1]), reverse=True)
     for ckpt in done:
@@ -218,15 +221,14 @@ def train(
     identity: dict | None = None,
     on_start: Callable[[], None] | None = None,
 ) -> TrainResult:
-    """Train `model` in place. The caller saves the final model (unwrapped) afterwards."""
+    """Train `model` in place: resume, then per step `_step`, `evaluate`, `_log`, `save_checkpoint`.
+    The caller saves the final model (unwrapped) afterwards."""
     acc = accelerator
     console = console or Console(stderr=True, soft_wrap=True)
-    world, rank = acc.num_processes, acc.process_index
-    per_step = world * cfg.gradient_accumulation_steps
+    per_step = acc.num_processes * cfg.gradient_accumulation_steps
     if not rows:
         raise PrideError("no training rows left after tokenization and filtering")
-    n_mb = math.ceil(len(rows) / cfg.micro_batch_size)
-    steps_per_epoch = math.ceil(n_mb / per_step)
+    steps_per_epoch = math.ceil(math.ceil(len(rows) / cfg.micro_batch_size) / per_step)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     if sum(objective.units([r]) for r in rows) == 0:
         raise PrideError("nothing to train: no row has a trained token (check data.train_on and the chat template)")
@@ -240,35 +242,19 @@ def train(
     scheduler = _scheduler(cfg, optimizer, total_steps)
     wrapper, optimizer = acc.prepare(wrapper, optimizer)
     acc.register_for_checkpointing(scheduler)
-    flat = getattr(model.config, "_attn_implementation", "") == "flash_attention_2"
+    flat = attention_backend(model) == "flash_attention_2"
 
     run_dir = Path(run_dir)
-    metrics_path = run_dir / "metrics.jsonl"
-    start_step = 0
     fingerprint = data_fingerprint(rows)
-    ckpt = find_checkpoint(run_dir, cfg.resume, warn=console.print if acc.is_main_process else None)
-    if ckpt is not None:
-        check_resume(ckpt, identity, fingerprint, cfg.resume)
-        try:
-            acc.load_state(str(ckpt))
-        except Exception as e:  # noqa: BLE001 - intact files that still do not load: say which
-            raise PrideError(f"{ckpt}: cannot resume from this checkpoint ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else ''}); train.resume=never starts over") from None
-        start_step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
-        if acc.is_main_process:
-            console.print(f"resumed from {ckpt} at step {start_step}")
-            _truncate_metrics(metrics_path, start_step)
-    elif acc.is_main_process and metrics_path.exists() and cfg.resume == "never":
-        metrics_path.unlink()
+    start_step = _resume(acc, cfg, run_dir, identity, fingerprint, console)
     if on_start is not None and acc.is_main_process:  # e.g. config.yaml: only once the run is really going
         on_start()
     if cfg.report_to:
         acc.init_trackers("pride", config={"train": cfg.model_dump(mode="json")})
 
-    def batch_for(idx: list[int], source: list[list[Sample]]) -> dict:
-        batch = collate([source[i] for i in idx], pad_id, flat=flat, layout=objective.layout,
-                        attention_weight=objective.attention_weight)
-        return {k: (v.to(acc.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    def batch_for(idx: list[int], source: list[list[Sample]]) -> Batch:
+        return collate([source[i] for i in idx], pad_id, flat=flat, layout=objective.layout,
+                       attention_weight=objective.attention_weight).to(acc.device)
 
     schedules: dict[int, list] = {}
     result = TrainResult(steps=start_step, prepared=wrapper)
@@ -282,32 +268,8 @@ def train(
             if epoch not in schedules:
                 schedules = {epoch: epoch_schedule(len(rows), cfg.micro_batch_size, per_step, seed, epoch)}
             step_mbs = schedules[epoch][k]
-            units = sum(objective.units([rows[i] for i in mb]) for mb in step_mbs)
-            mine = step_mbs[rank::world]
-            n_local = math.ceil(len(step_mbs) / world)
-            plan = [(mb, 1.0) for mb in mine] + [(step_mbs[0], 0.0)] * (n_local - len(mine))
-            names = ["loss", *objective.metric_names]
-            sums = {n: torch.zeros((), device=acc.device) for n in names}
-            local_tokens = 0
-            wrapper.train()
-            for i, (mb, weight) in enumerate(plan):
-                batch = batch_for(mb, rows)
-                sync = i == len(plan) - 1
-                with (nullcontext() if sync else acc.no_sync(wrapper)), acc.autocast():
-                    loss_sum, metrics = objective(wrapper, batch)
-                    acc.backward(loss_sum * (weight * world / max(units, 1e-12)))
-                for name, v in {"loss": loss_sum, **metrics}.items():
-                    sums[name] += weight * v.detach().float()
-                local_tokens += int(weight) * batch["n_tokens"]
-            reduced = acc.reduce(torch.stack([sums[n] for n in names]), "sum")
-            logged = {n: (reduced[j] / max(units, 1e-12)).item() for j, n in enumerate(names)}
-            grad_norm = None
-            if math.isfinite(logged["loss"]):
-                if cfg.max_grad_norm is not None:
-                    grad_norm = float(acc.clip_grad_norm_(wrapper.parameters(), cfg.max_grad_norm))
-                else:
-                    grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in wrapper.parameters()
-                                                              if p.grad is not None])))
+            logged, grad_norm, units, local_tokens = _step(acc, wrapper, objective, rows, step_mbs, batch_for,
+                                                           cfg.max_grad_norm)
             if not math.isfinite(logged["loss"]) or grad_norm is None or not math.isfinite(grad_norm):
                 bad = "loss" if not math.isfinite(logged["loss"]) else "gradient norm"
                 if cfg.on_nan == "stop":
@@ -322,22 +284,17 @@ def train(
             optimizer.zero_grad(set_to_none=True)
 
             tokens_seen += int(acc.reduce(torch.tensor(local_tokens, device=acc.device), "sum").item())
-            elapsed = time.perf_counter() - t0
             done = step + 1
             record = {"step": done, "epoch": round(step / steps_per_epoch, 4), **logged,
                       "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                      "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9), 1), "units": units}
+                      "tokens_per_s": round(tokens_seen / max(time.perf_counter() - t0, 1e-9), 1), "units": units}
             if skipped:
                 record["skipped_steps"] = skipped
             if cfg.eval_steps and eval_rows and (done % cfg.eval_steps == 0 or done == total_steps):
                 record.update(evaluate(acc, wrapper, objective, eval_rows, cfg.micro_batch_size, batch_for))
             if done % cfg.logging_steps == 0 or done == total_steps:
+                _log(acc, cfg, run_dir, record)
                 result.metrics.append(record)
-                if acc.is_main_process:
-                    with open(metrics_path, "a", encoding="utf-8") as f:
-                        f.write(json.dumps(record) + "\n")
-                if cfg.report_to:
-                    acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=done)
             progress.update(task, completed=done, info=f"loss {logged['loss']:.4f}  lr {record['lr']:.2e}  "
                                                         f"{record['tokens_per_s']:.0f} tok/s")
             if cfg.save_steps and done % cfg.save_steps == 0 and done < total_steps:
@@ -348,6 +305,71 @@ def train(
     if cfg.report_to:
         acc.end_training()
     return result
+
+
+def _resume(acc: Accelerator, cfg: TrainSettings, run_dir: Path, identity: dict | None, fingerprint: str,
+            console: Console) -> int:
+    """The step to start from: the newest usable checkpoint's (restored into the accelerator), or 0."""
+    metrics_path = run_dir / METRICS
+    ckpt = find_checkpoint(run_dir, cfg.resume, warn=console.print if acc.is_main_process else None)
+    if ckpt is None:
+        if acc.is_main_process and metrics_path.exists() and cfg.resume == "never":
+            metrics_path.unlink()
+        return 0
+    check_resume(ckpt, identity, fingerprint, cfg.resume)
+    try:
+        acc.load_state(str(ckpt))
+    except Exception as e:  # noqa: BLE001 - intact files that still do not load: say which
+        raise PrideError(f"{ckpt}: cannot resume from this checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); train.resume=never starts over") from None
+    start_step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+    if acc.is_main_process:
+        console.print(f"resumed from {ckpt} at step {start_step}")
+        _truncate_metrics(metrics_path, start_step)
+    return start_step
+
+
+def _step(acc: Accelerator, wrapper, objective: Objective, rows, step_mbs: list[list[int]], batch_for,
+          max_grad_norm: float | None) -> tuple[dict, float | None, float, int]:
+    """Forward and backward over this rank's micro-batches of one optimizer step, gradients
+    clipped. Returns (loss and metrics per unit over all ranks, gradient norm or None when the
+    loss is not finite, the step's units, this rank's tokens)."""
+    world, rank = acc.num_processes, acc.process_index
+    units = sum(objective.units([rows[i] for i in mb]) for mb in step_mbs)
+    mine = step_mbs[rank::world]
+    n_local = math.ceil(len(step_mbs) / world)
+    plan = [(mb, 1.0) for mb in mine] + [(step_mbs[0], 0.0)] * (n_local - len(mine))  # ranks run as many
+    names = ["loss", *objective.metric_names]
+    sums = {n: torch.zeros((), device=acc.device) for n in names}
+    local_tokens = 0
+    wrapper.train()
+    for i, (mb, weight) in enumerate(plan):
+        batch = batch_for(mb, rows)
+        sync = i == len(plan) - 1
+        with (nullcontext() if sync else acc.no_sync(wrapper)), acc.autocast():
+            loss_sum, metrics = objective(wrapper, batch)
+            acc.backward(loss_sum * (weight * world / max(units, 1e-12)))
+        for name, v in {"loss": loss_sum, **metrics}.items():
+            sums[name] += weight * v.detach().float()
+        local_tokens += int(weight) * batch.n_tokens
+    reduced = acc.reduce(torch.stack([sums[n] for n in names]), "sum")
+    logged = {n: (reduced[j] / max(units, 1e-12)).item() for j, n in enumerate(names)}
+    grad_norm = None
+    if math.isfinite(logged["loss"]):
+        if max_grad_norm is not None:
+            grad_norm = float(acc.clip_grad_norm_(wrapper.parameters(), max_grad_norm))
+        else:
+            grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in wrapper.parameters()
+                                                      if p.grad is not None])))
+    return logged, grad_norm, units, local_tokens
+
+
+def _log(acc: Accelerator, cfg: TrainSettings, run_dir: Path, record: dict) -> None:
+    """One line of metrics.jsonl (main process) and the trackers."""
+    if acc.is_main_process:
+        append_jsonl(run_dir / METRICS, [record])
+    if cfg.report_to:
+        acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
 
 
 def evaluate(acc: Accelerator, wrapper, objective: Objective, eval_rows, micro_batch_size: int, batch_for) -> dict:
@@ -377,7 +399,7 @@ def save_checkpoint(acc: Accelerator, run_dir: Path, step: int, keep: int, ident
     refuse resuming with other settings) and every file's size (to detect a truncated one)."""
     from pride.io import disk_error
 
-    root = run_dir / "checkpoints"
+    root = checkpoints_dir(run_dir)
     final, tmp = root / f"checkpoint-{step}", root / f"checkpoint-{step}.tmp"
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -411,12 +433,8 @@ def save_checkpoint(acc: Accelerator, run_dir: Path, step: int, keep: int, ident
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines written after the checkpoint we resume from (they will be redone),
     and a torn last line a kill may have left."""
-    from pride.io import read_jsonl_tolerant, write_text
-
-    if not path.exists():
-        return
-    keep = [r for r in read_jsonl_tolerant(path) if r.get("step", 0) <= step]
-    write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+    if path.exists():
+        write_jsonl(path, [r for r in read_jsonl_tolerant(path) if r.get("step", 0) <= step])
 
 
 def _progress(console: Console, enabled: bool) -> Progress:

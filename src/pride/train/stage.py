@@ -1,12 +1,21 @@
-"""What every training stage does around the loop: run dir, seeds, model, final save."""
+"""What every stage does around its work, in one place: `StageContext`.
+
+    with StageContext.open(cfg) as ctx:          # lock, seed, accelerator, console, run dir
+        model, tokenizer, fmt = ctx.load_model() # on the device, trainable weights per train.precision
+        result = ctx.train(objective, rows, eval_rows, tokenizer.pad_token_id)
+        return ctx.finish(result, tokenizer, stats)   # model/ and summary.json
+
+An online round trains inside its stage with `ctx.within(cfg, it_dir)`: the same
+accelerator, console and lock, its own config, seed and run directory.
+"""
 
 from __future__ import annotations
 
-import functools
 import os
 import random
 import shutil
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +28,7 @@ from pride.errors import PrideError
 from pride.io import disk_error
 from pride.io import write_json
 from pride.models import load_model_and_tokenizer
+from pride.rundir import SUMMARY, model_dir
 
 
 def seed_everything(seed: int) -> None:
@@ -46,33 +56,70 @@ def exclusive(run_dir: Path):
         lock.release()
 
 
-def exclusive_run_dir(stage):
-    """Decorator for a stage `fn(cfg, ...)`: holds the lock of cfg.output_dir while it runs."""
-    @functools.wraps(stage)
-    def run(cfg, *args, **kwargs):
-        with exclusive(Path(cfg.output_dir)):
-            return stage(cfg, *args, **kwargs)
-    return run
+@dataclass
+class StageContext:
+    """A running stage: its config, accelerator, console and run directory."""
 
+    cfg: Config
+    acc: Accelerator
+    console: Console
+    run_dir: Path
 
-def prepare_run_dir(cfg: Config, acc: Accelerator, write_config: bool = True) -> Path:
-    """The run directory; `config.yaml` now, or (training stages) once the run is really going."""
-    run_dir = Path(cfg.output_dir)
-    if acc.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if write_config:
-            write_resolved(cfg, run_dir)
-    acc.wait_for_everyone()
-    return run_dir
+    @classmethod
+    @contextmanager
+    def open(cls, cfg: Config, write_config: bool = False):
+        """Holds the run directory's lock while the stage runs. `write_config`: config.yaml now
+        (training stages write it once training really starts, see `train`)."""
+        from pride.train.loop import make_accelerator
 
+        run_dir = Path(cfg.output_dir)
+        with exclusive(run_dir):
+            seed_everything(cfg.seed)
+            acc = make_accelerator(cfg.train, run_dir, cfg.model.dtype)
+            ctx = cls(cfg, acc, console_for(acc), run_dir)
+            if acc.is_main_process and write_config:
+                write_resolved(cfg, run_dir)
+            acc.wait_for_everyone()
+            yield ctx
 
-def load_for_training(cfg: Config, acc: Accelerator, console: Console | None = None):
-    """Model (trainable weights per `train.precision`, on the device) + tokenizer + chat format."""
-    model, tokenizer, fmt = load_model_and_tokenizer(cfg.model, seed=cfg.seed, device=acc.device)
-    note = apply_precision(model, cfg.train.precision)
-    if note and console is not None:
-        console.print(note)
-    return model, tokenizer, fmt
+    def within(self, cfg: Config, run_dir: Path) -> "StageContext":
+        """A training run inside this stage (an online round): same accelerator, own config and directory."""
+        seed_everything(cfg.seed)
+        if self.acc.is_main_process:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+        self.acc.wait_for_everyone()
+        return replace(self, cfg=cfg, run_dir=Path(run_dir))
+
+    def load_model(self):
+        """Model (trainable weights per `train.precision`, on the device) + tokenizer + chat format."""
+        model, tokenizer, fmt = load_model_and_tokenizer(self.cfg.model, seed=self.cfg.seed, device=self.acc.device)
+        note = apply_precision(model, self.cfg.train.precision)
+        if note:
+            self.console.print(note)
+        return model.to(self.acc.device), tokenizer, fmt
+
+    def train(self, model, objective, rows, eval_rows, pad_id: int):
+        """The one loop, resuming from this run's checkpoints; config.yaml once training starts."""
+        from pride.train.loop import run_identity, train
+
+        return train(self.cfg.train, accelerator=self.acc, model=model, objective=objective, rows=rows,
+                     eval_rows=eval_rows, pad_id=pad_id, run_dir=self.run_dir, seed=self.cfg.seed,
+                     console=self.console, identity=run_identity(self.cfg),
+                     on_start=lambda: write_resolved(self.cfg, self.run_dir))
+
+    def write_json(self, name: str, value) -> None:
+        """A record in the run directory, written by the main process."""
+        if self.acc.is_main_process:
+            write_json(self.run_dir / name, value)
+
+    def finish(self, result, tokenizer, stats: dict) -> dict:
+        """Save the final model and `summary.json` (model path, steps, data stats, last metrics)."""
+        out = save_final_model(self.acc, result.prepared, tokenizer, model_dir(self.run_dir))
+        summary = {"model": str(out), "steps": result.steps, "data": stats,
+                   "final": result.metrics[-1] if result.metrics else {}}
+        self.write_json(SUMMARY, summary)
+        self.console.print(f"[bold green]done[/]: model saved to {out}")
+        return summary
 
 
 def apply_precision(model: torch.nn.Module, precision: str) -> str:
@@ -134,17 +181,6 @@ def save_final_model(acc: Accelerator, prepared, tokenizer, out_dir: Path) -> Pa
         os.replace(tmp, out_dir)
     acc.wait_for_everyone()
     return out_dir
-
-
-def finish_stage(acc: Accelerator, result, tokenizer, run_dir: Path, stats: dict, console: Console) -> dict:
-    """Save the final model and `summary.json` (model path, steps, data stats, last metrics)."""
-    out = save_final_model(acc, result.prepared, tokenizer, run_dir / "model")
-    summary = {"model": str(out), "steps": result.steps, "data": stats,
-               "final": result.metrics[-1] if result.metrics else {}}
-    if acc.is_main_process:
-        write_json(run_dir / "summary.json", summary)
-        console.print(f"[bold green]done[/]: model saved to {out}")
-    return summary
 
 
 def console_for(acc: Accelerator) -> Console:

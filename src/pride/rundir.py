@@ -1,0 +1,77 @@
+"""The run-directory layout, in one place: every writer and reader of a run asks here.
+
+    <run>/config.yaml, metrics.jsonl, summary.json, data_stats.json
+    <run>/model/                 the final model (HF format)
+    <run>/checkpoints/checkpoint-<step>/
+    <run>/iteration-<n>/         an online round: generations, scores, pairs, then a training run
+    <run>/iteration-<n>/iteration.json, <run>/iterations.jsonl
+    <run>/stage.json             a finished recipe stage: its identity, model and seconds
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pride.io import read_record, write_json
+
+MODEL = "model"
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+STAGE_MARKER = "stage.json"
+ITERATION_SUMMARY = "iteration.json"
+ITERATIONS = "iterations.jsonl"
+SUMMARY = "summary.json"
+
+
+def model_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / MODEL
+
+
+def checkpoints_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def iteration_dir(run_dir: str | Path, n: int) -> Path:
+    return Path(run_dir) / f"iteration-{n}"
+
+
+def is_saved_model(path: str | Path) -> bool:
+    """Whether a saved model is there (`save_final_model` renames a finished temp dir into place)."""
+    return (Path(path) / "config.json").exists()
+
+
+def final_model(run_dir: str | Path, iterations: int | None = None) -> Path:
+    """Where a finished stage leaves its model: `model/`, or an online stage's last iteration's."""
+    if iterations:
+        return model_dir(iteration_dir(run_dir, iterations))
+    return model_dir(run_dir)
+
+
+def saved_models(run_dir: str | Path) -> list[tuple[str, Path]]:
+    """Every saved model of a run, in training order: ("", model/) then ("iteration-<n>", ...)."""
+    root = Path(run_dir)
+    found = [("", model_dir(root))] if is_saved_model(model_dir(root)) else []
+    iterations = [p for p in root.glob("iteration-*") if p.name.split("-", 1)[1].isdigit()]
+    for p in sorted(iterations, key=lambda p: int(p.name.split("-", 1)[1])):
+        if is_saved_model(model_dir(p)):
+            found.append((p.name, model_dir(p)))
+    return found
+
+
+def read_stage(run_dir: str | Path) -> dict | None:
+    """A finished recipe stage's record, or None."""
+    return read_record(Path(run_dir) / STAGE_MARKER)
+
+
+def write_stage(run_dir: str | Path, info: dict) -> None:
+    write_json(Path(run_dir) / STAGE_MARKER, info)
+
+
+def read_iteration(it_dir: str | Path) -> dict | None:
+    """A finished online round's summary (readable and its model saved), else None."""
+    info = read_record(Path(it_dir) / ITERATION_SUMMARY)
+    return info if info is not None and is_saved_model(model_dir(it_dir)) else None
+
+
+def write_iteration(it_dir: str | Path, info: dict) -> None:
+    write_json(Path(it_dir) / ITERATION_SUMMARY, info)
