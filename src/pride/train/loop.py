@@ -36,7 +36,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from pride.config import TrainSettings
 from pride.data.packing import Batch, Sample, collate, hash_samples
 from pride.errors import PrideError
-from pride.io import append_jsonl, read_jsonl_tolerant, write_jsonl
+from pride.io import append_jsonl, read_jsonl_tolerant, read_record, write_jsonl
 from pride.logps import TokenLogps
 from pride.models import attention_backend
 from pride.rundir import METRICS, checkpoints_dir
@@ -147,12 +147,11 @@ def checkpoint_state(ckpt: Path) -> dict | None:
     """trainer_state.json of a complete, intact checkpoint, else None (with the reason in 'problem')."""
     from safetensors import safe_open
 
-    try:
-        state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
-        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-            return {"problem": "trainer_state.json has no step"}
-    except (OSError, ValueError) as e:
-        return {"problem": f"trainer_state.json unreadable ({e.__class__.__name__})"}
+    state = read_record(ckpt / "trainer_state.json")
+    if state is None:
+        return {"problem": "trainer_state.json is missing or unreadable"}
+    if not isinstance(state.get("step"), int):
+        return {"problem": "trainer_state.json has no step"}
     for name, size in (state.get("files") or {}).items():
         f = ckpt / name
         if not f.is_file() or f.stat().st_size != size:
@@ -190,7 +189,7 @@ def find_checkpoint(run_dir: Path, resume: str, warn=None) -> Path | None:
 
 def check_resume(ckpt: Path, identity: dict | None, fingerprint: str, resume: str) -> None:
     """Refuse to continue a run whose checkpoint was trained with other settings or data."""
-    state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+    state = read_record(ckpt / "trainer_state.json") or {}
     if resume == "force" or "identity" not in state:
         return
     old = state["identity"]
@@ -322,7 +321,7 @@ def _resume(acc: Accelerator, cfg: TrainSettings, run_dir: Path, identity: dict 
     except Exception as e:  # noqa: BLE001 - intact files that still do not load: say which
         raise PrideError(f"{ckpt}: cannot resume from this checkpoint ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}); train.resume=never starts over") from None
-    start_step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+    start_step = read_record(ckpt / "trainer_state.json")["step"]
     if acc.is_main_process:
         console.print(f"resumed from {ckpt} at step {start_step}")
         _truncate_metrics(metrics_path, start_step)
