@@ -75,6 +75,20 @@ def write_jsonl(path: Path, rows) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
+def write_answers(amd, encoder, answers: dict, out_dir: Path, make_row, column: str, meta_column: str) -> None:
+    """One answer file per model, its markdown/length metadata added by the official code
+    (`add_markdown_info`), as each version's gen_answer does."""
+    import pandas as pd
+
+    for model, texts in answers.items():
+        df = pd.DataFrame([make_row(u, model, t) for u, t in texts.items()])
+        key = df.columns[0]
+        temp = df[[key, column]].copy()
+        temp["markdown_meta"] = amd.get_element_counts(df, column=column)
+        df[meta_column] = temp.apply(lambda row: amd.add_markdown_meta(row, encoder), axis=1)
+        write_jsonl(out_dir / f"{model.split('/')[-1]}.jsonl", df.to_dict("records"))
+
+
 def run_v2(repo: str, work: Path) -> dict:
     code = work / "v2"
     git_files(repo, V2_COMMIT, ["show_result.py", "utils/judge_utils.py", "utils/math_utils.py",
@@ -86,16 +100,10 @@ def run_v2(repo: str, work: Path) -> dict:
     import pandas as pd
     from utils import add_markdown_info as amd  # noqa: E402
 
-    encoder = tiktoken_encoding("o200k_base")
-    for model, texts in answers.items():
-        rows = [{"uid": u, "model": model, "messages": [{"role": "user", "content": "q"},
-                                                       {"role": "assistant", "content": {"answer": t}}]}
-                for u, t in texts.items()]
-        df = pd.DataFrame(rows)
-        temp = df[["uid", "messages"]].copy()
-        temp["markdown_meta"] = amd.get_element_counts(df, column="messages")
-        df["metadata"] = temp.apply(lambda row: amd.add_markdown_meta(row, encoder), axis=1)
-        write_jsonl(data / "model_answer" / f"{model.split('/')[-1]}.jsonl", df.to_dict("records"))
+    write_answers(amd, tiktoken_encoding("o200k_base"), answers, data / "model_answer",
+                  lambda u, model, t: {"uid": u, "model": model, "messages": [
+                      {"role": "user", "content": "q"}, {"role": "assistant", "content": {"answer": t}}]},
+                  "messages", "metadata")
     os.chdir(work / "v2data")
     import show_result  # noqa: E402
 
@@ -130,18 +138,12 @@ def run_v01(repo: str, work: Path) -> dict:
     data = work / "v01data" / "data" / "arena-hard-v0.1"
     write_jsonl(data / "model_judgment" / "gpt-4-1106-preview" / "all.jsonl", v01_judgments(judgments))
     sys.path.insert(0, str(code))
-    import pandas as pd
     import add_markdown_info as amd  # noqa: E402
 
-    encoder = tiktoken_encoding("cl100k_base")
-    for model, texts in answers.items():
-        rows = [{"question_id": u, "model_id": model, "choices": [{"index": 0, "turns": [{"content": t}]}]}
-                for u, t in texts.items()]
-        df = pd.DataFrame(rows)
-        temp = df[["question_id", "choices"]].copy()
-        temp["markdown_meta"] = amd.get_element_counts(df, column="choices")
-        df["conv_metadata"] = temp.apply(lambda row: amd.add_markdown_meta(row, encoder), axis=1)
-        write_jsonl(data / "model_answer" / f"{model.split('/')[-1]}.jsonl", df.to_dict("records"))
+    write_answers(amd, tiktoken_encoding("cl100k_base"), answers, data / "model_answer",
+                  lambda u, model, t: {"question_id": u, "model_id": model,
+                                       "choices": [{"index": 0, "turns": [{"content": t}]}]},
+                  "choices", "conv_metadata")
     os.chdir(work / "v01data")
     np.NAN = np.nan  # the 2024 code predates numpy 2, which dropped this alias of the same value
     import show_result  # noqa: E402

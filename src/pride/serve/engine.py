@@ -251,7 +251,7 @@ class Engine:
             ids = g.seq[:, -1:]
             positions = g.mask.sum(-1, keepdim=True) - 1
         out = self.model(input_ids=ids, attention_mask=g.mask, position_ids=positions, past_key_values=g.cache,
-                         use_cache=True)
+                         use_cache=True, logits_to_keep=1)  # never the prompt's [rows, T, vocab] logits
         g.cache = out.past_key_values
         return out.logits[:, -1, :].float()
 

@@ -2,7 +2,7 @@
 
     with StageContext.open(cfg) as ctx:          # lock, seed, accelerator, console, run dir
         model, tokenizer, fmt = ctx.load_model() # on the device, trainable weights per train.precision
-        result = ctx.train(objective, rows, eval_rows, tokenizer.pad_token_id)
+        result = ctx.train(model, objective, rows, eval_rows, tokenizer.pad_token_id)
         return ctx.finish(result, tokenizer, stats)   # model/ and summary.json
 
 An online round trains inside its stage with `ctx.within(cfg, it_dir)`: the same
