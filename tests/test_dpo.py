@@ -10,6 +10,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from pride.config import ModelSettings, load_config
+from pride.errors import PrideError
 from pride.data.packing import collate
 from pride.data.preference import tokenize_pairs
 from pride.data.rows import PreferencePair
@@ -133,17 +134,30 @@ def test_dpo_on_sft_output_with_ultrafeedback_layout(tmp_path):
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge", "dpo_gamma", "slic_dpo", "simpo", "sppo",
-                                       "sppo_hard", "robust", "bco_pair", "nca_pair", "apo_zero", "apo_down"])
+                                       "sppo_single", "sppo_hard", "robust", "bco_pair", "nca_pair", "apo_zero",
+                                       "apo_down"])
 def test_every_loss_trains_through_the_stage(tmp_path, loss_type):
     rows = uf_rows(8)
     for i, r in enumerate(rows):  # scored rows (SPPO)
         r["chosen_win_prob"], r["rejected_win_prob"] = 0.6 + 0.01 * i, 0.3
+        r["chosen_probs"] = 0.7 + 0.01 * i
     data = write_jsonl(tmp_path / "scored.jsonl", rows)
     summary = run_preference(dpo_config(tmp_path, "tiny:llama", data, tmp_path / "run", "train.max_steps=2",
                                  f"preference.loss_type={loss_type}", "preference.gamma=0.5",
                                  "preference.label_smoothing=0.1", "preference.nll_weight=0.2"))
     assert summary["steps"] == 2 and torch.isfinite(torch.tensor(summary["final"]["loss"]))
     assert (tmp_path / "run" / "reference_logps.parquet").exists() == (loss_type != "simpo")
+
+
+def test_sppo_single_without_chosen_probs_names_the_row(tmp_path):
+    rows = uf_rows(4)
+    for r in rows:
+        r["chosen_probs"] = 0.8
+    del rows[2]["chosen_probs"]
+    data = write_jsonl(tmp_path / "scored.jsonl", rows)
+    with pytest.raises(PrideError, match=r"scored.jsonl line 3: loss_type 'sppo_single' needs chosen_probs"):
+        run_preference(dpo_config(tmp_path, "tiny:llama", data, tmp_path / "run", "train.max_steps=1",
+                                  "preference.loss_type=sppo_single", "data.shuffle=false"))
 
 
 def test_reference_cache_survives_a_new_skipped_pair_and_a_torn_file(tmp_path, monkeypatch):

@@ -31,6 +31,8 @@ def expected(name, pw, pl, rw_, rl_, lw, ll, Pw, Pl):
         "slic_dpo": torch.clamp(DELTA - BETA * D, min=0),
         "simpo": -ls(BETA * (pw / lw - pl / ll) - GAMMA),
         "sppo": ((rw - (Pw - 0.5) / BETA) ** 2 + (rl - (Pl - 0.5) / BETA) ** 2) / 2,
+        # uclaml/SPPO sppo/trainer.py, loss_type sppo_single, with chosen_probs = Pw
+        "sppo_single": ((rw - (1 / BETA) * (Pw - 0.5)) ** 2 + (rl + (1 / BETA) * (Pw - 0.5)) ** 2) / 2,
         "sppo_hard": (rw - 1 / (2 * BETA)) ** 2 + (rl + 1 / (2 * BETA)) ** 2,
         "bco_pair": -ls(BETA * rw) - ls(-BETA * rl),
         "nca_pair": -ls(BETA * rw) - 0.5 * ls(-BETA * rw) - 0.5 * ls(-BETA * rl),
@@ -62,7 +64,7 @@ def inputs(seed):
 def test_all_issue_losses_present():
     assert set(LOSS_TYPES) == {"sigmoid", "ipo", "hinge", "dpo_gamma", "slic_dpo", "simpo", "sppo", "sppo_hard",
                                "robust", "bco_pair", "nca_pair", "apo_zero", "apo_down", "cpo", "slic", "orpo",
-                               "kto_pair"}
+                               "kto_pair", "sppo_single"}
 
 
 @pytest.mark.parametrize("name", LOSS_TYPES)

@@ -34,6 +34,7 @@ def test_sppo_win_probabilities_on_hand_made_matrix():
     assert why == "ok" and (pair["chosen"], pair["rejected"]) == ("x", "z")
     assert pair["chosen_win_prob"] == pytest.approx((0.5 + sig(7 / 3) + sig(11 / 3)) / 3)
     assert pair["rejected_win_prob"] == pytest.approx((sig(-11 / 3) + sig(-4 / 3) + 0.5) / 3)
+    assert pair["chosen_probs"] == pytest.approx(sig(11 / 3))  # P(x beats z)
 
 
 def test_best_vs_worst_ties_and_identical():

@@ -72,6 +72,13 @@ def sppo(r_w: Tensor, r_l: Tensor, p_w: Tensor, p_l: Tensor, beta: float) -> Ten
     return ((r_w - (p_w - 0.5) / beta) ** 2 + (r_l - (p_l - 0.5) / beta) ** 2) / 2
 
 
+def sppo_single(r_w: Tensor, r_l: Tensor, p: Tensor, beta: float) -> Tensor:
+    """SPPO's `sppo_single` (uclaml/SPPO sppo/trainer.py) on one probability per pair, P = P(y_w beats y_l)
+    (their `chosen_probs`): ((r_w - (P - 1/2)/beta)^2 + (r_l + (P - 1/2)/beta)^2) / 2, i.e. SPPO with
+    P_w = P and P_l = 1 - P."""
+    return ((r_w - (p - 0.5) / beta) ** 2 + (r_l + (p - 0.5) / beta) ** 2) / 2
+
+
 def sppo_hard(r_w: Tensor, r_l: Tensor, beta: float) -> Tensor:
     """SPPO with hard probabilities P_w = 1, P_l = 0 (TRL's form): (r_w - 1/(2 beta))^2 + (r_l + 1/(2 beta))^2."""
     return (r_w - 0.5 / beta) ** 2 + (r_l + 0.5 / beta) ** 2
@@ -142,7 +149,7 @@ class Loss:
     fn: Callable[[dict], Tensor]
     reference: bool = True  # needs reference log-probs
     lengths: bool = False  # needs completion lengths
-    win_prob: bool = False  # needs SPPO win probabilities
+    probs: str | None = None  # SPPO probabilities: "win" (chosen_win_prob, rejected_win_prob), "pair" (chosen_probs)
 
 
 # The one list of loss types: the config's `preference.loss_type` choices derive from it.
@@ -160,7 +167,8 @@ LOSSES: dict[str, Loss] = {
     "orpo": Loss(lambda a: orpo(a["pi_w"] / a["len_w"], a["pi_l"] / a["len_l"], a["beta"]),
                  reference=False, lengths=True),
     "kto_pair": Loss(lambda a: kto_pair(a["r_w"], a["r_l"], a["beta"])),
-    "sppo": Loss(lambda a: sppo(a["r_w"], a["r_l"], a["p_w"], a["p_l"], a["beta"]), win_prob=True),
+    "sppo": Loss(lambda a: sppo(a["r_w"], a["r_l"], a["p_w"], a["p_l"], a["beta"]), probs="win"),
+    "sppo_single": Loss(lambda a: sppo_single(a["r_w"], a["r_l"], a["p_w"], a["beta"]), probs="pair"),
     "sppo_hard": Loss(lambda a: sppo_hard(a["r_w"], a["r_l"], a["beta"])),
     "bco_pair": Loss(lambda a: bco_pair(a["r_w"], a["r_l"], a["beta"])),
     "nca_pair": Loss(lambda a: nca_pair(a["r_w"], a["r_l"], a["beta"])),
@@ -170,7 +178,8 @@ LOSSES: dict[str, Loss] = {
 LOSS_TYPES = tuple(LOSSES)
 REFERENCE_FREE = frozenset(k for k, v in LOSSES.items() if not v.reference)
 NEEDS_LENGTHS = frozenset(k for k, v in LOSSES.items() if v.lengths)
-NEEDS_WIN_PROB = frozenset(k for k, v in LOSSES.items() if v.win_prob)
+NEEDS_WIN_PROB = frozenset(k for k, v in LOSSES.items() if v.probs)
+PROB_COLUMNS = {"win": "chosen_win_prob and rejected_win_prob", "pair": "chosen_probs"}
 
 
 def preference_loss(
@@ -197,7 +206,8 @@ def preference_loss(
     if loss_type in NEEDS_LENGTHS and (chosen_lengths is None or rejected_lengths is None):
         raise PrideError(f"loss_type {loss_type!r} needs chosen_lengths and rejected_lengths")
     if loss_type in NEEDS_WIN_PROB and (chosen_win_prob is None or rejected_win_prob is None):
-        raise PrideError(f"loss_type {loss_type!r} needs chosen_win_prob and rejected_win_prob (SPPO rows)")
+        raise PrideError(f"loss_type {loss_type!r} needs chosen_win_prob and rejected_win_prob (SPPO rows; "
+                         "sppo_single: chosen_win_prob = chosen_probs)")
     args: dict = {"pi_w": policy_chosen_logps, "pi_l": policy_rejected_logps, "beta": beta, "gamma": gamma,
                   "label_smoothing": label_smoothing, "delta": delta, "p_w": chosen_win_prob,
                   "p_l": rejected_win_prob}

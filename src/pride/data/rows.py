@@ -9,8 +9,10 @@ Accepted layouts (column names can be mapped per source with `columns:`):
   rejected a string, a single assistant message, or the full conversation including the
   prompt (UltraFeedback-binarized); `chosen`/`rejected` without `prompt` (HH-RLHF message
   lists sharing a prefix) also works
-* scored preference (SPPO): the above plus `chosen_win_prob`/`rejected_win_prob`
-  (and optionally `chosen_score`/`rejected_score`)
+* scored preference (SPPO): the above plus `chosen_win_prob`/`rejected_win_prob` (each
+  answer's mean win probability against all K samples; SPPO's `chosen_probs_win`/`_lose`)
+  and/or `chosen_probs` (P(chosen beats rejected), for `sppo_single`), optionally
+  `chosen_score`/`rejected_score`
 * prompt only: `prompt` (a string or message list), for online rounds and evaluation
 
 Problems raise `RowError` with the field path; the caller adds the file and line.
@@ -30,7 +32,7 @@ ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "chatgpt": "assistant", "bing": "assistant"}
 FIELDS = ("messages", "prompt", "completion", "chosen", "rejected", "chosen_win_prob",
-          "rejected_win_prob", "chosen_score", "rejected_score")
+          "rejected_win_prob", "chosen_probs", "chosen_score", "rejected_score")
 
 
 class RowError(ValueError):
@@ -55,6 +57,7 @@ class PreferencePair:
     rejected: str
     chosen_win_prob: float | None = None
     rejected_win_prob: float | None = None
+    chosen_probs: float | None = None
     chosen_score: float | None = None
     rejected_score: float | None = None
     where: str = field(default="", compare=False)
@@ -270,6 +273,7 @@ def _preference(row: dict, allow_empty: bool = False) -> PreferencePair:
         rejected=_completion(rejected, "rejected", prompt, allow_empty),
         chosen_win_prob=_prob(row, "chosen_win_prob"),
         rejected_win_prob=_prob(row, "rejected_win_prob"),
+        chosen_probs=_prob(row, "chosen_probs"),
         chosen_score=_score(row, "chosen_score"),
         rejected_score=_score(row, "rejected_score"),
     )

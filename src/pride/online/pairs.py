@@ -48,4 +48,5 @@ def make_pair(row: dict, judged: dict, mode: str) -> tuple[dict | None, str]:
         k = len(s)
         pair["chosen_win_prob"] = sum(p[best]) / k
         pair["rejected_win_prob"] = sum(p[worst]) / k
+        pair["chosen_probs"] = p[best][worst]  # SPPO's compute_prob.py: for sppo_single
     return pair, "ok"

@@ -20,7 +20,7 @@ from pride.data.packing import Batch, Sample
 from pride.data.preference import tokenize_pairs
 from pride.errors import PrideError
 from pride.logps import attention_weight, pair_logps
-from pride.losses import NEEDS_WIN_PROB, REFERENCE_FREE, preference_loss
+from pride.losses import LOSSES, NEEDS_WIN_PROB, PROB_COLUMNS, REFERENCE_FREE, preference_loss
 from pride.models import attention_backend, disable_dropout
 from pride.train.stage import StageContext
 
@@ -118,14 +118,25 @@ def train_preference(ctx: StageContext, rows: Rows) -> dict:
                                                                  ctx.run_dir / name, layout))
     if s.loss_type in NEEDS_WIN_PROB:
         for data, pairs, _ in splits:
-            for row, i in zip(data.rows, data.kept):
-                row[0].win_prob, row[1].win_prob = pairs[i].chosen_win_prob, pairs[i].rejected_win_prob
-            if any(x.win_prob is None for row in data.rows for x in row):
-                raise PrideError(f"loss_type {s.loss_type!r} needs chosen_win_prob and rejected_win_prob on every row")
+            attach_probs(data.rows, [pairs[i] for i in data.kept], s.loss_type)
 
     objective = PreferenceObjective(s, live_reference=live, layout=layout, attention_weight=attention_weight(model.config))
     result = ctx.train(model, objective, train_data.rows, eval_data.rows, tokenizer.pad_token_id)
     return ctx.finish(result, tokenizer, stats)
+
+
+def attach_probs(rows: list[list[Sample]], pairs: list, loss_type: str) -> None:
+    """SPPO's probabilities onto the samples: each answer's own win probability (`sppo`), or for
+    `sppo_single` P(chosen beats rejected) on the chosen and 1 - P on the rejected."""
+    kind = LOSSES[loss_type].probs
+    for row, pair in zip(rows, pairs):
+        if kind == "win":
+            probs = (pair.chosen_win_prob, pair.rejected_win_prob)
+        else:
+            probs = (pair.chosen_probs, None if pair.chosen_probs is None else 1 - pair.chosen_probs)
+        if None in probs:
+            raise PrideError(f"{pair.where}: loss_type {loss_type!r} needs {PROB_COLUMNS[kind]} on every row")
+        row[0].win_prob, row[1].win_prob = probs
 
 
 def pair_layout(s: PreferenceSettings, model, console=None) -> str:
