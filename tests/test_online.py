@@ -13,10 +13,12 @@ import pytest
 import torch
 
 from pride.config import JudgeSettings, OnlineSettings
+from pride.errors import PrideError
 from pride.online.judges import FunctionJudge, LLMJudge
 from pride.online.pairs import make_pair, win_probabilities
 from pride.online.samplers import OpenAISampler
 from tests.conftest import write_jsonl
+from tests.real_tokenizers import real_tokenizer
 
 
 def sig(x):
@@ -88,6 +90,34 @@ def test_pairrm_both_orders_antisymmetric(tmp_path):
     assert M.shape == (4, 4) and torch.allclose(M, -M.T) and M.abs().sum() > 0
     assert {(a, b) for _, a, b in calls} == {(cands[i], cands[j]) for i in range(4) for j in range(4) if i != j}
     assert out.scores == pytest.approx([float(2 * M[i].sum() / 4) for i in range(4)])
+
+
+@pytest.mark.parametrize("name", ["mistral", "llama3", "qwen2"])
+def test_pairrm_prompt_as_sppo_rank_py_builds_it(name):
+    """SPPO's scripts/rank.py apply_template, run on the real tokenizer with its official template."""
+    from pride.chat import chat_format
+    from pride.online.judges import chat_template_text
+
+    tok = real_tokenizer(name)
+    for text in ["What is 2 + 2?", "Is None a keyword?\nAnswer briefly."]:
+        sppo = tok.apply_chat_template([{"role": "user", "content": text}, {"role": "assistant", "content": "None"}],
+                                       tokenize=False, add_generate_prompt=True).split("None")[0]
+        assert chat_template_text(chat_format(tok, None), [{"role": "user", "content": text}]) == sppo
+
+
+def test_pairrm_judge_shown_the_chat_template_text(tmp_path):
+    from pride.chat import chat_format
+    from pride.online.judges import make_judge
+
+    s = JudgeSettings(type="pairrm", path=str(tiny_pairrm(tmp_path / "pairrm")), prompt_format="chat_template")
+    judge = make_judge(s, "cpu", chat_format(real_tokenizer("mistral"), None))
+    seen = []
+    real = judge.rm.logits
+    judge.rm.logits = lambda triples: seen.extend(src for src, _, _ in triples) or real(triples)
+    judge.judge([[{"role": "user", "content": "Hi?"}]], [["a", "b"]])
+    assert set(seen) == {"<s>[INST] Hi? [/INST]"}
+    with pytest.raises(PrideError, match="prompt_format=chat_template is SPPO's PairRM input"):
+        make_judge(JudgeSettings(type="function", function="x:y", prompt_format="chat_template"), "cpu")
 
 
 class FakeOpenAI(BaseHTTPRequestHandler):
@@ -231,6 +261,23 @@ def test_sppo_self_play_with_split_prompts(tmp_path):
     pairs = [json.loads(x) for x in (tmp_path / "sppo" / "iteration-1" / "pairs.jsonl").read_text().splitlines()]
     assert pairs and all(0 < p["rejected_win_prob"] < 0.5 < p["chosen_win_prob"] < 1 for p in pairs)
     assert "loss_type: sppo" in (tmp_path / "sppo" / "iteration-1" / "config.yaml").read_text()
+
+
+def test_prompts_per_source_one_source_per_iteration(tmp_path):
+    """SPPO's run_sppo_*.sh: iteration n samples the prompts of data-...-sppo-iter{n}."""
+    from pride.config import load_config
+    from pride.online.loop import load_prompts, prompts_for_iteration
+
+    a = write_jsonl(tmp_path / "iter1.jsonl", [{"prompt": f"first {i}"} for i in range(3)])
+    b = write_jsonl(tmp_path / "iter2.jsonl", [{"prompt": f"second {i}"} for i in range(5)])
+    cfg = load_config(None, ["model.path=tiny:llama", f"data.sources.0.path={a}", f"data.sources.1.path={b}",
+                             "online.iterations=2", "online.prompt_split=per_source"])
+    prompts = load_prompts(cfg)
+    texts = [[p["prompt"][-1]["content"] for p in prompts_for_iteration(prompts, cfg, n)] for n in (1, 2)]
+    assert sorted(texts[0]) == [f"first {i}" for i in range(3)] and sorted(texts[1]) == [f"second {i}" for i in range(5)]
+    assert len({p["prompt_id"] for p in prompts}) == 8
+    with pytest.raises(PrideError, match="2 data.sources for 3 iterations"):
+        load_prompts(cfg.model_copy(update={"online": cfg.online.model_copy(update={"iterations": 3})}))
 
 
 def test_online_round_trains_with_the_users_model_settings(tmp_path, monkeypatch):

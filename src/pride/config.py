@@ -136,6 +136,9 @@ class JudgeSettings(Section):
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
     batch_size: int = Field(16, gt=0)
     max_length: int = Field(2048, gt=0, description="tokens per judged input (reward model)")
+    prompt_format: Literal["user_text", "chat_template"] = Field(
+        "user_text", description="the prompt a judge is shown: the user turn(s) as text, or (SPPO's rank.py) the "
+                                 "policy's chat template rendered up to the answer")
 
 
 class OnlineSettings(Section):
@@ -147,12 +150,16 @@ class OnlineSettings(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(256, gt=0)
     sampler: Literal["auto", "vllm", "transformers", "openai"] = "auto"
+    tensor_parallel_size: int = Field(1, gt=0, description="GPUs one vLLM sampler shards the model over "
+                                                           "(vLLM's tensor_parallel_size)")
     sampler_url: str | None = Field(None, description="OpenAI-compatible base URL (sampler=openai)")
     sampler_model: str | None = None
     sampler_api_key_env: str = "OPENAI_API_KEY"
     generation_batch_size: int = Field(16, gt=0, description="prompts per generate call / resume chunk")
     pairs: Literal["best_worst", "sppo"] = "best_worst"
-    prompt_split: Literal["reuse", "split"] = Field("reuse", description="split: disjoint prompts per iteration")
+    prompt_split: Literal["reuse", "split", "per_source"] = Field(
+        "reuse", description="reuse: every prompt each iteration; split: disjoint slices; per_source: "
+                             "data.sources[n-1] holds iteration n's prompts (SPPO's data-...-sppo-iter{n})")
     max_prompts: int | None = Field(None, gt=0, description="prompts used per iteration")
     mix_offline: SourceSettings | None = Field(None, description="offline preference rows mixed into each round")
     mix_fraction: float = Field(0.0, ge=0, lt=1, description="share of offline pairs in each round's training set")

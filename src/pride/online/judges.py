@@ -35,6 +35,14 @@ def prompt_text(messages: list[dict]) -> str:
     return "\n".join(users[-1:]) if len(users) <= 1 else "\n".join(f"USER: {u}" for u in users)
 
 
+def chat_template_text(fmt, messages: list[dict]) -> str:
+    """The prompt as SPPO's scripts/rank.py shows it to PairRM: the conversation with the answer
+    "None", rendered by the policy's chat template, cut at the first "None" (so a prompt that
+    itself contains "None" is cut there too, as theirs is)."""
+    text, _ = fmt.render([*messages, {"role": "assistant", "content": "None"}])
+    return text.split("None")[0]
+
+
 def check_judgement(j: "Judgement", k: int, where: str) -> None:
     """Scores (and matrix entries) must be finite real numbers, K of them: else the row is named."""
     if len(j.scores) != k:
@@ -102,17 +110,18 @@ class RewardModelJudge:
 
 
 class PairRMJudge:
-    def __init__(self, s: JudgeSettings, device):
+    def __init__(self, s: JudgeSettings, device, fmt=None):
         from pride.online.pairrm import PairRM
 
         if not s.path:
             raise PrideError("online.judge.type=pairrm needs online.judge.path (a local PairRM-hf directory)")
         self.rm = PairRM(s.path, device=device, batch_size=s.batch_size)
+        self.show = (lambda m: chat_template_text(fmt, m)) if s.prompt_format == "chat_template" else prompt_text
 
     def judge(self, prompts, candidates):
         out = []
         for p, cands in zip(prompts, candidates):
-            m = self.rm.compare_all(prompt_text(p), cands)
+            m = self.rm.compare_all(self.show(p), cands)
             out.append(Judgement(row_scores(m), m))
         return out
 
@@ -155,11 +164,15 @@ class LLMJudge:
         return out
 
 
-def make_judge(s: JudgeSettings, device) -> Judge:
+def make_judge(s: JudgeSettings, device, fmt=None) -> Judge:
+    """`fmt`: the policy's chat format, for `prompt_format: chat_template` (PairRM only)."""
+    if s.prompt_format == "chat_template" and s.type != "pairrm":
+        raise PrideError(f"online.judge.prompt_format=chat_template is SPPO's PairRM input; the {s.type} judge "
+                         "is shown the user text")
     if s.type == "function":
         return FunctionJudge(s.function)
     if s.type == "reward_model":
         return RewardModelJudge(s, device)
     if s.type == "pairrm":
-        return PairRMJudge(s, device)
+        return PairRMJudge(s, device, fmt)
     return LLMJudge(s)

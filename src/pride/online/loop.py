@@ -27,7 +27,7 @@ from pride.data import Conversation, load_rows, read_rows
 from pride.data.rows import normalize
 from pride.errors import PrideError
 from pride.io import append_jsonl, read_jsonl, read_jsonl_tolerant, write_jsonl
-from pride.models import load_model_and_tokenizer
+from pride.models import load_chat, load_model_and_tokenizer
 from pride.online.judges import check_judgement, make_judge
 from pride.online.pairs import make_pair
 from pride.online.samplers import make_sampler
@@ -71,16 +71,26 @@ def resumable_map(acc, it_dir: Path, name: str, prompts: list[dict], chunk_size:
 
 
 def load_prompts(cfg: Config) -> list[dict]:
-    rows = load_rows(cfg.data, want="any", seed=cfg.seed).train
+    """The prompts of data.sources; with prompt_split=per_source each carries its source's index."""
+    s = cfg.online
+    if s.prompt_split != "per_source":
+        groups = [load_rows(cfg.data, want="any", seed=cfg.seed).train]
+    elif len(cfg.data.sources) != s.iterations:
+        raise PrideError(f"online.prompt_split=per_source: {len(cfg.data.sources)} data.sources for "
+                         f"{s.iterations} iterations (one source per iteration)")
+    else:
+        groups = [load_rows(cfg.data.model_copy(update={"sources": [src]}), want="any", seed=cfg.seed).train
+                  for src in cfg.data.sources]
     prompts = []
-    for i, row in enumerate(rows):
-        if isinstance(row, Conversation):
-            msgs = row.messages
-            last_user = max(k for k, m in enumerate(msgs) if m["role"] == "user")
-            msgs = msgs[:last_user + 1]
-        else:
-            msgs = row.prompt
-        prompts.append({"prompt_id": f"p{i}", "prompt": msgs})
+    for source, rows in enumerate(groups):
+        for row in rows:
+            if isinstance(row, Conversation):
+                msgs = row.messages
+                last_user = max(k for k, m in enumerate(msgs) if m["role"] == "user")
+                msgs = msgs[:last_user + 1]
+            else:
+                msgs = row.prompt
+            prompts.append({"prompt_id": f"p{len(prompts)}", "prompt": msgs, "source": source})
     if not prompts:
         raise PrideError("no prompts in data.sources")
     return prompts
@@ -88,7 +98,9 @@ def load_prompts(cfg: Config) -> list[dict]:
 
 def prompts_for_iteration(prompts: list[dict], cfg: Config, n: int) -> list[dict]:
     s = cfg.online
-    if s.prompt_split == "split":
+    if s.prompt_split == "per_source":
+        prompts = [p for p in prompts if p["source"] == n - 1]
+    elif s.prompt_split == "split":
         size = len(prompts) // s.iterations
         if size == 0:
             raise PrideError(f"online.prompt_split=split: {len(prompts)} prompts for {s.iterations} iterations")
@@ -142,7 +154,8 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
 
     def score(chunk: int, todo: list[dict]) -> list[dict]:
         if "judge" not in state:
-            state["judge"] = make_judge(s.judge, acc.device)
+            fmt = load_chat(sample_settings)[1] if s.judge.prompt_format == "chat_template" else None
+            state["judge"] = make_judge(s.judge, acc.device, fmt)
         gens = [by_id[p["prompt_id"]] for p in todo]
         judged = state["judge"].judge([g["prompt"] for g in gens], [g["responses"] for g in gens])
         for g, j in zip(gens, judged):
@@ -208,6 +221,10 @@ def round_data(pairs: list[dict], path: Path, s, cfg: Config) -> tuple[DataSetti
 
 def run_online(cfg: Config) -> list[dict]:
     with StageContext.open(cfg, write_config=True) as ctx:
+        if cfg.online.tensor_parallel_size > 1 and ctx.acc.num_processes > 1:
+            raise PrideError(f"online.tensor_parallel_size={cfg.online.tensor_parallel_size}: vLLM shards the "
+                             f"sampler over the GPUs itself; launch this stage as one process, not "
+                             f"{ctx.acc.num_processes}")
         prompts = load_prompts(cfg)
         model_ref = cfg.model.path
         history = []

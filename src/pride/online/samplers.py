@@ -52,7 +52,7 @@ class VllmSampler:
         from vllm import LLM
 
         self.fmt, self.s = fmt, s
-        self.llm = LLM(model=model_dir, seed=seed, trust_remote_code=False)
+        self.llm = LLM(model=model_dir, seed=seed, trust_remote_code=False, tensor_parallel_size=s.tensor_parallel_size)
 
     def sample(self, prompts: list[list[dict]], seeds: list[list[int]]) -> list[list[str]]:
         from vllm import SamplingParams
@@ -101,6 +101,9 @@ def make_sampler(s: OnlineSettings, model_dir: str, model_name: str, load, devic
     kind = s.sampler
     if kind == "auto":
         kind = "vllm" if gpu_server() == "vllm" else "transformers"
+    if s.tensor_parallel_size > 1 and kind != "vllm":
+        raise PrideError(f"online.tensor_parallel_size={s.tensor_parallel_size} shards a vLLM sampler; "
+                         f"the {kind} sampler cannot (set online.sampler=vllm)")
     if kind == "openai":
         return OpenAISampler(s, model_name)
     model, tok, fmt = load()
