@@ -116,7 +116,7 @@ def test_pairrm_judge_shown_the_chat_template_text(tmp_path):
     judge.rm.logits = lambda triples: seen.extend(src for src, _, _ in triples) or real(triples)
     judge.judge([[{"role": "user", "content": "Hi?"}]], [["a", "b"]])
     assert set(seen) == {"<s>[INST] Hi? [/INST]"}
-    with pytest.raises(PrideError, match="prompt_format=chat_template is SPPO's PairRM input"):
+    with pytest.raises(PrideError, match="prompt_format=chat_template is a PairRM input"):
         make_judge(JudgeSettings(type="function", function="x:y", prompt_format="chat_template"), "cpu")
 
 

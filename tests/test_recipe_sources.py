@@ -22,14 +22,27 @@ def lookup(tree, dotted: str):
     return tree
 
 
+def resolved_value(stages, key: str):
+    """`stage:dotted.key` in that stage's resolved config, a plain dotted key in the first stage's."""
+    name, _, dotted = key.rpartition(":")
+    stage = next(s for s in stages if s.name == name) if name else stages[0]
+    try:
+        return lookup(stage.config.model_dump(mode="json"), dotted)
+    except (KeyError, IndexError, TypeError):
+        return "<not set>"
+
+
 @pytest.mark.parametrize("table,name", CASES, ids=[n for _, n in CASES])
 def test_recipe_equals_its_source(table, name):
     expected = json.loads(table.read_text())["recipes"][name]
     _, stages = load_recipe(ROOT / "recipes" / f"{name}.yaml")
-    resolved = stages[0].config.model_dump(mode="json")
-    wrong = {k: (lookup(resolved, k), e["value"], e["source"]) for k, e in expected.items()
-             if lookup(resolved, k) != e["value"]}
+    wrong = {k: (resolved_value(stages, k), e["value"], e["source"]) for k, e in expected.items()
+             if resolved_value(stages, k) != e["value"]}
     assert not wrong, "recipe value, source value, where the source states it: " + json.dumps(wrong, indent=1)
+
+
+def test_every_recipe_has_a_source_table():
+    assert {n for _, n in CASES} == {p.stem for p in (ROOT / "recipes").glob("*.yaml")}
 
 
 def test_every_custompos_setting_has_a_recipe():

@@ -12,7 +12,8 @@ from tests.test_online import tiny_pairrm
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 ARCH = {"google/gemma-2b": "tiny:gemma", "meta-llama/Meta-Llama-3-8B": "tiny:llama",
         "meta-llama/Meta-Llama-3-8B-Instruct": "tiny:llama", "mistralai/Mistral-7B-Instruct-v0.2": "tiny:mistral",
-        "HuggingFaceH4/mistral-7b-sft-beta": "tiny:mistral", "allenai/tulu-2-7b": "tiny:llama",
+        "HuggingFaceH4/mistral-7b-sft-beta": "tiny:mistral", "allenai/tulu-2-13b": "tiny:llama",
+        "google/gemma-2-9b-it": "tiny:gemma2",
         "utter-project/EuroLLM-1.7B-Instruct": "tiny:llama", "martimfasantos/gemma-2-2b-it-MT-SFT": "tiny:gemma2",
         "martimfasantos/TinyLlama-1.1B-MT-SFT": "tiny:llama"}
 
@@ -38,16 +39,23 @@ def tiny_files(tmp_path_factory):
 
 def tiny_overrides(path: Path, files: dict, out: Path) -> list[str]:
     _, stages = load_recipe(path)
-    over = [f"model.path={ARCH[stages[0].config.model.path]}", "model.dtype=fp32", f"output_dir={out}"]
+    over = [f"model.path={ARCH[stages[0].config.model.path]}", "model.tokenizer=null", "model.dtype=fp32",
+            f"output_dir={out}", "train.report_to=[]"]
     for s in stages:
         data = {"sft": files["chat"], "dpo": files["pref"]}.get(s.type, files["prompts"])
-        over += [f"{s.name}.data.sources=[{{path: '{data}'}}]", f"{s.name}.data.eval_sources=[]",
-                 f"{s.name}.train.max_steps=2", f"{s.name}.train.max_length=256", f"{s.name}.train.save_steps=null"]
+        sources = 2 if s.config.online.prompt_split == "per_source" and s.type in ("online", "sppo") else 1
+        over += [f"{s.name}.data.sources=[{', '.join([f'{{path: {data}}}'] * sources)}]",
+                 f"{s.name}.data.eval_sources=[]", f"{s.name}.train.max_steps=2", f"{s.name}.train.max_length=256",
+                 f"{s.name}.train.save_steps=null", f"{s.name}.train.report_to=[]"]
+        if s.config.train.mask_embed_grad:  # the tiny vocabulary's rows
+            over.append(f"{s.name}.train.mask_embed_grad=[0, 64]")
         if s.type in ("online", "sppo"):
             over += [f"{s.name}.online.max_new_tokens=6", f"{s.name}.online.iterations=2",
                      f"{s.name}.online.temperature=1.0"]
             if s.config.online.judge.type == "pairrm":
                 over.append(f"{s.name}.online.judge.path={files['pairrm']}")
+            if s.config.online.mix_offline is not None:
+                over.append(f"{s.name}.online.mix_offline.path={files['pref']}")
     return over
 
 
@@ -61,7 +69,7 @@ def test_recipe_runs_in_tiny_form(path, tiny_files, tmp_path):
 
 
 def test_rerun_skips_finished_stages_and_reruns_changed_ones(tiny_files, tmp_path, capsys):
-    path = Path(__file__).resolve().parents[1] / "recipes" / "tulu2-dpo.yaml"
+    path = Path(__file__).resolve().parents[1] / "recipes" / "llm_dpo-tulu2-13b.yaml"
     over = tiny_overrides(path, tiny_files, tmp_path / "run")
     first = run_recipe(path, over)
     stamp = (tmp_path / "run" / "dpo" / "model" / "model.safetensors").stat().st_mtime_ns

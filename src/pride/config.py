@@ -34,6 +34,8 @@ class LoraSettings(Section):
 class ModelSettings(Section):
     path: str = Field(description="local HF model directory, hub id (when online), or tiny:<arch>")
     revision: str | None = None
+    tokenizer: str | None = Field(None, description="tokenizer directory or hub id when not the model's own (LIONs' "
+                                                     "tokenizer_name_or_path); saved with the trained model")
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     gradient_checkpointing: bool = False
@@ -98,6 +100,15 @@ class TrainSettings(Section):
                                             "never | path to a checkpoint dir")
     on_nan: Literal["stop", "skip"] = "stop"
     report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
+    wandb_project: str = "pride"
+    wandb_group: str | None = Field(None, description="wandb run group (LIONs: one group per model's stages)")
+    lr_scaling: Literal["none", "sqrt_nodes"] = Field(
+        "none", description="sqrt_nodes: learning_rate x sqrt(number of nodes at launch) (LLM_DPO's scripts); the "
+                            "global batch grows with the nodes by itself (per-device batch x accumulation x GPUs)")
+    mask_embed_grad: list[int | None] | None = Field(
+        None, min_length=2, max_length=2, description="[start, end): only these rows of the input embeddings (and an "
+        "untied LM head) get gradients, the rest of the model trains as usual (LIONs' mask_embed_grad: Llama-3 "
+        "[128000, null], Gemma [0, 110]; the rows of tokens a chat template added: [old vocab size, null])")
     logps_chunk_size: int = Field(256, gt=0, description="label positions per LM-head chunk (fp32 logits: chunk x vocab)")
 
 
@@ -136,9 +147,10 @@ class JudgeSettings(Section):
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
     batch_size: int = Field(16, gt=0)
     max_length: int = Field(2048, gt=0, description="tokens per judged input (reward model)")
-    prompt_format: Literal["user_text", "chat_template"] = Field(
-        "user_text", description="the prompt a judge is shown: the user turn(s) as text, or (SPPO's rank.py) the "
-                                 "policy's chat template rendered up to the answer")
+    prompt_format: Literal["user_text", "chat_template", "role_lines"] = Field(
+        "user_text", description="the prompt PairRM is shown: the user turn(s) as text; chat_template (SPPO's rank.py): "
+                                 "the policy's chat template rendered up to the answer; role_lines (LIONs' "
+                                 "gen_preference_pairs.py): a 'role: content' line per turn")
 
 
 class OnlineSettings(Section):
@@ -161,8 +173,12 @@ class OnlineSettings(Section):
         "reuse", description="reuse: every prompt each iteration; split: disjoint slices; per_source: "
                              "data.sources[n-1] holds iteration n's prompts (SPPO's data-...-sppo-iter{n})")
     max_prompts: int | None = Field(None, gt=0, description="prompts used per iteration")
-    mix_offline: SourceSettings | None = Field(None, description="offline preference rows mixed into each round")
-    mix_fraction: float = Field(0.0, ge=0, lt=1, description="share of offline pairs in each round's training set")
+    pair_fraction: float = Field(1.0, gt=0, le=1, description="share of a round's own pairs it trains on (LIONs' "
+                                                              "Gemma odpo mixer: 0.1)")
+    mix_offline: SourceSettings | None = Field(None, description="offline preference rows mixed into each round; "
+                                                                 "its fraction applies as in any source")
+    mix_fraction: float | None = Field(None, ge=0, lt=1, description="instead of mix_offline's own fraction: as many "
+                                                                     "offline pairs as make this share of the round")
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
 
 

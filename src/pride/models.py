@@ -119,7 +119,10 @@ def load_tokenizer(settings: ModelSettings):
     else:
         from transformers import AutoTokenizer
 
-        tok = _from_hub_or_dir(AutoTokenizer.from_pretrained, ref, revision=settings.revision,
+        if settings.tokenizer:
+            _check_reference(settings.tokenizer)
+        tok = _from_hub_or_dir(AutoTokenizer.from_pretrained, settings.tokenizer or ref,
+                               revision=None if settings.tokenizer else settings.revision,
                                trust_remote_code=settings.trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -130,7 +130,8 @@ def run_recipe(path: str | Path, overrides: list[str] = (), console=None) -> lis
         upstream = identities[stage.start_from] if stage.start_from else previous_identity
         cfg = stage.config
         if start is not None:
-            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": start})})
+            # the saved model directory carries its tokenizer (and the added chat tokens)
+            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": start, "tokenizer": None})})
         digest = config_hash(cfg, upstream)
         info = read_stage(cfg.output_dir)
         if info is not None and info.get("config_hash") == digest:

@@ -21,6 +21,7 @@ STAGE_MARKER = "stage.json"
 ITERATION_SUMMARY = "iteration.json"
 ITERATIONS = "iterations.jsonl"
 SUMMARY = "summary.json"
+WANDB_RUN = "wandb.json"  # the training run's wandb project, group and id, for `pride eval` to log into
 
 
 def model_dir(run_dir: str | Path) -> Path:

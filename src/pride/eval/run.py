@@ -22,8 +22,8 @@ from rich.console import Console
 from pride.chat_client import ChatClient, map_concurrently
 from pride.config import Config
 from pride.errors import PrideError
-from pride.io import write_json, write_jsonl
-from pride.rundir import saved_models
+from pride.io import read_record, write_json, write_jsonl
+from pride.rundir import WANDB_RUN, saved_models
 from pride.eval import alpaca_eval, arena_hard, mt_bench, open_llm, task_metrics
 from pride.eval.hosting import hosted
 from pride.eval.report import headline, write_report
@@ -279,4 +279,14 @@ def _log_trackers(cfg: Config, scores: dict) -> None:
     if "wandb" in cfg.eval.report_to:
         import wandb
 
-        wandb.init(project="pride", job_type="eval").log(flat)
+        for name, ref in models_to_evaluate(cfg):
+            mine = {f"eval/{b}": v["headline_mean"] for b, v in scores.get(name, {}).items()
+                    if v["headline_mean"] is not None}
+            trained = read_record(Path(ref).parent / WANDB_RUN)  # a model pride trained with wandb: its run
+            if trained:
+                run = wandb.init(project=trained["project"], group=trained["group"], id=trained["id"], resume="allow")
+            else:
+                run = wandb.init(project=cfg.train.wandb_project, group=cfg.train.wandb_group, name=name,
+                                 job_type="eval")
+            run.log(mine)
+            run.finish()

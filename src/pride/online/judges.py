@@ -109,6 +109,15 @@ class RewardModelJudge:
         return out
 
 
+def role_lines(messages: list[dict]) -> str:
+    """The prompt as LIONs' gen_preference_pairs.py shows it to PairRM (_format_single_chat)."""
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages).strip()
+
+
+SHOWN = {"user_text": lambda fmt: prompt_text, "role_lines": lambda fmt: role_lines,
+         "chat_template": lambda fmt: lambda m: chat_template_text(fmt, m)}
+
+
 class PairRMJudge:
     def __init__(self, s: JudgeSettings, device, fmt=None):
         from pride.online.pairrm import PairRM
@@ -116,7 +125,7 @@ class PairRMJudge:
         if not s.path:
             raise PrideError("online.judge.type=pairrm needs online.judge.path (a local PairRM-hf directory)")
         self.rm = PairRM(s.path, device=device, batch_size=s.batch_size)
-        self.show = (lambda m: chat_template_text(fmt, m)) if s.prompt_format == "chat_template" else prompt_text
+        self.show = SHOWN[s.prompt_format](fmt)
 
     def judge(self, prompts, candidates):
         out = []
@@ -166,9 +175,9 @@ class LLMJudge:
 
 def make_judge(s: JudgeSettings, device, fmt=None) -> Judge:
     """`fmt`: the policy's chat format, for `prompt_format: chat_template` (PairRM only)."""
-    if s.prompt_format == "chat_template" and s.type != "pairrm":
-        raise PrideError(f"online.judge.prompt_format=chat_template is SPPO's PairRM input; the {s.type} judge "
-                         "is shown the user text")
+    if s.prompt_format != "user_text" and s.type != "pairrm":
+        raise PrideError(f"online.judge.prompt_format={s.prompt_format} is a PairRM input (SPPO's, LIONs'); the "
+                         f"{s.type} judge is shown the user text")
     if s.type == "function":
         return FunctionJudge(s.function)
     if s.type == "reward_model":

@@ -126,8 +126,11 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
     it_dir = iteration_dir(ctx.run_dir, n)
     it_dir.mkdir(parents=True, exist_ok=True)
     # sampling loads the round's model plainly; training keeps every model setting of the user's
-    sample_settings = cfg.model.model_copy(update={"path": model_ref, "lora": None, "gradient_checkpointing": False})
-    train_settings = cfg.model.model_copy(update={"path": model_ref})
+    # a round's model directory carries its tokenizer; model.tokenizer is the starting model's
+    tokenizer = cfg.model.tokenizer if model_ref == cfg.model.path else None
+    sample_settings = cfg.model.model_copy(update={"path": model_ref, "tokenizer": tokenizer, "lora": None,
+                                                   "gradient_checkpointing": False})
+    train_settings = cfg.model.model_copy(update={"path": model_ref, "tokenizer": tokenizer})
     k = s.samples_per_prompt
     timing = {}
 
@@ -202,8 +205,9 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
 
 
 def round_data(pairs: list[dict], path: Path, s, cfg: Config) -> tuple[DataSettings, dict]:
-    """What a round trains on: its pairs (also written to `path`), plus `online.mix_offline`
-    rows in the share `mix_fraction` of the total. Returns the data settings that say so (the
+    """What a round trains on: the share `pair_fraction` of its pairs (all are written to `path`),
+    plus `online.mix_offline` rows: that source's own fraction of them, or with `mix_fraction`
+    as many as make that share of the total. Returns the data settings that say so (the
     round's config.yaml) and the pairs as rows for `load_rows` (empty answers allowed: a
     sample may be empty)."""
     rows = []
@@ -211,10 +215,12 @@ def round_data(pairs: list[dict], path: Path, s, cfg: Config) -> tuple[DataSetti
         row = normalize(pair, "preference", allow_empty=True)
         row.where = f"{path} line {line}"
         rows.append(row)
-    sources = [SourceSettings(path=str(path))]
-    if s.mix_offline is not None and s.mix_fraction > 0:
+    sources = [SourceSettings(path=str(path), fraction=s.pair_fraction)]
+    if s.mix_offline is not None and s.mix_fraction is None:  # LIONs' mixer: each source's own fraction
+        sources.append(s.mix_offline)
+    elif s.mix_offline is not None and s.mix_fraction > 0:
         offline = len(read_rows(s.mix_offline, "preference", cfg.data.on_bad_row, {}))
-        wanted = round(len(pairs) * s.mix_fraction / (1 - s.mix_fraction))
+        wanted = round(len(pairs) * s.pair_fraction * s.mix_fraction / (1 - s.mix_fraction))
         sources.append(s.mix_offline.model_copy(update={"fraction": min(1.0, max(wanted, 1) / offline)}))
     return DataSettings(sources=sources, on_bad_row=cfg.data.on_bad_row), {str(path): rows}
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -36,10 +37,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from pride.config import TrainSettings
 from pride.data.packing import Batch, Sample, collate, hash_samples
 from pride.errors import PrideError
-from pride.io import append_jsonl, read_jsonl_tolerant, read_record, write_jsonl
+from pride.io import append_jsonl, read_jsonl_tolerant, read_record, write_json, write_jsonl
 from pride.logps import TokenLogps
 from pride.models import attention_backend
-from pride.rundir import METRICS, checkpoints_dir
+from pride.rundir import METRICS, WANDB_RUN, checkpoints_dir
 
 
 class Objective(Protocol):
@@ -204,6 +205,25 @@ def check_resume(ckpt: Path, identity: dict | None, fingerprint: str, resume: st
                          "continue anyway")
 
 
+def num_nodes(acc) -> int:
+    """Machines in this launch: all processes over those on this machine (torchrun's LOCAL_WORLD_SIZE)."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes))
+    return max(1, acc.num_processes // max(1, local))
+
+
+def mask_embedding_grad(model, start: int, end: int | None) -> None:
+    """Only rows [start, end) of the input embeddings (and an untied LM head) get gradients (LIONs'
+    mask_embed_grad: train the chat tokens' rows, keep the vocabulary's)."""
+    weights = [model.get_input_embeddings().weight]
+    out = model.get_output_embeddings()
+    if out is not None and out.weight is not weights[0]:
+        weights.append(out.weight)
+    for w in weights:
+        keep = torch.zeros(w.shape[0], 1, dtype=w.dtype, device=w.device)
+        keep[start:end] = 1
+        w.register_hook(lambda g, keep=keep: g * keep.to(g.dtype))
+
+
 def train(
     cfg: TrainSettings,
     *,
@@ -233,10 +253,17 @@ def train(
         raise PrideError("nothing to train: no row has a trained token (check data.train_on and the chat template)")
 
     wrapper = TokenLogps(model, cfg.logps_chunk_size)
+    if cfg.mask_embed_grad is not None:
+        mask_embedding_grad(model, *cfg.mask_embed_grad)
+    lr = cfg.learning_rate
+    if cfg.lr_scaling == "sqrt_nodes":
+        nodes = num_nodes(acc)
+        lr = cfg.learning_rate * math.sqrt(nodes)
+        console.print(f"learning rate {cfg.learning_rate:g} x sqrt({nodes} nodes) = {lr:g} (train.lr_scaling)")
     if cfg.optimizer == "rmsprop":  # SPPO's published runs
-        optimizer = torch.optim.RMSprop(_param_groups(wrapper, cfg.weight_decay), lr=cfg.learning_rate)
+        optimizer = torch.optim.RMSprop(_param_groups(wrapper, cfg.weight_decay), lr=lr)
     else:
-        optimizer = torch.optim.AdamW(_param_groups(wrapper, cfg.weight_decay), lr=cfg.learning_rate,
+        optimizer = torch.optim.AdamW(_param_groups(wrapper, cfg.weight_decay), lr=lr,
                                       betas=(cfg.adam_beta1, cfg.adam_beta2))
     scheduler = _scheduler(cfg, optimizer, total_steps)
     wrapper, optimizer = acc.prepare(wrapper, optimizer)
@@ -249,7 +276,11 @@ def train(
     if on_start is not None and acc.is_main_process:  # e.g. config.yaml: only once the run is really going
         on_start()
     if cfg.report_to:
-        acc.init_trackers("pride", config={"train": cfg.model_dump(mode="json")})
+        group = {"wandb": {"group": cfg.wandb_group}} if "wandb" in cfg.report_to and cfg.wandb_group else {}
+        acc.init_trackers(cfg.wandb_project, config={"train": cfg.model_dump(mode="json")}, init_kwargs=group)
+        if "wandb" in cfg.report_to and acc.is_main_process:  # so `pride eval` logs into this run
+            run = acc.get_tracker("wandb", unwrap=True)
+            write_json(run_dir / WANDB_RUN, {"project": cfg.wandb_project, "group": cfg.wandb_group, "id": run.id})
 
     def batch_for(idx: list[int], source: list[list[Sample]]) -> Batch:
         return collate([source[i] for i in idx], pad_id, flat=flat, layout=objective.layout,
