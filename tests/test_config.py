@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -78,3 +79,28 @@ def test_help_lists_stages():
     out = subprocess.run([sys.executable, "-m", "pride", "--help"], capture_output=True, text=True, check=True).stdout
     for stage in ("sft", "dpo", "online", "eval", "serve", "run", "demo", "data"):
         assert stage in out
+
+
+def test_nodes_for_sqrt_lr_scaling(monkeypatch):
+    """LLM_DPO: lr x sqrt(nodes); nodes = all processes over this machine's (torchrun's LOCAL_WORLD_SIZE)."""
+    from types import SimpleNamespace
+
+    from pride.train.loop import num_nodes
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert num_nodes(SimpleNamespace(num_processes=16)) == 2
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert num_nodes(SimpleNamespace(num_processes=4)) == 1
+
+
+def test_shipped_accelerate_configs_load():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+    stages = {}
+    for f in sorted(root.glob("*.yaml")):
+        c = load_config_from_file(str(f))
+        stages[f.stem] = (c.deepspeed_config or {}).get("zero_stage")
+    assert {stages["zero1"], stages["zero2"], stages["zero3"], stages["zero3-offload-multinode"]} == {1, 2, 3}
+    offload = load_config_from_file(str(root / "zero3-offload-multinode.yaml"))
+    assert offload.deepspeed_config["offload_param_device"] == "cpu" and offload.num_machines == 2

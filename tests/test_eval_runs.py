@@ -114,3 +114,36 @@ def test_report_shows_a_dash_for_a_missing_number(tmp_path):
     write_report(tmp_path, {"m": {"alpaca_eval": aggregate("alpaca_eval", runs)}})
     table = (tmp_path / "report.md").read_text().splitlines()
     assert table[4] == "| m | - |"  # not the raw 61.00 in the LC column
+
+
+def test_eval_logs_into_the_training_runs_wandb(tmp_path, monkeypatch):
+    """A model pride trained with wandb: `pride eval` resumes that run (its id in wandb.json); others get
+    a new run in train.wandb_project / wandb_group."""
+    import sys
+    import types
+
+    from pride.config import load_config
+    from pride.eval.run import _log_trackers
+
+    calls = []
+
+    class Run:
+        def log(self, values):
+            calls[-1]["logged"] = values
+
+        def finish(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kw: calls.append(kw) or Run()))
+    trained = tmp_path / "dpo"
+    (trained / "model").mkdir(parents=True)
+    (trained / "wandb.json").write_text('{"project": "LIONs", "group": "lion-gemma-v1.0", "id": "abc123"}')
+    scores = {"model": {"mt_bench": {"headline_mean": 7.5}}}
+    _log_trackers(load_config(None, [f"model.path={trained / 'model'}", "eval.report_to=[wandb]"]), scores)
+    assert calls == [{"project": "LIONs", "group": "lion-gemma-v1.0", "id": "abc123", "resume": "allow",
+                      "logged": {"eval/mt_bench": 7.5}}]
+    calls.clear()
+    _log_trackers(load_config(None, ["model.path=tiny:llama", "eval.report_to=[wandb]", "eval.model_name=m",
+                                     "train.wandb_group=g"]), {"m": {"mt_bench": {"headline_mean": 1.0}}})
+    assert calls == [{"project": "pride", "group": "g", "name": "m", "job_type": "eval",
+                      "logged": {"eval/mt_bench": 1.0}}]

@@ -83,3 +83,13 @@ def test_gemma2_model_dir_loads_with_defaults(tmp_path):
     tok.save_pretrained(tmp_path)
     loaded, _, _ = load_model_and_tokenizer(ModelSettings(path=str(tmp_path)))
     assert loaded.config._attn_implementation == "eager"
+
+
+def test_tokenizer_path_separate_from_the_model():
+    """LIONs' tokenizer_name_or_path: the model's weights from model.path, the tokenizer from model.tokenizer."""
+    from pride.config import ModelSettings
+    from pride.models import load_tokenizer
+    from tests.real_tokenizers import real_tokenizer_dir
+
+    tok = load_tokenizer(ModelSettings(path=str(real_tokenizer_dir("llama3")), tokenizer=str(real_tokenizer_dir("mistral"))))
+    assert tok.bos_token == "<s>" and len(tok) == len(load_tokenizer(ModelSettings(path=str(real_tokenizer_dir("mistral")))))

@@ -327,3 +327,37 @@ def test_sppo_win_probabilities_with_huge_scores_do_not_overflow():
     assert p[0][1] == 1.0 and p[1][0] == 0.0 and p[2][2] == 0.5
     s, p = win_probabilities([[0, 800.0], [-800.0, 0]])
     assert p[0][1] == 1.0 and p[1][0] == pytest.approx(0.0) and all(0 <= x <= 1 for row in p for x in row)
+
+
+def test_pairrm_role_lines_as_lions_gen_preference_pairs():
+    from pride.online.judges import role_lines
+
+    assert role_lines([{"role": "user", "content": "Hi?"}]) == "user: Hi?"
+    assert role_lines([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "A"},
+                       {"role": "assistant", "content": "B"}, {"role": "user", "content": "C\n"}]) == \
+        "system: Be brief.\nuser: A\nassistant: B\nuser: C"
+
+
+def test_round_data_mixes_as_lions_mixer_or_by_share(tmp_path):
+    """LIONs' Gemma odpo: 10% of the round's pairs + 30% of DPO-Nectar; mix_fraction: a share of the round."""
+    from pride.config import load_config
+    from pride.data import load_rows
+    from pride.online.loop import round_data
+
+    offline = write_jsonl(tmp_path / "nectar.jsonl", [{"prompt": f"o{i}", "chosen": "a", "rejected": "b"}
+                                                      for i in range(50)])
+    pairs = [{"prompt_id": f"p{i}", "prompt": [{"role": "user", "content": f"q{i}"}], "chosen": "x", "rejected": "y"}
+             for i in range(40)]
+    base = ["model.path=tiny:llama", f"data.sources.0.path={offline}"]
+
+    def kinds(*extra):
+        cfg = load_config(None, base + list(extra))
+        data, mem = round_data(pairs, tmp_path / "pairs.jsonl", cfg.online, cfg)
+        rows = load_rows(data, "preference", 0, mem).train
+        return sum(r.prompt[-1]["content"].startswith("q") for r in rows), sum(
+            r.prompt[-1]["content"].startswith("o") for r in rows)
+
+    assert kinds("online.pair_fraction=0.1", f"online.mix_offline.path={offline}",
+                 "online.mix_offline.fraction=0.3") == (4, 15)
+    assert kinds(f"online.mix_offline.path={offline}", "online.mix_fraction=0.2") == (40, 10)
+    assert kinds() == (40, 0)

@@ -193,3 +193,25 @@ def test_non_finite_loss(tmp_path, data, monkeypatch, policy):
         run_sft(cfg)
         last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
         assert last["skipped_steps"] == 1 and last["step"] == 4
+
+
+def test_mask_embed_grad_trains_only_the_named_rows():
+    """LIONs' mask_embed_grad: the embedding rows outside [start, end) get no gradient; the rest of the
+    model trains as usual."""
+    from pride.config import ModelSettings
+    from pride.models import load_model
+    from pride.train.loop import mask_embedding_grad
+
+    model = load_model(ModelSettings(path="tiny:llama", dtype="fp32"), seed=0)
+    ids = torch.arange(0, 60).reshape(3, 20)
+    model(input_ids=ids, labels=ids).loss.backward()
+    full = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    mask_embedding_grad(model, 10, 30)
+    model(input_ids=ids, labels=ids).loss.backward()
+    emb = model.get_input_embeddings().weight
+    assert emb.grad[:10].abs().sum() == 0 and emb.grad[30:].abs().sum() == 0
+    torch.testing.assert_close(emb.grad[10:30], full["model.embed_tokens.weight"][10:30])
+    for n, p in model.named_parameters():
+        if "embed_tokens" not in n and "lm_head" not in n:
+            torch.testing.assert_close(p.grad, full[n])
