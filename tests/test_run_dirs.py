@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 import pride.train.loop as training_loop
 from pride.config import load_config
@@ -172,3 +173,28 @@ def test_config_is_written_only_when_training_starts(tmp_path, data):
     with pytest.raises(PrideError, match="data file not found"):
         run_sft(cfg)
     assert not (tmp_path / "never" / "config.yaml").exists()
+
+
+def test_eval_checkpoints_exports_each_checkpoint_then_removes_it(tmp_path, data):
+    """eval.checkpoints evaluates checkpoint-N as it says (LIONs' find_checkpoint_paths): the checkpoint's
+    weights as an HF directory, gone once evaluated."""
+    from safetensors.torch import load_file
+
+    from pride.eval.run import models_to_evaluate
+    from pride.export import exported, is_checkpoint
+
+    run = tmp_path / "run"
+    run_sft(config(tmp_path, data, run, "train.max_steps=3", "train.save_steps=1", "train.save_total_limit=5"))
+    cfg = load_config(None, [f"model.path={run}", "eval.checkpoints=true"])
+    found = models_to_evaluate(cfg)
+    assert [n for n, _ in found] == ["run", "run-checkpoint-1", "run-checkpoint-2"]
+    assert is_checkpoint(found[2][1]) and not is_checkpoint(found[0][1])
+    final = load_file(run / "model" / "model.safetensors")
+    for _, ckpt in found[1:]:
+        stored = load_file(f"{ckpt}/model.safetensors")
+        with exported(ckpt) as out:
+            ours = load_file(out / "model.safetensors")
+            assert ours.keys() == final.keys() and (out / "tokenizer_config.json").exists()
+            assert all(torch.equal(ours[k], stored[f"model.{k}"].to(ours[k].dtype)) for k in ours)
+            assert any(not torch.equal(ours[k], final[k]) for k in ours)  # not the final model
+        assert not out.exists()

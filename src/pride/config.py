@@ -230,7 +230,8 @@ class EvalSettings(Section):
     data_dir: str | None = Field(None, description="benchmark files (layout in the README)")
     output_dir: str = "runs/eval"
     model_name: str | None = Field(None, description="name in answer files; default: the model dir's name")
-    checkpoints: bool = Field(False, description="also evaluate each checkpoint-N next to model.path")
+    checkpoints: bool = Field(False, description="model.path is a run directory: evaluate its model/, iteration-*/model/ "
+                                                 "and each checkpoints/checkpoint-N (exported, evaluated, removed)")
     server: Literal["auto", "vllm", "sglang", "pride"] = "auto"
     server_url: str | None = Field(None, description="use a running OpenAI-compatible endpoint instead")
     generation: EvalGeneration = Field(default_factory=EvalGeneration)

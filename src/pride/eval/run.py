@@ -23,6 +23,7 @@ from pride.chat_client import ChatClient, map_concurrently
 from pride.config import Config
 from pride.errors import PrideError
 from pride.io import read_record, write_json, write_jsonl
+from pride.export import checkpoint_paths, exported, is_checkpoint
 from pride.rundir import WANDB_RUN, saved_models
 from pride.eval import alpaca_eval, arena_hard, mt_bench, open_llm, task_metrics
 from pride.eval.hosting import hosted
@@ -208,9 +209,10 @@ def models_to_evaluate(cfg: Config) -> list[tuple[str, str]]:
     name = cfg.eval.model_name or ref.rstrip("/").split("/")[-1].replace(":", "-")
     if not cfg.eval.checkpoints:
         return [(name, ref)]
-    found = saved_models(ref)
+    found = saved_models(ref) + [(p.name, p) for p in checkpoint_paths(ref)]
     if not found:
-        raise PrideError(f"eval.checkpoints: no saved model (model/ or iteration-*/model/) under {ref}")
+        raise PrideError(f"eval.checkpoints: no saved model (model/, iteration-*/model/, checkpoints/checkpoint-N) "
+                         f"under {ref}")
     return [(f"{name}-{where}" if where else name, str(path)) for where, path in found]
 
 
@@ -221,30 +223,32 @@ def run_eval(cfg: Config, console: Console | None = None) -> dict:
     scores: dict = {}
     pending: dict = {}  # MT-Bench pairwise-all: run -> model -> answers
     judge = None
-    for name, ref in models_to_evaluate(cfg):
-        per_bench: dict = {b: [] for b in ev.benchmarks}
-        for r in range(ev.num_runs):
-            run_dir = out_root / name / f"run-{r}"
-            seed = cfg.seed + r  # a seed per run: sampled runs differ, and each can be repeated
-            chat_benches = [b for b in ev.benchmarks if b in RUNNERS]
-            if chat_benches:
-                if any(b in JUDGED for b in chat_benches):
-                    judge = judge or _judge(cfg, out_root)
-                with ExitStack() as stack:
-                    base = ev.server_url or stack.enter_context(hosted(ref, name, ev.server, run_dir / "server.log"))
-                    answerer = ChatClient(base, name)
-                    for b in chat_benches:
-                        console.print(f"[bold]{name}[/] run {r}: {b}")
-                        result = RUNNERS[b](cfg, answerer, judge, name, run_dir / b, seed)
-                        if result.get("pending") == "pairwise-all":
-                            pending.setdefault(r, {})[name] = result["answers"]
-                        else:
-                            per_bench[b].append(result)
-            for b in ev.benchmarks:
-                if b.startswith("open_llm"):
-                    console.print(f"[bold]{name}[/] run {r}: {b} (lm-eval)")
-                    per_bench[b].append(open_llm.run(ref, b, ev.open_llm_tasks, limit=ev.open_llm_limit))
-        scores[name] = per_bench
+    for name, model_ref in models_to_evaluate(cfg):
+        with ExitStack() as model_stack:  # a checkpoint-N is exported for its evaluation, then removed
+            ref = str(model_stack.enter_context(exported(model_ref))) if is_checkpoint(model_ref) else model_ref
+            per_bench: dict = {b: [] for b in ev.benchmarks}
+            for r in range(ev.num_runs):
+                run_dir = out_root / name / f"run-{r}"
+                seed = cfg.seed + r  # a seed per run: sampled runs differ, and each can be repeated
+                chat_benches = [b for b in ev.benchmarks if b in RUNNERS]
+                if chat_benches:
+                    if any(b in JUDGED for b in chat_benches):
+                        judge = judge or _judge(cfg, out_root)
+                    with ExitStack() as stack:
+                        base = ev.server_url or stack.enter_context(hosted(ref, name, ev.server, run_dir / "server.log"))
+                        answerer = ChatClient(base, name)
+                        for b in chat_benches:
+                            console.print(f"[bold]{name}[/] run {r}: {b}")
+                            result = RUNNERS[b](cfg, answerer, judge, name, run_dir / b, seed)
+                            if result.get("pending") == "pairwise-all":
+                                pending.setdefault(r, {})[name] = result["answers"]
+                            else:
+                                per_bench[b].append(result)
+                for b in ev.benchmarks:
+                    if b.startswith("open_llm"):
+                        console.print(f"[bold]{name}[/] run {r}: {b} (lm-eval)")
+                        per_bench[b].append(open_llm.run(ref, b, ev.open_llm_tasks, limit=ev.open_llm_limit))
+            scores[name] = per_bench
     for r, answers in sorted(pending.items()):
         console.print(f"MT-Bench pairwise-all, run {r}: {len(answers)} models")
         for model, result in mt_bench_all_pairs(cfg, judge, answers, out_root / f"run-{r}").items():

@@ -1,0 +1,59 @@
+"""A training checkpoint (`checkpoints/checkpoint-N`) as an HF model directory, so that
+`eval.checkpoints` evaluates what it names (as LIONs' `find_checkpoint_paths` does): the
+run's config.yaml rebuilds the model, the checkpoint's weights go in, and the exported
+directory is removed once evaluated."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from pride.errors import PrideError
+from pride.rundir import checkpoints_dir
+
+
+def checkpoint_paths(run_dir: str | Path) -> list[Path]:
+    """The run's complete checkpoints (trainer_state.json written last), in step order."""
+    found = [p for p in checkpoints_dir(Path(run_dir)).glob("checkpoint-*")
+             if p.name.split("-", 1)[1].isdigit() and (p / "trainer_state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    p = Path(path)
+    return p.parent.name == "checkpoints" and p.name.startswith("checkpoint-") and (p / "trainer_state.json").is_file()
+
+
+@contextmanager
+def exported(checkpoint: str | Path):
+    """Yield an HF directory with the checkpoint's weights (merged LoRA), removed afterwards."""
+    from safetensors.torch import load_file
+
+    from pride.config import load_config
+    from pride.models import load_model_and_tokenizer
+
+    checkpoint = Path(checkpoint)
+    run_dir = checkpoint.parent.parent
+    weights = checkpoint / "model.safetensors"
+    if not weights.is_file():
+        raise PrideError(f"{checkpoint}: no model.safetensors (a sharded FSDP / DeepSpeed checkpoint); export it "
+                         "with accelerate's merge tools, then evaluate that directory")
+    cfg = load_config(run_dir / "config.yaml")
+    model, tokenizer, _ = load_model_and_tokenizer(cfg.model, seed=cfg.seed, device="cpu")
+    state = {k[len("model."):]: v for k, v in load_file(weights).items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:  # a tied LM head is not stored twice
+        raise PrideError(f"{checkpoint}: its weights do not fit the model of {run_dir / 'config.yaml'} "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if hasattr(model, "merge_and_unload"):  # peft
+        model = model.merge_and_unload()
+    out = Path(tempfile.mkdtemp(prefix=f"{checkpoint.name}-export-", dir=checkpoint.parent))
+    try:
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        del model
+        yield out
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
