@@ -181,7 +181,8 @@ def test_eval_checkpoints_exports_each_checkpoint_then_removes_it(tmp_path, data
     from safetensors.torch import load_file
 
     from pride.eval.run import models_to_evaluate
-    from pride.export import exported, is_checkpoint
+    from pride.export import exported
+    from pride.rundir import is_checkpoint
 
     run = tmp_path / "run"
     run_sft(config(tmp_path, data, run, "train.max_steps=3", "train.save_steps=1", "train.save_total_limit=5"))

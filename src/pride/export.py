@@ -11,19 +11,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pride.errors import PrideError
-from pride.rundir import checkpoints_dir
+from pride.rundir import checkpoint_dirs
 
 
 def checkpoint_paths(run_dir: str | Path) -> list[Path]:
-    """The run's complete checkpoints (trainer_state.json written last), in step order."""
-    found = [p for p in checkpoints_dir(Path(run_dir)).glob("checkpoint-*")
-             if p.name.split("-", 1)[1].isdigit() and (p / "trainer_state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+    """The run's intact checkpoints (as resuming judges them), in step order."""
+    from pride.train.loop import checkpoint_state
 
-
-def is_checkpoint(path: str | Path) -> bool:
-    p = Path(path)
-    return p.parent.name == "checkpoints" and p.name.startswith("checkpoint-") and (p / "trainer_state.json").is_file()
+    return [p for p in checkpoint_dirs(run_dir) if "problem" not in checkpoint_state(p)]
 
 
 @contextmanager

@@ -32,6 +32,19 @@ def checkpoints_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINTS
 
 
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    """The run's `checkpoint-<step>` directories (not the temp ones being written), in step order."""
+    found = [p for p in checkpoints_dir(run_dir).glob("checkpoint-*")
+             if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether `path` is one of a run's checkpoint directories."""
+    p = Path(path)
+    return p.parent.name == CHECKPOINTS and p in checkpoint_dirs(p.parent.parent)
+
+
 def iteration_dir(run_dir: str | Path, n: int) -> Path:
     return Path(run_dir) / f"iteration-{n}"
 

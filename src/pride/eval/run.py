@@ -23,8 +23,8 @@ from pride.chat_client import ChatClient, map_concurrently
 from pride.config import Config
 from pride.errors import PrideError
 from pride.io import read_record, write_json, write_jsonl
-from pride.export import checkpoint_paths, exported, is_checkpoint
-from pride.rundir import WANDB_RUN, saved_models
+from pride.export import checkpoint_paths, exported
+from pride.rundir import WANDB_RUN, is_checkpoint, saved_models
 from pride.eval import alpaca_eval, arena_hard, mt_bench, open_llm, task_metrics
 from pride.eval.hosting import hosted
 from pride.eval.report import headline, write_report
@@ -286,7 +286,8 @@ def _log_trackers(cfg: Config, scores: dict) -> None:
         for name, ref in models_to_evaluate(cfg):
             mine = {f"eval/{b}": v["headline_mean"] for b, v in scores.get(name, {}).items()
                     if v["headline_mean"] is not None}
-            trained = read_record(Path(ref).parent / WANDB_RUN)  # a model pride trained with wandb: its run
+            run_dir = Path(ref).parent.parent if is_checkpoint(ref) else Path(ref).parent
+            trained = read_record(run_dir / WANDB_RUN)  # a model pride trained with wandb: its run
             if trained:
                 run = wandb.init(project=trained["project"], group=trained["group"], id=trained["id"], resume="allow")
             else:

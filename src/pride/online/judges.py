@@ -114,8 +114,11 @@ def role_lines(messages: list[dict]) -> str:
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages).strip()
 
 
-SHOWN = {"user_text": lambda fmt: prompt_text, "role_lines": lambda fmt: role_lines,
-         "chat_template": lambda fmt: lambda m: chat_template_text(fmt, m)}
+def prompt_shower(prompt_format: str, fmt):
+    """messages -> the text PairRM is shown, per `online.judge.prompt_format`."""
+    if prompt_format == "chat_template":
+        return lambda messages: chat_template_text(fmt, messages)
+    return role_lines if prompt_format == "role_lines" else prompt_text
 
 
 class PairRMJudge:
@@ -125,7 +128,7 @@ class PairRMJudge:
         if not s.path:
             raise PrideError("online.judge.type=pairrm needs online.judge.path (a local PairRM-hf directory)")
         self.rm = PairRM(s.path, device=device, batch_size=s.batch_size)
-        self.show = SHOWN[s.prompt_format](fmt)
+        self.show = prompt_shower(s.prompt_format, fmt)
 
     def judge(self, prompts, candidates):
         out = []

@@ -40,7 +40,7 @@ from pride.errors import PrideError
 from pride.io import append_jsonl, read_jsonl_tolerant, read_record, write_json, write_jsonl
 from pride.logps import TokenLogps
 from pride.models import attention_backend
-from pride.rundir import METRICS, WANDB_RUN, checkpoints_dir
+from pride.rundir import METRICS, WANDB_RUN, checkpoint_dirs, checkpoints_dir
 
 
 class Objective(Protocol):
@@ -176,10 +176,7 @@ def find_checkpoint(run_dir: Path, resume: str, warn=None) -> Path | None:
         if "problem" in state:
             raise PrideError(f"train.resume={resume}: not a usable checkpoint ({state['problem']})")
         return path
-    done = sorted((p for p in (checkpoints_dir(run_dir)).glob("checkpoint-*")
-                   if p.is_dir() and not p.name.endswith(".tmp") and p.name.split("-")[1].isdigit()),
-                  key=lambda p: int(p.name.split("-")[1]), reverse=True)
-    for ckpt in done:
+    for ckpt in reversed(checkpoint_dirs(run_dir)):
         state = checkpoint_state(ckpt)
         if "problem" not in state:
             return ckpt
@@ -452,9 +449,7 @@ def save_checkpoint(acc: Accelerator, run_dir: Path, step: int, keep: int, ident
             raise disk_error(e, root) from None
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        done = sorted((p for p in root.glob("checkpoint-*") if not p.name.endswith(".tmp")),
-                      key=lambda p: int(p.name.split("-")[1]))
-        for old in done[:-keep]:
+        for old in checkpoint_dirs(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
     return final
