@@ -288,6 +288,8 @@ def main() -> None:
     ap.add_argument("--memory-limit-gib", type=float, default=None,
                     help="cap each side's address space: out of memory becomes a result, not a killed machine")
     ap.add_argument("--side", choices=["both", "pride", "pride-unshared", "trl"], default="both")
+    ap.add_argument("--sides", nargs="+", choices=["pride", "pride-unshared", "trl"], default=None,
+                    help="which sides the parent runs (default: all; pride-unshared is DPO only)")
     ap.add_argument("--share-all", action="store_true",
                     help="pride side: share every prompt (no per-micro-batch choice of layout)")
     ap.add_argument("--out", default="runs/bench")
@@ -317,14 +319,24 @@ def main() -> None:
         return
     results = {}
     sides = ("pride", "pride-unshared", "trl") if args.stage == "dpo" else ("pride", "trl")
+    sides = [s for s in sides if args.sides is None or s in args.sides]
+    argv = sys.argv[1:]
+    if "--sides" in argv:  # the children run one side each
+        i = argv.index("--sides")
+        j = i + 1
+        while j < len(argv) and not argv[j].startswith("--"):
+            j += 1
+        argv = argv[:i] + argv[j:]
     for side in sides:
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--side", side, "--out", os.path.join(args.out, side)]
+        cmd = [sys.executable, __file__, *argv, "--side", side, "--out", os.path.join(args.out, side)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
             sys.exit(f"{side} side failed:\n{proc.stderr[-4000:]}")
         results[side] = json.loads(line[7:])
         print(json.dumps(results[side]), flush=True)
+    if "pride" not in results or "trl" not in results:
+        return
     p, t = results["pride"], results["trl"]
     print(json.dumps({"ratio": "pride/trl", "stage": args.stage, "shape": args.shape, "device": args.device,
                       "tokens_per_s": p["tokens_per_s"] / t["tokens_per_s"],

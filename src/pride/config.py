@@ -37,7 +37,7 @@ class ModelSettings(Section):
     tokenizer: str | None = Field(None, description="tokenizer directory or hub id when not the model's own (LIONs' "
                                                      "tokenizer_name_or_path); saved with the trained model")
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = "auto"
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
     chat_template: str | None = Field(

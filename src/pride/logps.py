@@ -66,35 +66,51 @@ class TokenLogps(nn.Module):
 
 def shared_prompt_mask(config, part: torch.Tensor, segment: torch.Tensor, position_ids: torch.Tensor,
                        dtype: torch.dtype):
-    """Additive 4D masks [B, 1, T, T] for `[prompt, chosen, rejected]` units (data.packing.collate_shared):
-    a token sees earlier tokens of its own unit, except that rejected never sees chosen; sliding-window
-    layers also drop keys more than `sliding_window` positions back. Models with several layer types
-    get one mask per type (transformers takes that mapping as the attention mask)."""
+    """Masks for `[prompt, chosen, rejected]` units (data.packing.collate_shared): a token sees
+    earlier tokens of its own unit, except that rejected never sees chosen; sliding-window layers
+    also drop keys more than `sliding_window` positions back. Models with several layer types get
+    one mask per type (transformers takes that mapping as the attention mask).
+
+    sdpa/eager get additive 4D masks [B, 1, T, T]; flex_attention gets `BlockMask`s built from the
+    same rule, so blocks a unit never attends (chosen x rejected, other units) are skipped."""
     from pride.data.packing import CHOSEN, REJECTED
 
-    n = part.shape[1]
-    q, k = torch.arange(n, device=part.device)[:, None], torch.arange(n, device=part.device)[None, :]
-    allowed = (segment[:, :, None] == segment[:, None, :]) & (k <= q)
-    allowed &= ~((part[:, :, None] == REJECTED) & (part[:, None, :] == CHOSEN))
     window = getattr(config, "sliding_window", None)
 
-    def additive(ok):
-        m = torch.zeros(ok.shape, dtype=dtype, device=part.device)
-        return m.masked_fill_(~ok, torch.finfo(dtype).min)[:, None]
+    def rule(b, q, k, windowed: bool):
+        ok = (segment[b, q] == segment[b, k]) & (k <= q)
+        ok = ok & ~((part[b, q] == REJECTED) & (part[b, k] == CHOSEN))
+        return ok & ((position_ids[b, q] - position_ids[b, k]) < window) if windowed else ok
 
-    def windowed():
-        return allowed & ((position_ids[:, :, None] - position_ids[:, None, :]) < window)
+    if getattr(config, "_attn_implementation", None) == "flex_attention":
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def build(windowed):
+            return create_block_mask(lambda b, h, q, k: rule(b, q, k, windowed), B=part.shape[0], H=None,
+                                     Q_LEN=part.shape[1], KV_LEN=part.shape[1], device=part.device)
+    else:
+        def build(windowed):
+            n = part.shape[1]
+            b = torch.arange(part.shape[0], device=part.device)[:, None, None]
+            q = torch.arange(n, device=part.device)[None, :, None]
+            k = torch.arange(n, device=part.device)[None, None, :]
+            m = torch.zeros((part.shape[0], n, n), dtype=dtype, device=part.device)
+            return m.masked_fill_(~rule(b, q, k, windowed), torch.finfo(dtype).min)[:, None]
 
     layer_types = getattr(config, "layer_types", None)
     if layer_types:
-        return {t: additive(windowed() if t == "sliding_attention" and window else allowed) for t in set(layer_types)}
-    return additive(windowed() if window else allowed)
+        return {t: build(bool(window) and t == "sliding_attention") for t in set(layer_types)}
+    return build(bool(window))
 
 
 def attention_weight(config) -> float:
     """FLOPs of one query-key pair across a layer's heads over FLOPs of one token through the
     layer's matrices (projections and gated MLP): what `data.packing.collate_shared` weighs a
-    longer shared unit's attention against the prompt tokens it saves. 0 when unknown."""
+    longer shared unit's attention against the prompt tokens it saves. 0 when unknown, and 0 with
+    flex_attention: it computes only the blocks a unit attends, and sharing never adds attended
+    pairs (the chosen x rejected block is skipped), so every prompt is shared."""
+    if getattr(config, "_attn_implementation", None) == "flex_attention":
+        return 0.0
     try:
         d, heads, ff = config.hidden_size, config.num_attention_heads, config.intermediate_size
     except AttributeError:

@@ -48,15 +48,17 @@ def attention_backend(model) -> str:
 
 
 def resolve_attention(name: str, device: str | torch.device | None = None, model_class=None) -> str:
-    """auto: flash-attention 2 on a GPU where installed, else sdpa, else eager, each only where
-    the architecture supports it (Gemma-2 has no sdpa: eager, which keeps its softcapping)."""
+    """auto: on a GPU flash-attention 2 where installed, else flex_attention (block masks: packed
+    rows and shared prompts skip their masked blocks), else sdpa; on CPU sdpa, else eager. Each
+    only where the architecture supports it (Gemma-2 has no sdpa: eager, which keeps its softcapping)."""
     fa2 = importlib.util.find_spec("flash_attn") is not None
     supports = {"flash_attention_2": getattr(model_class, "_supports_flash_attn", True),
+                "flex_attention": getattr(model_class, "_supports_flex_attn", True),
                 "sdpa": getattr(model_class, "_supports_sdpa", True), "eager": True}
     if name != "auto":
         if name == "flash_attention_2" and not fa2:
             raise PrideError("model.attn_implementation=flash_attention_2 but flash-attn is not installed "
-                             "(pip install flash-attn --no-build-isolation), or use sdpa")
+                             "(pip install flash-attn --no-build-isolation), or use flex_attention or sdpa")
         if not supports[name]:
             raise PrideError(f"model.attn_implementation={name}: {model_class.__name__} does not support it "
                              "(use auto, or eager)")
@@ -64,6 +66,8 @@ def resolve_attention(name: str, device: str | torch.device | None = None, model
     dev = torch.device(device) if device is not None else _default_device()
     if dev.type == "cuda" and fa2 and supports["flash_attention_2"]:
         return "flash_attention_2"
+    if dev.type == "cuda" and supports["flex_attention"]:
+        return "flex_attention"
     return "sdpa" if supports["sdpa"] else "eager"
 
 

@@ -19,9 +19,11 @@ the global RNG is never touched. In-process callers (online sampling, the demo) 
 
 from __future__ import annotations
 
+import inspect
 import math
 import queue
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -128,6 +130,9 @@ class Engine:
         self.thread: threading.Thread | None = None
         self.unseeded = torch.Generator(device=self.device)
         self.unseeded.seed()  # unseeded requests: fresh randomness, still not the global RNG
+        # transformers 5.24 renamed the KV cache argument and output `past_key_values` -> `cache`
+        # (the old name goes in 5.40); earlier versions know only the old one
+        self.cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def submit(self, request: Request) -> None:
         """Queue a request for the worker thread (started on first use)."""
@@ -138,12 +143,13 @@ class Engine:
 
     def generate(self, requests: list[Request]) -> None:
         """Run these requests to the end in the calling thread (no worker, no queue)."""
-        groups = self._groups(requests)
-        while groups:
-            for group in list(groups):
-                self._segment(group, SEGMENT_TOKENS)
-                if not group.rows:
-                    groups.remove(group)
+        with decode_attention(self.model):
+            groups = self._groups(requests)
+            while groups:
+                for group in list(groups):
+                    self._segment(group, SEGMENT_TOKENS)
+                    if not group.rows:
+                        groups.remove(group)
 
     @property
     def running(self) -> int:
@@ -173,6 +179,7 @@ class Engine:
     # -- scheduling ---------------------------------------------------------------
 
     def _loop(self) -> None:
+        decode_attention(self.model).__enter__()  # the worker's model only generates (pride serve)
         while True:
             self._admit(block=not self.groups)
             for group in list(self.groups):
@@ -250,9 +257,9 @@ class Engine:
         else:
             ids = g.seq[:, -1:]
             positions = g.mask.sum(-1, keepdim=True) - 1
-        out = self.model(input_ids=ids, attention_mask=g.mask, position_ids=positions, past_key_values=g.cache,
+        out = self.model(input_ids=ids, attention_mask=g.mask, position_ids=positions, **{self.cache_name: g.cache},
                          use_cache=True, logits_to_keep=1)  # never the prompt's [rows, T, vocab] logits
-        g.cache = out.past_key_values
+        g.cache = getattr(out, self.cache_name)
         return out.logits[:, -1, :].float()
 
     @staticmethod
@@ -315,6 +322,24 @@ class Engine:
         text = self.tok.decode([tid])
         return {"token": text, "logprob": logprob if math.isfinite(logprob) else -9999.0,
                 "bytes": list(text.encode("utf-8"))}
+
+
+@contextmanager
+def decode_attention(model):
+    """sdpa (eager where the architecture has none) while generating, when the model trains with flex_attention: flex pays off on the
+    block masks of packed training rows, but a decode step (one query on a growing cache)
+    recompiles its kernel as shapes change; the model is given back as it came."""
+    from pride.models import attention_backend
+
+    attn = attention_backend(model)
+    if attn != "flex_attention":
+        yield
+        return
+    model.set_attn_implementation("sdpa" if getattr(model, "_supports_sdpa", False) else "eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(attn)
 
 
 def sampling_scores(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:

@@ -142,7 +142,7 @@ def attach_probs(rows: list[list[Sample]], pairs: list, loss_type: str) -> None:
 def pair_layout(s: PreferenceSettings, model, console=None) -> str:
     """How pairs are laid out: prompts shared where the attention backend takes a block mask."""
     attn = attention_backend(model)
-    if s.share_prompt and attn in ("sdpa", "eager"):
+    if s.share_prompt and attn in ("sdpa", "eager", "flex_attention"):
         return "shared"
     if s.share_prompt and console is not None:
         console.print(f"preference.share_prompt: {attn} cannot take the shared-prompt block mask; "
