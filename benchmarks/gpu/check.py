@@ -81,7 +81,7 @@ def max_diff(a, b, ga, gb) -> dict:
     return {"logps_abs": float((a - b).abs().max()), "grad_rel": rel}
 
 
-def correctness(device, smoke: bool) -> dict:
+def correctness(device, smoke: bool, out_dir: Path | None = None) -> dict:
     from tests.test_packing import make_samples
     from tests.test_shared_prompt import pairs
     from pride.data.packing import pack_bfd
@@ -110,9 +110,19 @@ def correctness(device, smoke: bool) -> dict:
                     run_layout(model, data, tok.pad_token_id, "shared", device, bf16),
                     run_layout(model, data, tok.pad_token_id, "repack", device, bf16))
             out[f"{arch}/{attn}"] = res
-    # fp32: layouts and kernels agree to fp32 rounding (the CPU tests' tolerance, x10 for GPU
-    # kernels that split reductions differently per shape); bf16: each side's error against
-    # fp32 is the measure, and the tested layout may not be worse than twice the reference's.
+        if out_dir is not None:  # so far, in case a time limit cuts the rest
+            record(out_dir, "correctness", {**judge_correctness(out, device, complete=False), "complete": False})
+    return judge_correctness(out, device, complete=True)
+
+
+def judge_correctness(out: dict, device, complete: bool) -> dict:
+    ok = True
+    # fp32 (TF32 off): layouts and kernels differ only in summation order; the CPU tests see
+    # < 2e-5 in log-probs. 1e-3 leaves GPU kernels (split reductions, flex's blockwise softmax)
+    # room and still catches any masking error: one leaked or hidden token moves log-probs by
+    # > 1e-2 in these models. bf16: each side's error against its own fp32 result; the tested
+    # layout may not be worse than twice the reference layout's, plus a floor of 0.05 nats
+    # (bf16 keeps 8 significant bits: ~0.02 on log-probs of ~5 nats, two roundings' worth).
     table = {}
     for key, res in out.items():
         for name, ((a, ga), (b, gb)) in res.items():
@@ -127,7 +137,9 @@ def correctness(device, smoke: bool) -> dict:
             ok &= d["pass"]
     if device.type == "cuda":  # flex against sdpa/eager on the same layout and weights
         for arch, _ in ARCHS:
-            ref = next(k for k in out if k.startswith(arch + "/") and not k.endswith("flex_attention"))
+            ref = next((k for k in out if k.startswith(arch + "/") and not k.endswith("flex_attention")), None)
+            if ref is None or f"{arch}/flex_attention" not in out:
+                continue
             for name in ("sft_packed_vs_one_fp32", "dpo_shared_vs_unshared_fp32"):
                 (a, ga), _ = out[f"{arch}/flex_attention"][name]
                 (b, gb), _ = out[ref][name]
@@ -286,7 +298,7 @@ def online_round(device, smoke: bool, out: Path) -> dict:
 # ---------------------------------------------------------------------------- driver
 
 
-PARTS = {"correctness": lambda d, s, o: correctness(d, s), "weights_move": lambda d, s, o: weights_move(d, o),
+PARTS = {"correctness": correctness, "weights_move": lambda d, s, o: weights_move(d, o),
          "compare_trl": compare_trl, "engine": lambda d, s, o: engine(d, s), "online_round": online_round}
 
 
