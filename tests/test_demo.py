@@ -13,6 +13,7 @@ from pride.demo.task import correct_answer, corrupt, judge
 def test_judge_rewards_exactly_what_the_task_asks():
     p = "Write the word abc 3 times."
     assert judge(p, "1. abc\n2. abc\n3. abc") == 1.0 == judge(p, correct_answer("abc", 3))
+    # float64 arithmetic of the judge's fractions: pytest's default relative 1e-6
     assert judge(p, "1. abc\n2. abc") == pytest.approx(0.5 * (2 / 3) / 2 + 0.5)  # one line short
     assert judge(p, "1. abc\n2. abx\n3. abc") == pytest.approx(0.5 + 0.5 * 2 / 3)  # one copy misspelled
     assert judge(p, "abc abc abc") == 0.0 and judge(p, "") == 0.0  # not numbered lines

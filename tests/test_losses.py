@@ -77,6 +77,7 @@ def test_loss_and_gradient_match_formula(name, seed):
                            reference_rejected_logps=rl, chosen_lengths=lw, rejected_lengths=ll, chosen_win_prob=Pw,
                            rejected_win_prob=Pl, beta=BETA, gamma=GAMMA, label_smoothing=EPS, delta=DELTA)
     ref = expected(name, b[0], b[1], rw, rl, lw.double(), ll.double(), Pw, Pl)
+    # the same formula in float64 written two ways (other operation order): ~1e-15 apart
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-6)
     ours.sum().backward()
     ref.sum().backward()
@@ -88,6 +89,7 @@ def test_dpo_at_zero_margin_is_log2():
     z = torch.zeros(3)
     loss = preference_loss("sigmoid", policy_chosen_logps=z, policy_rejected_logps=z, reference_chosen_logps=z,
                            reference_rejected_logps=z)
+    # -logsigmoid(0) in float32 against log 2: torch's default float32 tolerance (1.3e-6 relative)
     torch.testing.assert_close(loss, torch.full((3,), math.log(2)))
 
 
@@ -118,6 +120,7 @@ def test_orpo_equals_trl_odds_ratio_loss():
     trl_losses = ORPOTrainer.odds_ratio_loss(self, pw / lw, pl / ll)[0]
     ours = preference_loss("orpo", policy_chosen_logps=pw, policy_rejected_logps=pl, chosen_lengths=lw,
                            rejected_lengths=ll, beta=BETA)
+    # TRL computes in float32: its rounding, ~1e-7 relative, is what differs
     torch.testing.assert_close(ours, -trl_losses.double(), atol=1e-6, rtol=1e-6)
 
 
@@ -129,4 +132,5 @@ def test_kto_pair_mean_equals_the_concatenated_halves():
     theirs = torch.cat((1 - torch.sigmoid(BETA * (rw - kl_l)), 1 - torch.sigmoid(BETA * (kl_w - rl))), 0).mean()
     ours = preference_loss("kto_pair", policy_chosen_logps=pw, policy_rejected_logps=pl, reference_chosen_logps=rw_,
                            reference_rejected_logps=rl_, beta=BETA).mean()
+    # the same float32 terms summed in another order: torch's default float32 tolerance
     torch.testing.assert_close(ours, theirs)

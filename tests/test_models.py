@@ -28,6 +28,7 @@ def test_tiny_builds_offline_deterministic_and_saves_as_hf(tmp_path, arch, monke
     assert list(ids) == fmt.encode_prompt(msgs)
     x = torch.tensor([ids])
     with torch.no_grad():
+        # identical weights through the identical computation (default rtol 1e-5 never needed)
         assert torch.allclose(model(x).logits, loaded(x).logits)
     # and pride loads the directory back the same way
     reloaded, _, fmt2 = load_model_and_tokenizer(ModelSettings(path=str(tmp_path)))

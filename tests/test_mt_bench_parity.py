@@ -145,6 +145,7 @@ def test_pairwise_scores_equal_fastchat_show_result(tmp_path, monkeypatch, mode)
         for key in ("win", "loss", "tie"):
             assert got[model][key] == row[key]
         for key in ("win_rate", "loss_rate", "win_rate_adjusted"):
+            # means of judge scores (small integers, halves) in float64: exact up to summation order
             assert got[model][key] == pytest.approx(row[key], abs=1e-12)
 
 
@@ -160,6 +161,7 @@ def test_single_scores_equal_fastchat_show_result(tmp_path, monkeypatch):
     turn1, turn2, average = captured_frames(monkeypatch, fc_show.display_result_single, args)
     got = mt_bench.score_files([path])
     for model in ("model-a", "model-b"):
+        # pandas' mean and ours over the same float64 scores: summation order only
         assert got[model]["turn_1"] == pytest.approx(turn1.loc[(model, 1), "score"], abs=1e-12)
         assert got[model]["turn_2"] == pytest.approx(turn2.loc[(model, 2), "score"], abs=1e-12)
         assert got[model]["average"] == pytest.approx(average.loc[model, "score"], abs=1e-12)

@@ -29,6 +29,7 @@ def test_sppo_win_probabilities_on_hand_made_matrix():
     M = [[0, 1, 2], [-1, 0, 0.5], [-2, -0.5, 0]]
     s, P = win_probabilities(M)
     # s_i = mean_j (M_ij - M_ji): worked out by hand
+    # closed forms in float64: pytest's default relative 1e-6 is exact for them (also below)
     assert s == pytest.approx([2.0, -1 / 3, -5 / 3])
     assert P[0][1] == pytest.approx(sig(7 / 3)) and P[1][2] == pytest.approx(sig(4 / 3)) and P[2][2] == 0.5
     row = {"prompt_id": "a", "prompt": [{"role": "user", "content": "q"}], "responses": ["x", "y", "z"]}
@@ -87,6 +88,8 @@ def test_pairrm_both_orders_antisymmetric(tmp_path):
     cands = ["Paris.", "It is Lyon, I think.", "The capital of France is Paris.", "no"]
     (out,) = judge.judge([[{"role": "user", "content": "Capital of France?"}]], [cands])
     M = torch.tensor(out.matrix)
+    # M[i][j] = (logit(i, j) - logit(j, i)) / 2 in float32: antisymmetric to rounding, which
+    # allclose's defaults (1e-5 relative) cover; the scores are float64 sums of the same values
     assert M.shape == (4, 4) and torch.allclose(M, -M.T) and M.abs().sum() > 0
     assert {(a, b) for _, a, b in calls} == {(cands[i], cands[j]) for i in range(4) for j in range(4) if i != j}
     assert out.scores == pytest.approx([float(2 * M[i].sum() / 4) for i in range(4)])
@@ -315,6 +318,7 @@ def test_preference_policy_has_no_dropout(tmp_path):
                                    "train.max_steps=1", "train.micro_batch_size=8", "seed=0",
                                    f"preference.disable_dropout={flag}"]))
         losses[flag] = json.loads((tmp_path / flag / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    # an untrained step's DPO loss is -logsigmoid(0) in float32 (1e-7 relative rounding)
     assert losses["true"] == pytest.approx(math.log(2), abs=1e-6)
     assert abs(losses["false"] - math.log(2)) > 1e-3  # dropout on: the policy differs from its own reference
 
@@ -326,6 +330,7 @@ def test_sppo_win_probabilities_with_huge_scores_do_not_overflow():
     s, p = scalar_win_probabilities([1e300, -1e300, 0.0])
     assert p[0][1] == 1.0 and p[1][0] == 0.0 and p[2][2] == 0.5
     s, p = win_probabilities([[0, 800.0], [-800.0, 0]])
+    # sigmoid(-800) underflows to 0 or a denormal depending on the libm: approx(0.0) is abs 1e-12
     assert p[0][1] == 1.0 and p[1][0] == pytest.approx(0.0) and all(0 <= x <= 1 for row in p for x in row)
 
 

@@ -124,6 +124,7 @@ def test_logprobs_greedy_token_is_the_top_one(client):
     for e in entries:
         tops = [t.logprob for t in e.top_logprobs]
         assert len(tops) == 3 and tops == sorted(tops, reverse=True) and all(t <= 0 for t in tops)
+        # the same float32 value through JSON (pytest's default relative 1e-6)
         assert e.logprob == pytest.approx(tops[0])  # greedy picks the most likely token
 
 

@@ -65,6 +65,7 @@ def test_microbatch_times_accumulation_equals_big_batch(tmp_path, data):
     run_sft(config(tmp_path, data, tmp_path / "big", "train.micro_batch_size=8", "train.max_steps=3"))
     run_sft(config(tmp_path, data, tmp_path / "acc", "train.micro_batch_size=2",
                    "train.gradient_accumulation_steps=4", "train.max_steps=3"))
+    # one batch of 8 vs 4 micro-batches of 2: fp32 sums in another order, through 3 AdamW steps
     assert losses(tmp_path / "big") == pytest.approx(losses(tmp_path / "acc"), rel=1e-5)
     big, acc = weights(tmp_path / "big"), weights(tmp_path / "acc")
     for k in big:
@@ -106,6 +107,8 @@ def test_resume_after_sigkill_ends_with_identical_weights(tmp_path, data):
     run_sft(load_config(cfg_path, [f"output_dir={tmp_path / 'straight'}"]))
     a, b = weights(tmp_path / "run"), weights(tmp_path / "straight")
     for k in a:
+        # resume reloads the exact fp32 weights and optimizer state: the runs agree to rounding of
+        # the checkpoint's identical arithmetic; 1e-6 absolute on weights of magnitude ~0.02-1
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0, msg=k)
     steps = [json.loads(l)["step"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))  # no duplicated or missing metric lines
@@ -126,6 +129,7 @@ def test_two_processes_match_one_process_with_double_accumulation(tmp_path, data
                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert two.returncode == 0, two.stderr[-3000:]
     run_sft(load_config(None, common + [f"output_dir={tmp_path / 'one'}", "train.gradient_accumulation_steps=2"]))
+    # gloo's all-reduce sums the two ranks' gradients in another order than one process does
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
     a, b = weights(tmp_path / "two"), weights(tmp_path / "one")
     for k in a:
@@ -211,6 +215,7 @@ def test_mask_embed_grad_trains_only_the_named_rows():
     model(input_ids=ids, labels=ids).loss.backward()
     emb = model.get_input_embeddings().weight
     assert emb.grad[:10].abs().sum() == 0 and emb.grad[30:].abs().sum() == 0
+    # the same backward pass with a hook that zeroes other rows: torch's default fp32 tolerance
     torch.testing.assert_close(emb.grad[10:30], full["model.embed_tokens.weight"][10:30])
     for n, p in model.named_parameters():
         if "embed_tokens" not in n and "lm_head" not in n:

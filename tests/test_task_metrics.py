@@ -41,6 +41,7 @@ def test_several_references_per_item_and_rouge(tmp_path):
     assert got["bleu"] == sacrebleu.corpus_bleu(hyps, [[r["reference"] for r in rows], refs2]).score
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=False)
     per = [scorer.score_multi([r["reference"], b], h) for r, b, h in zip(rows, refs2, hyps)]
+    # rouge-score's own F-measures averaged in float64 by both: summation order only
     assert got["rougeL"] == pytest.approx(100 * sum(p["rougeL"].fmeasure for p in per) / len(per), abs=1e-12)
 
 

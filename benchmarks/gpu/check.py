@@ -175,8 +175,8 @@ def weights_move(device, out: Path) -> dict:
 
 def compare_trl(device, smoke: bool, out: Path) -> dict:
     results = {}
-    shape, steps, rows = ("tiny", 4, 16) if smoke else ("1b", 8, 64)
-    attn = "flex_attention" if device.type == "cuda" else "sdpa"
+    shape, steps, rows = ("tiny", 4, 16) if smoke else ("1b", 6, 48)
+    attn = os.environ.get("CHECK_ATTN") or ("flex_attention" if device.type == "cuda" else "sdpa")
     for stage in ("sft", "dpo"):
         cmd = [sys.executable, str(ROOT / "benchmarks" / "compare_trl.py"), "--stage", stage, "--shape", shape,
                "--device", device.type, "--steps", str(steps), "--rows", str(rows), "--attn", attn,

@@ -10,7 +10,7 @@ ROOT=../..
 DEST=wheels
 LIGER=liger-kernel==0.8.5
 PACKAGES="pydantic pydantic_core annotated-types typing-inspection datasets dill multiprocess trl transformers
-          tokenizers huggingface_hub fsspec"
+          tokenizers fsspec fastapi starlette uvicorn opentelemetry-api"  # huggingface_hub: the image's 1.33 meets transformers' >=1.31
 mkdir -p "$DEST"
 pin() {  # name==version from constraints.txt (names compared as pip normalises them)
   local norm; norm=$(echo "$1" | tr 'A-Z_.' 'a-z--')

@@ -48,9 +48,12 @@ def attention_backend(model) -> str:
 
 
 def resolve_attention(name: str, device: str | torch.device | None = None, model_class=None) -> str:
-    """auto: on a GPU flash-attention 2 where installed, else flex_attention (block masks: packed
-    rows and shared prompts skip their masked blocks), else sdpa; on CPU sdpa, else eager. Each
-    only where the architecture supports it (Gemma-2 has no sdpa: eager, which keeps its softcapping)."""
+    """auto: flash-attention 2 on a GPU where installed, else sdpa, else eager, each only where the
+    architecture supports it (Gemma-2 has no sdpa: eager, which keeps its softcapping).
+    flex_attention is taken on request only: on an H200 with torch 2.11 its compiled kernel
+    failed for pride's mixed-precision training of a bf16 checkpoint (inductor: "No choices to
+    select" for the flex_attention template), while the same model in fp32 or under plain
+    autocast matched sdpa (BENCHMARKS.md, GPU check)."""
     fa2 = importlib.util.find_spec("flash_attn") is not None
     supports = {"flash_attention_2": getattr(model_class, "_supports_flash_attn", True),
                 "flex_attention": getattr(model_class, "_supports_flex_attn", True),
@@ -66,8 +69,6 @@ def resolve_attention(name: str, device: str | torch.device | None = None, model
     dev = torch.device(device) if device is not None else _default_device()
     if dev.type == "cuda" and fa2 and supports["flash_attention_2"]:
         return "flash_attention_2"
-    if dev.type == "cuda" and supports["flex_attention"]:
-        return "flex_attention"
     return "sdpa" if supports["sdpa"] else "eager"
 
 
