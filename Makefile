@@ -9,16 +9,21 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test readme-figures check-readme clean
+.PHONY: setup demo test readme-figures check-readme constraints clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt: the versions CI tested (regenerate with `make constraints` after an upgrade
+# that passes `make test`), so a fresh clone next month installs what passed, not what is newest.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@
+
+constraints: setup
+	$(PY) -m pip freeze --exclude-editable | grep -v -E '^(torch|triton|nvidia-)' > constraints.txt
 
 demo: setup
 	$(VENV)/bin/pride demo
