@@ -160,7 +160,7 @@ def test_data_inspect_export_is_what_training_sees(tmp_path):
     tok = real_tokenizer("llama3")
     fmt = ChatFormat(tok, get_template("llama3"))
     for data, kind in ((chats, "sft"), (prefs, "pref")):
-        out = tmp_path / f"{kind}.jsonl"
+        out = tmp_path / f"{kind}-export.jsonl"
         rc = main(["data", "inspect", str(_config(tmp_path, model, data)), "-n", "0", "--export", str(out),
                    "data.shuffle=false"])
         assert rc == 0

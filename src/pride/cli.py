@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from pride.io import clear_inputs
+
+    clear_inputs()  # inputs are per command (in-process callers run several)
     try:
         return _dispatch(args, parser)
     except PrideError as e:

@@ -290,6 +290,9 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _n
 
 def load_yaml(path: Path):
     """A YAML file as Python data; problems (syntax, duplicate keys, encoding) name the file and line."""
+    from pride.io import mark_inputs
+
+    mark_inputs(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:

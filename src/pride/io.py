@@ -7,7 +7,8 @@
 * `append_jsonl`: whole lines, synced, so a kill leaves at most one torn last line.
 * `write_json` / `write_jsonl` / `write_text`: atomic (a temp file in the same directory, then rename), so a
   reader never sees half a file; a full disk is a PrideError naming the directory, with the
-  temp file removed.
+  temp file removed. They replace only regular files, and never an input of the running
+  command (`mark_inputs`: the config, data files and model directory it read).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -89,9 +91,49 @@ def read_jsonl_tolerant(path: Path, repair: bool = False) -> list[dict]:
     return rows
 
 
+_inputs: set[Path] = set()  # what the running command read: never an output
+
+
+def mark_inputs(*paths) -> None:
+    """Files and directories the running command reads (config, data, model): no pride writer
+    may replace them or write inside them until `clear_inputs` (a command's or stage's end)."""
+    for p in paths:
+        if p:
+            _inputs.add(Path(p).expanduser().resolve())
+
+
+def clear_inputs() -> None:
+    _inputs.clear()
+
+
+def check_output(path: Path) -> None:
+    """An output path pride may write: not an input of this command, and either absent or a
+    regular file (a device, directory, pipe or symbolic link is never replaced)."""
+    path = Path(path)
+    real = path.expanduser().resolve()
+    for inp in _inputs:
+        if real == inp or inp in real.parents:
+            raise PrideError(f"{path}: refusing to write there: it is an input of this run ({inp}); choose another path")
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise PrideError(f"{path}: cannot write there ({e.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a symbolic link" if stat.S_ISLNK(mode)
+                else "a device, pipe or socket")
+        raise PrideError(f"{path}: is {kind}, not a regular file; pride replaces only regular files "
+                         "(choose another path)")
+
+
 def write_text(path: Path, text: str) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_output(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PrideError(f"{path.parent}: cannot create the directory ({e.strerror})") from None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

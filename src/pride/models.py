@@ -102,7 +102,12 @@ def is_tiny(ref: str) -> bool:
 
 def _check_reference(ref: str) -> None:
     """Fail early and clearly when a reference is neither local nor reachable."""
-    if is_tiny(ref) or Path(ref).is_dir():
+    if is_tiny(ref):
+        return
+    if Path(ref).is_dir():
+        from pride.io import mark_inputs
+
+        mark_inputs(ref)
         return
     looks_like_hub_id = not ref.startswith((".", "/", "~")) and ref.count("/") <= 1
     if not looks_like_hub_id:

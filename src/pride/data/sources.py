@@ -27,6 +27,10 @@ class BadRow:
 def read_source(src: SourceSettings) -> Iterator[tuple[str, dict | BadRow]]:
     """Yield (location, row) for every row of the source, or (location, BadRow)."""
     path = Path(src.path).expanduser()
+    if path.exists():
+        from pride.io import mark_inputs
+
+        mark_inputs(path)
     if path.is_file():
         suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
         if suffix in (".jsonl", ".ndjson"):

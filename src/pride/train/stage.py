@@ -25,7 +25,7 @@ from rich.console import Console
 
 from pride.config import Config, write_resolved
 from pride.errors import PrideError
-from pride.io import disk_error
+from pride.io import clear_inputs, disk_error
 from pride.io import write_json
 from pride.models import load_model_and_tokenizer
 from pride.rundir import SUMMARY, model_dir
@@ -80,7 +80,10 @@ class StageContext:
             if acc.is_main_process and write_config:
                 write_resolved(cfg, run_dir)
             acc.wait_for_everyone()
-            yield ctx
+            try:
+                yield ctx
+            finally:
+                clear_inputs()  # the next stage of a recipe may write what this one read (the demo's data)
 
     def within(self, cfg: Config, run_dir: Path) -> "StageContext":
         """A training run inside this stage (an online round): same accelerator, own config and directory."""
