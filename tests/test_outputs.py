@@ -46,3 +46,16 @@ def test_inputs_are_per_command_and_a_regular_file_is_replaced(tmp_path):
     (tmp_path / "out.json").write_text("old")
     write_json(tmp_path / "out.json", {"new": 1})
     assert (tmp_path / "out.json").read_text().startswith("{")
+
+
+def test_yaml_merge_keys_and_a_csv_with_a_bom_are_read(tmp_path, monkeypatch):
+    """Valid YAML (`<<: *anchor`) and Excel's UTF-8 CSV (a BOM before the header) are not errors."""
+    (tmp_path / "b.csv").write_bytes(b"\xef\xbb\xbfprompt,completion\nhi,hello\n")
+    (tmp_path / "c.yaml").write_text("model: &m {path: 'tiny:llama'}\ndata:\n  sources: [{path: b.csv}]\n"
+                                     "train:\n  <<: {max_length: 64, epochs: 2}\n  epochs: 1\n")
+    monkeypatch.chdir(tmp_path)
+    from pride.config import load_config
+
+    cfg = load_config("c.yaml")
+    assert cfg.train.max_length == 64 and cfg.train.epochs == 1  # the mapping's own key wins
+    assert main(["data", "inspect", "c.yaml", "-n", "0"]) == 0

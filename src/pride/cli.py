@@ -44,12 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv = sub.add_parser("serve", help="OpenAI-compatible server for a model directory (127.0.0.1 by default)")
     srv.add_argument("model", help="model directory (or tiny:<arch>)")
     srv.add_argument("--host", default="127.0.0.1")
-    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--port", type=_ranged(0, 65535), default=8000)
     srv.add_argument("--model-name", default=None, help="name reported by /v1/models")
     srv.add_argument("--api-key-env", default=None, help="environment variable holding the required API key")
-    srv.add_argument("--max-batch-size", type=int, default=8, help="sequences generated together")
+    srv.add_argument("--max-batch-size", type=_ranged(1), default=8, help="sequences generated together")
     srv.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
-    srv.add_argument("--max-tokens", type=int, default=4096, help="cap on max_tokens of any request")
+    srv.add_argument("--max-tokens", type=_ranged(1), default=4096, help="cap on max_tokens of any request")
     run = sub.add_parser("run", help="run the stages a recipe lists (sft, dpo, online, sppo, eval)")
     run.add_argument("config", help="recipe YAML (see recipes/)")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="shared key=value, or STAGE.key=value")
@@ -87,6 +87,19 @@ def quiet_libraries() -> None:
         datasets.logging.set_verbosity_error()
     except ImportError:  # pragma: no cover - both are dependencies
         pass
+
+
+def _ranged(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high] (argparse then names the option and exits 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is out of range ({low} to {high if high is not None else 'any'})")
+        return value
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pride.errors import PrideError
 from pride.losses import LOSS_TYPES
@@ -32,7 +32,7 @@ class LoraSettings(Section):
 
 
 class ModelSettings(Section):
-    path: str = Field(description="local HF model directory, hub id (when online), or tiny:<arch>")
+    path: str = Field(min_length=1, description="local HF model directory, hub id (when online), or tiny:<arch>")
     revision: str | None = None
     tokenizer: str | None = Field(None, description="tokenizer directory or hub id when not the model's own (LIONs' "
                                                      "tokenizer_name_or_path); saved with the trained model")
@@ -110,6 +110,15 @@ class TrainSettings(Section):
         "untied LM head) get gradients, the rest of the model trains as usual (LIONs' mask_embed_grad: Llama-3 "
         "[128000, null], Gemma [0, 110]; the rows of tokens a chat template added: [old vocab size, null])")
     logps_chunk_size: int = Field(256, gt=0, description="label positions per LM-head chunk (fp32 logits: chunk x vocab)")
+
+    @field_validator("mask_embed_grad")
+    @classmethod
+    def _rows_in_order(cls, v):
+        if v is not None:
+            start, end = v
+            if start is None or start < 0 or (end is not None and end <= start):
+                raise ValueError(f"needs [start, end) with 0 <= start < end (end may be null), got {v}")
+        return v
 
 
 LossType = Literal[LOSS_TYPES]  # the table in pride.losses
@@ -228,7 +237,7 @@ class EvalSettings(Section):
                              "task_metrics"]] = Field(
         default_factory=lambda: ["mt_bench"])
     data_dir: str | None = Field(None, description="benchmark files (layout in the README)")
-    output_dir: str = "runs/eval"
+    output_dir: str = Field("runs/eval", min_length=1)
     model_name: str | None = Field(None, description="name in answer files; default: the model dir's name")
     checkpoints: bool = Field(False, description="model.path is a run directory: evaluate its model/, iteration-*/model/ "
                                                  "and each checkpoints/checkpoint-N (exported, evaluated, removed)")
@@ -263,8 +272,8 @@ class Config(Section):
     preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
     online: OnlineSettings = Field(default_factory=OnlineSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
-    output_dir: str = "runs/pride"
-    seed: int = Field(42, ge=0)
+    output_dir: str = Field("runs/pride", min_length=1)
+    seed: int = Field(42, ge=0, le=2**32 - 1)  # numpy's seeding takes 32 bits
 
 
 # ---------------------------------------------------------------- loading
@@ -275,13 +284,17 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def _no_duplicates(loader, node, deep=False):
+    """A key given twice in the mapping itself is an error; keys merged in with `<<: *anchor`
+    are overridden by the mapping's own, as YAML says."""
     seen = {}
-    for key_node, _ in node.value:
+    own = [k for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"]
+    for key_node in own:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark)
         seen[key] = key_node.start_mark.line
+    loader.flatten_mapping(node)
     return loader.construct_mapping(node, deep=deep)
 
 

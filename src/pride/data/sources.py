@@ -104,7 +104,7 @@ def _read_csv(path: Path) -> Iterator[tuple[str, dict | BadRow]]:
     import csv
 
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:  # Excel writes a BOM
             reader = csv.DictReader(f, strict=True)
             if not reader.fieldnames:
                 raise PrideError(f"{path}: empty CSV (no header row)")
