@@ -130,6 +130,10 @@ def test_two_processes_match_one_process_with_double_accumulation(tmp_path, data
     assert two.returncode == 0, two.stderr[-3000:]
     run_sft(load_config(None, common + [f"output_dir={tmp_path / 'one'}", "train.gradient_accumulation_steps=2"]))
     # gloo's all-reduce sums the two ranks' gradients in another order than one process does
+    two_ran = json.loads((tmp_path / "two" / "summary.json").read_text())["distributed"]
+    assert two_ran == {"type": "MULTI_CPU", "world_size": 2, "gradient_accumulation_steps": 1,
+                       "mixed_precision": "no", "device": "cpu"}
+    assert json.loads((tmp_path / "one" / "summary.json").read_text())["distributed"]["type"] == "none"
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
     a, b = weights(tmp_path / "two"), weights(tmp_path / "one")
     for k in a:
@@ -220,3 +224,31 @@ def test_mask_embed_grad_trains_only_the_named_rows():
     for n, p in model.named_parameters():
         if "embed_tokens" not in n and "lm_head" not in n:
             torch.testing.assert_close(p.grad, full[n])
+
+
+def test_a_launch_that_would_not_shard_stops_with_one_line(tmp_path, data):
+    """accelerate runs an FSDP launch on CPU as plain data parallel; pride says so and stops."""
+    root = Path(__file__).resolve().parents[1]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(root / "configs" / "accelerate" / "fsdp.yaml"), "--num_processes", "2", "-m", "pride", "sft",
+              str(empty_config(tmp_path)), "model.path=tiny:llama", f"data.sources.0.path={data}",
+              "train.max_steps=1", f"output_dir={tmp_path / 'run'}"]
+    proc = subprocess.run(launch, capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode != 0
+    assert "the launch asked for FSDP but accelerate runs MULTI_CPU with 2 process(es)" in proc.stderr
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_check_launch_compares_what_was_asked_with_what_runs():
+    from accelerate import Accelerator
+
+    from pride.errors import PrideError
+    from pride.train.loop import check_launch
+
+    acc = Accelerator(cpu=True)
+    check_launch(acc, env={})
+    with pytest.raises(PrideError, match="asked for DEEPSPEED but accelerate runs NO"):
+        check_launch(acc, env={"ACCELERATE_USE_DEEPSPEED": "true"})
+    with pytest.raises(PrideError, match="2 processes were started .* the process group has 1"):
+        check_launch(acc, env={"WORLD_SIZE": "2"})

@@ -86,8 +86,35 @@ def make_accelerator(cfg: TrainSettings, run_dir: Path, model_dtype: str = "auto
         # accelerate keeps one process-wide state; stages run in one process (`pride run`, the demo)
         # may autocast differently. Only the precision part is reset; the process group stays.
         AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=mp, log_with=list(cfg.report_to) or None, project_dir=str(run_dir),
-                       cpu=not torch.cuda.is_available())
+    acc = Accelerator(mixed_precision=mp, log_with=list(cfg.report_to) or None, project_dir=str(run_dir),
+                      cpu=not torch.cuda.is_available())
+    check_launch(acc)
+    return acc
+
+
+def check_launch(acc: Accelerator, env=None) -> None:
+    """Stop when the set-up that runs is not the one the launch asked for, instead of training
+    otherwise in silence: accelerate turns an FSDP or DeepSpeed launch on CPU into plain data
+    parallel, and processes started without a process group each train alone."""
+    env = os.environ if env is None else env
+    kind = acc.distributed_type.name
+    for flag, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
+        if env.get(flag, "").lower() in ("1", "true") and kind != name:
+            raise PrideError(f"the launch asked for {name} but accelerate runs {kind} with {acc.num_processes} "
+                             f"process(es){' (on CPU, accelerate does not shard)' if acc.device.type == 'cpu' else ''}; "
+                             "nothing was trained. Launch without that config, or on GPUs")
+    started = int(env.get("WORLD_SIZE", "1") or 1)
+    if started != acc.num_processes:
+        raise PrideError(f"{started} processes were started (WORLD_SIZE) but the process group has "
+                         f"{acc.num_processes}: each would train alone and write the same run directory")
+
+
+def distributed_summary(acc: Accelerator, cfg: TrainSettings) -> dict:
+    """What really ran, for summary.json: accelerate's distributed type, processes, accumulation."""
+    return {"type": "none" if acc.num_processes == 1 and acc.distributed_type.name == "NO" else
+            acc.distributed_type.name, "world_size": acc.num_processes,
+            "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+            "mixed_precision": acc.mixed_precision, "device": acc.device.type}
 
 
 def epoch_schedule(n_rows: int, micro_batch_size: int, per_step: int, seed: int, epoch: int) -> list[list[list[int]]]:

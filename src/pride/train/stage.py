@@ -118,8 +118,11 @@ class StageContext:
     def finish(self, result, tokenizer, stats: dict) -> dict:
         """Save the final model and `summary.json` (model path, steps, data stats, last metrics)."""
         out = save_final_model(self.acc, result.prepared, tokenizer, model_dir(self.run_dir))
+        from pride.train.loop import distributed_summary
+
         summary = {"model": str(out), "steps": result.steps, "data": stats,
-                   "final": result.metrics[-1] if result.metrics else {}}
+                   "final": result.metrics[-1] if result.metrics else {},
+                   "distributed": distributed_summary(self.acc, self.cfg.train)}
         self.write_json(SUMMARY, summary)
         self.console.print(f"[bold green]done[/]: model saved to {out}")
         return summary
