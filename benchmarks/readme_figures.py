@@ -23,6 +23,7 @@ import datetime
 import json
 import platform
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,10 @@ COLUMNS = [("sft", "SFT"), ("dpo", "DPO"), ("online_dpo_1", "online DPO 1"), ("o
 
 
 def run_demo(seed: int, out: Path) -> dict:
+    """A fresh demo run: an earlier run's stages would be skipped as finished, timing nothing
+    and showing what older code computed."""
+    if out.exists():
+        shutil.rmtree(out)
     subprocess.run([sys.executable, "-m", "pride", "demo", "--seed", str(seed), "--output", str(out)], check=True,
                    cwd=ROOT)
     return {r["stage"]: r for r in json.loads((out / "results.json").read_text())}
