@@ -52,8 +52,8 @@ def resolve_attention(name: str, device: str | torch.device | None = None, model
     architecture supports it (Gemma-2 has no sdpa: eager, which keeps its softcapping).
     flex_attention is taken on request only: on an H200 with torch 2.11 its compiled kernel
     failed for pride's mixed-precision training of a bf16 checkpoint (inductor: "No choices to
-    select" for the flex_attention template), while the same model in fp32 or under plain
-    autocast matched sdpa (BENCHMARKS.md, GPU check)."""
+    select" for the flex_attention template), while a tiny Llama's log-probs and gradients
+    matched sdpa there in fp32 and under bf16 autocast (BENCHMARKS.md, GPU check)."""
     fa2 = importlib.util.find_spec("flash_attn") is not None
     supports = {"flash_attention_2": getattr(model_class, "_supports_flash_attn", True),
                 "flex_attention": getattr(model_class, "_supports_flex_attn", True),
