@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pride.config import ModelSettings
+from pride.errors import PrideError
 from pride.data.packing import collate, pack_bfd
 from pride.logps import TokenLogps, attention_weight
 from pride.models import attention_backend, load_model_and_tokenizer, resolve_attention
@@ -28,7 +29,7 @@ def twins(arch, tiny):
         try:
             model, tok, fmt = load_model_and_tokenizer(
                 ModelSettings(path=f"tiny:{arch}", attn_implementation=attn, tiny=tiny), seed=1)
-        except Exception:  # noqa: BLE001 - an architecture without sdpa: eager is its reference
+        except PrideError:  # an architecture without sdpa: eager is its reference
             continue
         models.setdefault("flex" if attn == "flex_attention" else "reference", (model.train(), tok, fmt))
     return models["flex"], models["reference"]
@@ -76,12 +77,15 @@ def test_flex_shared_prompt_equals_sdpa_unshared(arch, tiny):
     assert_same(shared, plain)
 
 
-def test_auto_picks_flex_on_a_gpu_without_flash_attn_and_sdpa_on_cpu(monkeypatch):
+def test_flex_is_taken_on_request_and_auto_stays_sdpa(monkeypatch):
+    """auto does not pick flex_attention (its kernel failed to compile for mixed-precision
+    training on an H200, BENCHMARKS.md); asked for, it is used where the architecture has it."""
     from transformers import Gemma2ForCausalLM, LlamaForCausalLM
 
     import pride.models as models
 
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)  # flash-attn absent
-    assert resolve_attention("auto", "cuda", LlamaForCausalLM) == "flex_attention"
-    assert resolve_attention("auto", "cuda", Gemma2ForCausalLM) == "flex_attention"  # keeps its softcapping
-    assert resolve_attention("auto", "cpu", LlamaForCausalLM) == "sdpa"
+    assert resolve_attention("auto", "cuda", LlamaForCausalLM) == "sdpa"
+    assert resolve_attention("auto", "cuda", Gemma2ForCausalLM) == "eager"  # no sdpa path: keeps its softcapping
+    assert resolve_attention("flex_attention", "cuda", Gemma2ForCausalLM) == "flex_attention"
+    assert resolve_attention("flex_attention", "cpu", LlamaForCausalLM) == "flex_attention"
