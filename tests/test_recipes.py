@@ -88,3 +88,27 @@ def test_recipe_errors_name_the_stage(tmp_path):
     bad.write_text("model: {path: tiny:llama}\nstages:\n  - {name: a, type: dpo, from: z}\n")
     with pytest.raises(PrideError, match="starts from 'z'"):
         load_recipe(bad)
+
+
+def test_a_rerun_follows_the_bytes_of_every_input(tiny_files, tmp_path):
+    """Same paths, other bytes: a data file edited in place re-runs its stage and everything
+    downstream; a replaced model re-runs the stages that start from it; unchanged inputs skip."""
+    import shutil
+
+    from tests.conftest import write_jsonl
+
+    data = {k: shutil.copy(v, tmp_path / Path(v).name) for k, v in tiny_files.items() if k != "pairrm"}
+    recipe = tmp_path / "two.yaml"
+    recipe.write_text(f"model: {{path: 'tiny:llama'}}\noutput_dir: {tmp_path / 'run'}\ntrain: {{max_steps: 2}}\n"
+                      f"stages:\n  - {{name: sft, type: sft, data: {{sources: [{{path: {data['chat']}}}]}}}}\n"
+                      f"  - {{name: dpo, type: dpo, data: {{sources: [{{path: {data['pref']}}}]}}}}\n")
+    first = [d["config_hash"] for d in run_recipe(recipe)]
+    assert [d["config_hash"] for d in run_recipe(recipe)] == first  # unchanged: both skipped
+    rows = [{"messages": [{"role": "user", "content": "Say 0."}, {"role": "assistant", "content": "Zero."}]}]
+    write_jsonl(data["chat"], rows * 12)  # the same path, other bytes
+    second = [d["config_hash"] for d in run_recipe(recipe)]
+    assert second[0] != first[0] and second[1] != first[1]
+    weights = tmp_path / "run" / "sft" / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + bytes(8))  # sft/model replaced behind pride's back
+    third = [d["config_hash"] for d in run_recipe(recipe)]
+    assert third[0] == second[0] and third[1] != second[1]

@@ -7,17 +7,17 @@ from the model of the stage before it (or of the stage named in `from`); the fir
 `model.path`. Overrides: `key=value` for the shared sections, `STAGE.key=value` for one
 stage (e.g. `sft.data.sources.0.path=chat.jsonl`).
 
-Each finished stage writes `stage.json` with its identity: a hash of its resolved config
-chained with the identity of the stage it starts from, so a change anywhere upstream
-(the SFT learning rate, say) re-runs everything downstream. A re-run skips a stage whose
-identity matches and resumes an interrupted one.
+Each finished stage writes `stage.json` with its identity (`pride.identity`): a hash of its
+resolved config, pride's version, the content of its local inputs (data files, starting model,
+tokenizer, benchmark files) and the identity of the stage it starts from, so a change anywhere
+upstream (the SFT learning rate, a data file edited in place, a replaced model) re-runs
+everything downstream. A re-run skips a stage whose identity matches and resumes an
+interrupted one.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pride.config import Config, apply_override, load_yaml, parse_override, validate_config
 from pride.errors import PrideError
+from pride.identity import stage_identity
 from pride.rundir import final_model, read_stage, write_stage
 from pride.stages import STAGES
 
@@ -109,12 +110,6 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[RecipeFile
     return recipe, stages
 
 
-def config_hash(cfg: Config, upstream: str = "") -> str:
-    """The stage's identity: its resolved config and the identity of the stage it starts from."""
-    body = json.dumps(cfg.model_dump(mode="json"), sort_keys=True) + "|" + upstream
-    return hashlib.sha256(body.encode()).hexdigest()
-
-
 def run_recipe(path: str | Path, overrides: list[str] = (), console=None) -> list[dict]:
     from rich.console import Console
 
@@ -132,7 +127,7 @@ def run_recipe(path: str | Path, overrides: list[str] = (), console=None) -> lis
         if start is not None:
             # the saved model directory carries its tokenizer (and the added chat tokens)
             cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": start, "tokenizer": None})})
-        digest = config_hash(cfg, upstream)
+        digest = stage_identity(cfg, upstream)
         info = read_stage(cfg.output_dir)
         if info is not None and info.get("config_hash") == digest:
             console.print(f"[bold]{stage.name}[/] ({stage.type}): finished earlier with the same inputs, skipped")

@@ -1,0 +1,72 @@
+"""A stage's identity: what it ran with, by content, so a re-run skips a stage only when
+nothing it consumed changed (issue 27).
+
+The identity hashes the resolved config, pride's version, the identity of the stage it starts
+from, and the bytes of every local input: data files and directories, the starting model and
+tokenizer directories, the evaluation's benchmark files. A file up to `WHOLE` bytes is hashed
+whole; a larger one (model weights) by its size, modification time and its first and last
+MiB, which changes when it is rewritten or replaced and costs milliseconds on a 16 GB file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from pride import __version__
+
+WHOLE = 64 * 2**20  # bytes hashed in full; above, size + mtime + first and last MiB
+EDGE = 2**20
+
+
+def file_digest(path: Path) -> str:
+    st = path.stat()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if st.st_size <= WHOLE:
+            for block in iter(lambda: f.read(EDGE), b""):
+                h.update(block)
+        else:
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+            h.update(f.read(EDGE))
+            f.seek(-EDGE, os.SEEK_END)
+            h.update(f.read(EDGE))
+    return h.hexdigest()
+
+
+def content_digest(path: str | Path) -> str | None:
+    """The content of a local file or directory (every file under it, by relative name), or None
+    when the path is not local (a hub id, `tiny:<arch>`)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return file_digest(p)
+    if not p.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(x for x in p.rglob("*") if x.is_file()):
+        h.update(f"{f.relative_to(p)}={file_digest(f)}\n".encode())
+    return h.hexdigest()
+
+
+def stage_inputs(cfg) -> list[str]:
+    """The local paths a stage consumes, as its config names them."""
+    paths = [cfg.model.path, cfg.model.tokenizer]
+    if cfg.data is not None:
+        paths += [s.path for s in cfg.data.sources] + [s.path for s in (cfg.data.eval_sources or [])]
+    if cfg.online.mix_offline is not None:
+        paths.append(cfg.online.mix_offline.path)
+    if cfg.online.judge.path:
+        paths.append(cfg.online.judge.path)
+    if cfg.eval.data_dir:
+        paths.append(cfg.eval.data_dir)
+    return [p for p in paths if p]
+
+
+def stage_identity(cfg, upstream: str = "") -> str:
+    """Config, pride's version, the upstream stage's identity and the inputs' content."""
+    inputs = {p: content_digest(p) for p in stage_inputs(cfg)}
+    body = json.dumps({"config": cfg.model_dump(mode="json"), "pride": __version__, "upstream": upstream,
+                       "inputs": inputs}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
