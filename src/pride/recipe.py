@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pride.config import Config, apply_override, load_yaml, parse_override, validate_config
 from pride.errors import PrideError
@@ -41,13 +41,21 @@ class StageSpec(BaseModel):
     type: StageType
     from_: str | None = Field(None, alias="from")
 
+    @field_validator("name")
+    @classmethod
+    def _a_directory_name(cls, v: str) -> str:
+        """The stage's run directory is output_dir/<name>: it must stay inside output_dir."""
+        if not v or v in (".", "..") or "/" in v or "\\" in v:
+            raise ValueError(f"a stage name is one directory name (no '/', not '.' or '..'), got {v!r}")
+        return v
+
 
 class RecipeFile(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str | None = None
     source: str | None = Field(None, description="the paper/repository this recipe reproduces")
     reproduces: str | None = None
-    output_dir: str = "runs/recipe"
+    output_dir: str = Field("runs/recipe", min_length=1)
     stages: list[StageSpec] = Field(min_length=1)
 
 
