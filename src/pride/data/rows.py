@@ -101,6 +101,9 @@ def map_columns(row: dict, columns: dict[str, str]) -> dict:
             out[ours] = _TEMPLATE_FIELD.sub(lambda m: _render(row, m.group(1), ours), theirs)
         elif "." in theirs or "[" in theirs:
             out[ours] = _resolve(row, theirs, ours)
+        else:  # a plain name the row lacks: say so, never train without the mapping
+            raise RowError(ours, f"columns maps {ours!r} to {theirs!r}, which is not a column here "
+                                 f"(columns: {', '.join(sorted(map(str, row)))})")
     return out
 
 
