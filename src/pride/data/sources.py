@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -68,10 +69,29 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, dict | BadRow]]:
             except json.JSONDecodeError as e:
                 yield where, BadRow(where, f"bad JSON ({e.msg} at column {e.colno})")
                 continue
+            except RecursionError:
+                yield where, BadRow(where, "JSON nested too deep")
+                continue
             if not isinstance(row, dict):
                 yield where, BadRow(where, f"expected a JSON object, got {type(row).__name__}")
                 continue
-            yield where, row
+            problem = unencodable(text, row)
+            yield where, (BadRow(where, problem) if problem else row)
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def unencodable(text: str, row) -> str | None:
+    """A lone surrogate escape (`"\\ud800"`) parses as JSON but is no Unicode text: no tokenizer can
+    encode it. Paired escapes (a character outside the BMP) are fine."""
+    if not _SURROGATE_ESCAPE.search(text):
+        return None
+    try:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"a lone surrogate {e.object[e.start:e.end]!r} in the text: not valid Unicode"
+    return None
 
 
 def _read_json(path: Path) -> Iterator[tuple[str, dict | BadRow]]:
@@ -87,6 +107,8 @@ def _read_json(path: Path) -> Iterator[tuple[str, dict | BadRow]]:
             yield from _read_jsonl(path)
             return
         raise PrideError(f"{path} line {e.lineno}: bad JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise PrideError(f"{path}: JSON nested too deep") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))
     if not isinstance(data, list):
@@ -96,7 +118,8 @@ def _read_json(path: Path) -> Iterator[tuple[str, dict | BadRow]]:
         if not isinstance(row, dict):
             yield where, BadRow(where, f"expected a JSON object, got {type(row).__name__}")
         else:
-            yield where, row
+            problem = unencodable(text, row)
+            yield where, (BadRow(where, problem) if problem else row)
 
 
 def _read_csv(path: Path) -> Iterator[tuple[str, dict | BadRow]]:
