@@ -84,8 +84,9 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 def unencodable(text: str, row) -> str | None:
     """A lone surrogate escape (`"\\ud800"`) parses as JSON but is no Unicode text: no tokenizer can
-    encode it. Paired escapes (a character outside the BMP) are fine."""
-    if not _SURROGATE_ESCAPE.search(text):
+    encode it. Paired escapes (a character outside the BMP) are fine. `text` is the JSON the row
+    came from, or "" when it is known to hold no such escape (the check is then free)."""
+    if not text or not _SURROGATE_ESCAPE.search(text):
         return None
     try:
         json.dumps(row, ensure_ascii=False).encode("utf-8")
@@ -113,12 +114,13 @@ def _read_json(path: Path) -> Iterator[tuple[str, dict | BadRow]]:
         data = next(iter(data.values()))
     if not isinstance(data, list):
         raise PrideError(f"{path}: expected a JSON array of rows, got {type(data).__name__}")
+    escapes = text if _SURROGATE_ESCAPE.search(text) else ""  # searched once, not once per row
     for i, row in enumerate(data):
         where = f"{path} row {i}"
         if not isinstance(row, dict):
             yield where, BadRow(where, f"expected a JSON object, got {type(row).__name__}")
         else:
-            problem = unencodable(text, row)
+            problem = unencodable(escapes, row)
             yield where, (BadRow(where, problem) if problem else row)
 
 
