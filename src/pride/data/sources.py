@@ -75,18 +75,18 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, dict | BadRow]]:
             if not isinstance(row, dict):
                 yield where, BadRow(where, f"expected a JSON object, got {type(row).__name__}")
                 continue
-            problem = unencodable(text, row)
+            problem = unencodable(row, bool(_SURROGATE_ESCAPE.search(text)))
             yield where, (BadRow(where, problem) if problem else row)
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def unencodable(text: str, row) -> str | None:
+def unencodable(row, escaped: bool) -> str | None:
     """A lone surrogate escape (`"\\ud800"`) parses as JSON but is no Unicode text: no tokenizer can
-    encode it. Paired escapes (a character outside the BMP) are fine. `text` is the JSON the row
-    came from, or "" when it is known to hold no such escape (the check is then free)."""
-    if not text or not _SURROGATE_ESCAPE.search(text):
+    encode it. Paired escapes (a character outside the BMP) are fine. `escaped`: the JSON the row
+    came from has a surrogate escape at all (`_SURROGATE_ESCAPE`); without one the check is free."""
+    if not escaped:
         return None
     try:
         json.dumps(row, ensure_ascii=False).encode("utf-8")
@@ -114,13 +114,13 @@ def _read_json(path: Path) -> Iterator[tuple[str, dict | BadRow]]:
         data = next(iter(data.values()))
     if not isinstance(data, list):
         raise PrideError(f"{path}: expected a JSON array of rows, got {type(data).__name__}")
-    escapes = text if _SURROGATE_ESCAPE.search(text) else ""  # searched once, not once per row
+    escaped = bool(_SURROGATE_ESCAPE.search(text))  # searched once, not once per row
     for i, row in enumerate(data):
         where = f"{path} row {i}"
         if not isinstance(row, dict):
             yield where, BadRow(where, f"expected a JSON object, got {type(row).__name__}")
         else:
-            problem = unencodable(escapes, row)
+            problem = unencodable(row, escaped)
             yield where, (BadRow(where, problem) if problem else row)
 
 
