@@ -250,6 +250,10 @@ def score_files(paths: list[Path], mode: str = "single", baseline: str | None = 
             raise PrideError(f"{where}: the same judgment as {seen[key]} ({key}); remove one")
         seen[key] = where
     judgments = [j for _, j in rows]
+    if mode == "pairwise-baseline" and not any(baseline in (j["model_1"], j["model_2"]) for j in judgments):
+        models = sorted({m for j in judgments for m in (j["model_1"], j["model_2"])})
+        raise PrideError(f"{paths[0]}: no judgment against the baseline {baseline!r} (models judged: "
+                         f"{', '.join(models)}); name it with --baseline, or use pairwise-all")
     if mode != "single":
         return score_pairwise(judgments, baseline if mode == "pairwise-baseline" else None)
     models = sorted({j["model"] for j in judgments})
