@@ -59,3 +59,13 @@ def test_yaml_merge_keys_and_a_csv_with_a_bom_are_read(tmp_path, monkeypatch):
     cfg = load_config("c.yaml")
     assert cfg.train.max_length == 64 and cfg.train.epochs == 1  # the mapping's own key wins
     assert main(["data", "inspect", "c.yaml", "-n", "0"]) == 0
+
+
+@pytest.mark.parametrize("args,message", [(["--port", "70000"], "argument --port: 70000 is out of range (0 to 65535)"),
+                                          (["--max-batch-size", "-3"], "argument --max-batch-size: -3 is out of range"),
+                                          (["--max-tokens", "0"], "argument --max-tokens: 0 is out of range")])
+def test_serve_numbers_out_of_range_stop_before_loading(args, message, capsys):
+    """`serve --port 70000` was a traceback; `--max-tokens 0` made every request a 500."""
+    with pytest.raises(SystemExit) as stop:
+        main(["serve", "tiny:llama", *args])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
