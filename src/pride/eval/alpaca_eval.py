@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from pride.errors import PrideError
+from pride.eval.files import check_key
 
 BASELINE = "gpt4_1106_preview"
 # alpaca_eval/evaluators_configs/alpaca_eval_clf_gpt4_turbo/alpaca_eval_clf.txt (Apache-2.0)
@@ -368,6 +369,9 @@ def read_annotations(paths: list[Path]) -> list[dict]:
         for i, a in enumerate(data):
             if "preference" not in a:
                 raise PrideError(f"{p} row {i}: field 'preference': missing")
+            check_key(f"{p} row {i}", a, "instruction", (str,))
+            for key in ("generator_1", "generator_2", "output_1", "output_2"):
+                check_key(f"{p} row {i}", a, key, (str,), optional=True)
         annotations += data
     return annotations
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from pride.errors import PrideError
-from pride.eval.files import read_jsonl, read_objects
+from pride.eval.files import check_key, read_jsonl, read_objects
 
 SYSTEM = (
     "Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants to "
@@ -447,6 +447,7 @@ def score(judgments: list[dict], baseline: str, rounds: int = 100, seed: int = 4
 def check_judgment(where: str, j: dict, baseline: str | None) -> tuple:
     if not isinstance(j.get("model"), str) or _qid(j) is None:
         raise PrideError(f"{where}: expected an arena-hard judgment with 'model' and 'uid' (or 'question_id')")
+    check_key(where, j, "uid" if "uid" in j else "question_id")
     games = j.get("games")
     if not isinstance(games, list) or not all(g is None or isinstance(g, dict) for g in games):
         raise PrideError(f"{where}: field 'games': expected a list of game objects, got {type(games).__name__}")

@@ -7,7 +7,7 @@ from pathlib import Path
 from pride.errors import PrideError
 from pride.io import read_jsonl, read_jsonl_numbered
 
-__all__ = ["read_jsonl", "read_objects"]
+__all__ = ["read_jsonl", "read_objects", "check_key"]
 
 
 def read_objects(paths: list[Path], what: str) -> list[tuple[str, dict]]:
@@ -21,3 +21,14 @@ def read_objects(paths: list[Path], what: str) -> list[tuple[str, dict]]:
     if not out:
         raise PrideError(f"{', '.join(map(str, paths))}: no {what}")
     return out
+
+
+def check_key(where: str, row: dict, field: str, kinds: tuple = (str, int), optional: bool = False) -> None:
+    """A field that identifies (a question id, a model name): a string or an integer as `kinds`
+    allows, never a list, object or boolean (which would be counted wrong or not at all)."""
+    value = row.get(field)
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        names = " or ".join({str: "a string", int: "an integer"}[k] for k in kinds)
+        raise PrideError(f"{where}: field '{field}': expected {names}, got {value!r}")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from pride.chat_client import map_concurrently
 from pride.errors import PrideError
-from pride.eval.files import read_jsonl, read_objects
+from pride.eval.files import check_key, read_jsonl, read_objects
 
 TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0, "reasoning": 0.0,
                "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0}
@@ -217,8 +217,8 @@ def _check_single(where: str, j: dict) -> tuple:
     for key in ("question_id", "model", "turn", "score"):
         if key not in j:
             raise PrideError(f"{where}: field '{key}': missing (FastChat single judgment)")
-    if not isinstance(j["model"], str):
-        raise PrideError(f"{where}: field 'model': expected a string, got {j['model']!r}")
+    check_key(where, j, "question_id")
+    check_key(where, j, "model", (str,))
     if j["turn"] not in (1, 2) or isinstance(j["turn"], bool):
         raise PrideError(f"{where}: field 'turn': expected 1 or 2, got {j['turn']!r}")
     s = j["score"]
@@ -231,6 +231,9 @@ def _check_pair(where: str, j: dict) -> tuple:
     for key in ("question_id", "model_1", "model_2", "g1_winner", "g2_winner"):
         if key not in j:
             raise PrideError(f"{where}: field '{key}': missing (FastChat pairwise judgment)")
+    check_key(where, j, "question_id")
+    check_key(where, j, "model_1", (str,))
+    check_key(where, j, "model_2", (str,))
     for key in ("g1_winner", "g2_winner"):
         if j[key] not in ("model_1", "model_2", "tie", "error"):
             raise PrideError(f"{where}: field '{key}': expected model_1, model_2, tie or error, got {j[key]!r}")
