@@ -104,3 +104,11 @@ def test_shipped_accelerate_configs_load():
     assert {stages["zero1"], stages["zero2"], stages["zero3"], stages["zero3-offload-multinode"]} == {1, 2, 3}
     offload = load_config_from_file(str(root / "zero3-offload-multinode.yaml"))
     assert offload.deepspeed_config["offload_param_device"] == "cpu" and offload.num_machines == 2
+
+
+def test_overriding_one_eval_generation_key_keeps_the_official_length(tmp_path):
+    """`eval.generation.task_metrics.temperature=0.7` alone once failed with 'missing max_new_tokens'."""
+    (tmp_path / "c.yaml").write_text("model: {path: 'tiny:llama'}\n")
+    gen = load_config(tmp_path / "c.yaml", ["eval.generation.task_metrics.temperature=0.7"]).eval.generation
+    assert (gen.task_metrics.max_new_tokens, gen.task_metrics.temperature) == (512, 0.7)
+    assert (gen.mt_bench.max_new_tokens, gen.alpaca_eval.max_new_tokens, gen.arena_hard.max_new_tokens) == (1024, 4096, 4096)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pride.errors import PrideError
 from pride.losses import LOSS_TYPES
@@ -203,7 +203,7 @@ class EvalJudgeSettings(Section):
 class BenchmarkGeneration(Section):
     """How answers to one benchmark are generated."""
 
-    max_new_tokens: int = Field(gt=0)
+    max_new_tokens: int | None = Field(None, gt=0, description="None: the benchmark's official length")
     temperature: float | None = Field(None, ge=0, description="None: the benchmark's own (MT-Bench: FastChat's "
                                                                 "per-category temperatures; others greedy)")
     top_p: float = Field(1.0, gt=0, le=1)
@@ -213,10 +213,21 @@ class EvalGeneration(Section):
     """Per benchmark, as the official tools generate (FastChat 1024 tokens; AlpacaEval's model
     configs and arena-hard-auto's answer config 4096)."""
 
-    mt_bench: BenchmarkGeneration = Field(default_factory=lambda: BenchmarkGeneration(max_new_tokens=1024))
-    alpaca_eval: BenchmarkGeneration = Field(default_factory=lambda: BenchmarkGeneration(max_new_tokens=4096))
-    arena_hard: BenchmarkGeneration = Field(default_factory=lambda: BenchmarkGeneration(max_new_tokens=4096))
-    task_metrics: BenchmarkGeneration = Field(default_factory=lambda: BenchmarkGeneration(max_new_tokens=512))
+    mt_bench: BenchmarkGeneration = Field(default_factory=BenchmarkGeneration)
+    alpaca_eval: BenchmarkGeneration = Field(default_factory=BenchmarkGeneration)
+    arena_hard: BenchmarkGeneration = Field(default_factory=BenchmarkGeneration)
+    task_metrics: BenchmarkGeneration = Field(default_factory=BenchmarkGeneration)
+
+    @model_validator(mode="after")
+    def _official_lengths(self):
+        """Unset lengths are the official tools' (so overriding one key keeps the others)."""
+        for name, n in OFFICIAL_MAX_NEW_TOKENS.items():
+            if getattr(self, name).max_new_tokens is None:
+                getattr(self, name).max_new_tokens = n
+        return self
+
+
+OFFICIAL_MAX_NEW_TOKENS = {"mt_bench": 1024, "alpaca_eval": 4096, "arena_hard": 4096, "task_metrics": 512}
 
 
 class TaskMetricsSettings(Section):
