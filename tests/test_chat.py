@@ -8,7 +8,7 @@ from pride.models import load_chat
 
 # A tokenizer per template (the tiny family that uses it; others borrow one).
 TOKENIZER_FOR = {"llama3": "tiny:llama", "gemma": "tiny:gemma", "chatml": "tiny:qwen2", "mistral": "tiny:mistral",
-                 "tulu2": "tiny:mistral", "zephyr": "tiny:llama", "raw": "tiny:llama"}
+                 "tulu2": "tiny:mistral", "zephyr": "tiny:llama", "raw": "tiny:llama", "phi3": "tiny:phi3"}
 
 CONV = [
     {"role": "system", "content": "Be brief."},

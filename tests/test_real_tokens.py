@@ -15,7 +15,7 @@ from pride.cli import main
 from pride.config import ModelSettings
 from pride.models import load_chat
 from tests.conftest import write_jsonl
-from tests.real_tokenizers import (CHATML_TEMPLATE, GEMMA_TEMPLATE, LLAMA3_TEMPLATE, MISTRAL_TEMPLATE,
+from tests.real_tokenizers import (CHATML_TEMPLATE, GEMMA_TEMPLATE, LLAMA3_TEMPLATE, MISTRAL_TEMPLATE, PHI3_TEMPLATE,
                                    real_tokenizer, real_tokenizer_dir)
 
 CONVS = [
@@ -132,7 +132,8 @@ def test_mistral_one_turn_prompt_is_mistrals_own_ids():
 
 @pytest.mark.parametrize("builtin,official,tokenizer", [("llama3", LLAMA3_TEMPLATE, "tiny:llama"),
                                                         ("gemma", GEMMA_TEMPLATE, "tiny:gemma"),
-                                                        ("mistral", MISTRAL_TEMPLATE, "tiny:mistral")])
+                                                        ("mistral", MISTRAL_TEMPLATE, "tiny:mistral"),
+                                                        ("phi3", PHI3_TEMPLATE, "tiny:phi3")])
 def test_builtin_templates_render_the_official_text(builtin, official, tokenizer):
     tok, fmt = load_chat(ModelSettings(path=tokenizer, chat_template=builtin))
     for conv in CONVS:

@@ -58,6 +58,7 @@ class NamedTemplate:
     system: str | None = None  # None: the system prompt is merged into the first user turn
     trim: bool = False
     special_tokens: tuple[str, ...] = ()
+    closing: str = ""  # after the last message when no generation prompt follows (Phi-3: EOS)
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool, bos_token: str | None,
                eos_token: str | None) -> tuple[str, list[Span]]:
@@ -86,6 +87,8 @@ class NamedTemplate:
             text += fmt.replace("{eos}", eos).replace("{content}", content)
         if add_generation_prompt:
             text += self.assistant_prefix.replace("{eos}", eos)
+        else:
+            text += self.closing.replace("{eos}", eos)
         return text, spans
 
     def jinja(self) -> str:
@@ -126,6 +129,7 @@ class NamedTemplate:
             + "\n{%- endif -%}\n{%- endfor -%}\n"
             + "{%- if add_generation_prompt -%}"
             + lit(self.assistant_prefix)
+            + ("{%- else -%}" + lit(self.closing) if self.closing else "")
             + "{%- endif -%}"
         )
         return head + body
@@ -189,6 +193,17 @@ TEMPLATES: dict[str, NamedTemplate] = {
             user="{content}",
             assistant_prefix="",
             end_of_turn="{eos}",
+        ),
+        NamedTemplate(  # microsoft/Phi-3-mini-4k-instruct's template (and Phi-3.5-mini's)
+            name="phi3",
+            bos=False,
+            system="<|system|>\n{content}<|end|>\n",
+            user="<|user|>\n{content}<|end|>\n",
+            assistant_prefix="<|assistant|>\n",
+            end_of_turn="<|end|>",
+            turn_tail="\n",
+            closing="{eos}",
+            special_tokens=("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"),
         ),
         NamedTemplate(
             name="zephyr",

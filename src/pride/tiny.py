@@ -2,7 +2,7 @@
 
 Built offline and deterministically from a seed, for tests, the demo and benchmarks.
 Each architecture gets the special tokens and chat template of its real family (Llama-3,
-Gemma, Mistral, Qwen; Phi-3 uses chatml), so templates, BOS handling and end-of-turn behave as on the real
+Gemma, Mistral, Qwen, Phi-3), so templates, BOS handling and end-of-turn behave as on the real
 models. Sizes can be overridden (`model.tiny.hidden_size=256`, `vocab_size=128256`, ...).
 """
 
@@ -59,7 +59,7 @@ ARCHS: dict[str, TinyArch] = {
     "gemma3": TinyArch("gemma3_text", "gemma", "<bos>", "<eos>", "<pad>", ("<end_of_turn>",),
                        dict(_COMMON, head_dim=16, tie_word_embeddings=True, sliding_window=16,
                             query_pre_attn_scalar=16, layer_types=["sliding_attention", "full_attention"])),
-    "phi3": TinyArch("phi3", "chatml", "<s>", "<|endoftext|>", "<|endoftext|>", (),
+    "phi3": TinyArch("phi3", "phi3", "<s>", "<|endoftext|>", "<|endoftext|>", ("<|end|>",),
                      dict(_COMMON, original_max_position_embeddings=4096)),
 }
 
