@@ -11,6 +11,7 @@ import importlib
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -82,10 +83,10 @@ class RewardModelJudge:
     def __init__(self, s: JudgeSettings, device):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        if not s.path:
-            raise PrideError("online.judge.type=reward_model needs online.judge.path (a local model directory)")
-        self.tok = AutoTokenizer.from_pretrained(s.path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(s.path).to(device).eval()
+        from pride.models import from_pretrained
+
+        self.tok = from_pretrained(AutoTokenizer.from_pretrained, s.path)
+        self.model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, s.path).to(device).eval()
         self.s, self.device = s, device
 
     def text(self, prompt: list[dict], response: str) -> str:
@@ -125,8 +126,6 @@ class PairRMJudge:
     def __init__(self, s: JudgeSettings, device, fmt=None):
         from pride.online.pairrm import PairRM
 
-        if not s.path:
-            raise PrideError("online.judge.type=pairrm needs online.judge.path (a local PairRM-hf directory)")
         self.rm = PairRM(s.path, device=device, batch_size=s.batch_size)
         self.show = prompt_shower(s.prompt_format, fmt)
 
@@ -154,8 +153,6 @@ class LLMJudge:
     """Any OpenAI-compatible chat endpoint; every ordered pair is judged, so both orders count."""
 
     def __init__(self, s: JudgeSettings):
-        if not s.url or not s.model:
-            raise PrideError("online.judge.type=llm needs online.judge.url and online.judge.model")
         from pride.chat_client import ChatClient
 
         self.client = ChatClient(s.url, s.model, s.api_key_env)
@@ -176,11 +173,28 @@ class LLMJudge:
         return out
 
 
-def make_judge(s: JudgeSettings, device, fmt=None) -> Judge:
-    """`fmt`: the policy's chat format, for `prompt_format: chat_template` (PairRM only)."""
+def check_judge(s: JudgeSettings) -> None:
+    """What can be checked before any sampling: the settings the judge type needs, its model
+    directory present, its function importable (a bad judge is found before round 1's samples)."""
     if s.prompt_format != "user_text" and s.type != "pairrm":
         raise PrideError(f"online.judge.prompt_format={s.prompt_format} is a PairRM input (SPPO's, LIONs'); the "
                          f"{s.type} judge is shown the user text")
+    what = {"reward_model": "a local sequence-classification model directory",
+            "pairrm": "a local PairRM-hf directory, e.g. llm-blender/PairRM-hf downloaded"}.get(s.type)
+    if what and not s.path:
+        raise PrideError(f"online.judge.type={s.type} needs online.judge.path ({what})")
+    if what and not (Path(s.path).expanduser() / "config.json").is_file():
+        raise PrideError(f"online.judge.path={s.path}: not a model directory (no config.json there); it must be "
+                         f"{what}")
+    if s.type == "function":
+        FunctionJudge(s.function)
+    if s.type == "llm" and (not s.url or not s.model):
+        raise PrideError("online.judge.type=llm needs online.judge.url and online.judge.model")
+
+
+def make_judge(s: JudgeSettings, device, fmt=None) -> Judge:
+    """`fmt`: the policy's chat format, for `prompt_format: chat_template` (PairRM only)."""
+    check_judge(s)
     if s.type == "function":
         return FunctionJudge(s.function)
     if s.type == "reward_model":

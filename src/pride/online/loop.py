@@ -26,9 +26,9 @@ from pride.config import Config, DataSettings, SourceSettings
 from pride.data import Conversation, load_rows, read_rows
 from pride.data.rows import normalize
 from pride.errors import PrideError
-from pride.io import append_jsonl, read_jsonl, read_jsonl_tolerant, write_jsonl
+from pride.io import append_jsonl, make_dir, read_jsonl, read_jsonl_tolerant, write_jsonl
 from pride.models import load_chat, load_model_and_tokenizer
-from pride.online.judges import check_judgement, make_judge
+from pride.online.judges import check_judge, check_judgement, make_judge
 from pride.online.pairs import make_pair
 from pride.online.samplers import make_sampler
 from pride.rundir import ITERATIONS, iteration_dir, model_dir, read_iteration, write_iteration
@@ -124,7 +124,7 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
     cfg, acc = ctx.cfg, ctx.acc
     s = cfg.online
     it_dir = iteration_dir(ctx.run_dir, n)
-    it_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(it_dir)
     # sampling loads the round's model plainly; training keeps every model setting of the user's
     # a round's model directory carries its tokenizer; model.tokenizer is the starting model's
     tokenizer = cfg.model.tokenizer if model_ref == cfg.model.path else None
@@ -232,6 +232,9 @@ def run_online(cfg: Config) -> list[dict]:
                              f"sampler over the GPUs itself; launch this stage as one process, not "
                              f"{ctx.acc.num_processes}")
         prompts = load_prompts(cfg)
+        check_judge(cfg.online.judge)  # before any sampling: a bad judge or mix file stops now, not after round 1
+        if cfg.online.mix_offline is not None:
+            read_rows(cfg.online.mix_offline, "preference", cfg.data.on_bad_row, {})
         model_ref = cfg.model.path
         history = []
         for n in range(1, cfg.online.iterations + 1):

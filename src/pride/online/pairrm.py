@@ -50,8 +50,10 @@ class PairRMModel(DebertaV2PreTrainedModel):
 class PairRM:
     def __init__(self, path: str, device="cpu", batch_size: int = 16, source_max_length: int = 1224,
                  candidate_max_length: int = 412):
-        self.tok = AutoTokenizer.from_pretrained(path)
-        self.model = PairRMModel.from_pretrained(path).to(device).eval()
+        from pride.models import from_pretrained
+
+        self.tok = from_pretrained(AutoTokenizer.from_pretrained, path)
+        self.model = from_pretrained(PairRMModel.from_pretrained, path).to(device).eval()
         self.device, self.batch_size = device, batch_size
         self.source_max, self.cand_max = source_max_length, candidate_max_length
 
