@@ -69,3 +69,91 @@ def test_serve_numbers_out_of_range_stop_before_loading(args, message, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["serve", "tiny:llama", *args])
     assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def saved_tiny(path):
+    from pride.config import ModelSettings
+    from pride.models import load_model_and_tokenizer
+
+    model, tok, _ = load_model_and_tokenizer(ModelSettings(path="tiny:llama"))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("cut", ["header", "tensors"])
+def test_corrupt_weights_are_one_line_naming_the_directory(run, cut, capsys):
+    weights = saved_tiny(run / "m") / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:3000] if cut == "header" else data[:-5000])  # a copy cut short
+    assert main(["sft", "c.yaml", "model.path=m", "output_dir=out"]) == 2
+    err = capsys.readouterr().err
+    assert "m: its safetensors weights are corrupt or truncated" in err and "Traceback" not in err
+
+
+def test_a_read_only_output_dir_is_one_line(run, monkeypatch, capsys):
+    """A read-only filesystem refuses the run directory or its lock file: one line, exit 2 (the
+    OSError is raised by hand: this machine's tests run as root, which no chmod stops)."""
+    import errno
+    from pathlib import Path
+
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self.name == "ro":
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    assert main(["sft", "c.yaml", "output_dir=ro"]) == 2
+    assert "ro: cannot create the directory (Read-only file system)" in capsys.readouterr().err
+
+
+def test_unreachable_hub_names_the_setting_at_once(monkeypatch):
+    """Offline, a hub id stops at once (cache only, no minute of retries) naming the key that holds it."""
+    import pride.hub
+    from pride.config import ModelSettings
+    from pride.models import load_tokenizer
+
+    monkeypatch.setattr(pride.hub, "hub_reachable", lambda: False)
+    with pytest.raises(PrideError, match=r"^model\.tokenizer=nobody/no-such-tokenizer: not a local directory, not in "
+                                         r"the Hugging Face cache.*set model\.tokenizer=DIR$"):
+        load_tokenizer(ModelSettings(path="nobody/no-such-model",
+                                     tokenizer="nobody/no-such-tokenizer"))
+
+
+def test_hub_reachable_follows_the_environment(monkeypatch):
+    import pride.hub
+
+    pride.hub.hub_reachable.cache_clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert pride.hub.hub_reachable() is False
+    pride.hub.hub_reachable.cache_clear()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert pride.hub.hub_reachable() is True  # the proxy decides
+    pride.hub.hub_reachable.cache_clear()
+
+
+@pytest.mark.parametrize("key", ["train.report_to", "eval.report_to"])
+def test_a_tracker_that_cannot_log_stops_before_any_work(run, monkeypatch, key, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    args = ["sft", "c.yaml"] if key.startswith("train") else ["eval", "c.yaml", "eval.output_dir=out"]
+    assert main([*args, f"{key}=[wandb]", "output_dir=out"]) == 2
+    assert f"{key} includes wandb, which is not installed" in capsys.readouterr().err
+    assert not (run / "out" / "metrics.jsonl").exists()
+
+
+def test_wandb_login_is_what_wandb_init_needs(tmp_path):
+    from pride.trackers import wandb_logged_in
+
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password abc\n")
+    assert wandb_logged_in({"NETRC": str(netrc)})
+    assert wandb_logged_in({"NETRC": str(tmp_path / "none"), "WANDB_MODE": "offline"})
+    assert wandb_logged_in({"NETRC": str(tmp_path / "none"), "WANDB_API_KEY": "k"})
+    assert not wandb_logged_in({"NETRC": str(tmp_path / "none")})
+    assert not wandb_logged_in({"NETRC": str(netrc), "WANDB_BASE_URL": "https://wandb.example.com"})

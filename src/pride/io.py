@@ -127,13 +127,26 @@ def check_output(path: Path) -> None:
                          "(choose another path)")
 
 
+def make_dir(path: Path) -> Path:
+    """An output directory (and its parents), or one line saying why it cannot be: a file in the
+    way, a read-only filesystem, no permission."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise PrideError(f"{path}: exists and is not a directory; choose another output directory") from None
+    except NotADirectoryError:
+        raise PrideError(f"{path}: a part of this path is a file, not a directory; choose another output "
+                         "directory") from None
+    except OSError as e:
+        raise PrideError(f"{path}: cannot create the directory ({e.strerror})") from None
+    return path
+
+
 def write_text(path: Path, text: str) -> Path:
     path = Path(path)
     check_output(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PrideError(f"{path.parent}: cannot create the directory ({e.strerror})") from None
+    make_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -100,8 +99,9 @@ def is_tiny(ref: str) -> bool:
     return ref.startswith("tiny:")
 
 
-def _check_reference(ref: str) -> None:
-    """Fail early and clearly when a reference is neither local nor reachable."""
+def _check_reference(ref: str, key: str = "model.path") -> None:
+    """Fail early and clearly when a reference is neither local nor a hub id; mark local ones as
+    inputs (never written over)."""
     if is_tiny(ref):
         return
     if Path(ref).is_dir():
@@ -111,12 +111,7 @@ def _check_reference(ref: str) -> None:
         return
     looks_like_hub_id = not ref.startswith((".", "/", "~")) and ref.count("/") <= 1
     if not looks_like_hub_id:
-        raise PrideError(f"model directory not found: {ref}")
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise PrideError(
-            f"model {ref!r} is not a local directory and the hub is off (HF_HUB_OFFLINE=1): "
-            f"download it (huggingface-cli download {ref} --local-dir DIR) and set model.path=DIR"
-        )
+        raise PrideError(f"{key}: model directory not found: {ref}")
 
 
 def load_tokenizer(settings: ModelSettings):
@@ -130,8 +125,9 @@ def load_tokenizer(settings: ModelSettings):
         from transformers import AutoTokenizer
 
         if settings.tokenizer:
-            _check_reference(settings.tokenizer)
-        tok = _from_hub_or_dir(AutoTokenizer.from_pretrained, settings.tokenizer or ref,
+            _check_reference(settings.tokenizer, "model.tokenizer")
+        tok = from_pretrained(AutoTokenizer.from_pretrained, settings.tokenizer or ref,
+                              key="model.tokenizer" if settings.tokenizer else "model.path",
                                revision=None if settings.tokenizer else settings.revision,
                                trust_remote_code=settings.trust_remote_code)
     if tok.pad_token is None:
@@ -162,7 +158,7 @@ def load_model(settings: ModelSettings, *, seed: int = 0, device: str | torch.de
                       revision=settings.revision)
         if quantization is not None:
             kwargs["quantization_config"] = quantization
-        model = _from_hub_or_dir(AutoModelForCausalLM.from_pretrained, ref, **kwargs)
+        model = from_pretrained(AutoModelForCausalLM.from_pretrained, ref, **kwargs)
     if settings.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -215,19 +211,34 @@ def load_chat(settings: ModelSettings) -> tuple[object, ChatFormat]:
     return tokenizer, fmt
 
 
-def _from_hub_or_dir(loader, ref: str, **kwargs):
+def from_pretrained(loader, ref: str, key: str = "model.path", **kwargs):
+    """`loader(ref)` (any transformers `from_pretrained`), its failures as one line naming `ref`
+    and the setting `key` that named it. A hub id with the hub unreachable loads from the local
+    cache only (at once, instead of a minute of retries)."""
+    from safetensors import SafetensorError
+
+    from pride.hub import hub_reachable
+
+    local = Path(ref).expanduser().is_dir()
+    if not local and not hub_reachable():
+        kwargs["local_files_only"] = True
     try:
         return loader(ref, **kwargs)
+    except SafetensorError as e:  # a truncated or corrupt weights file (a copy cut short)
+        raise PrideError(f"{ref}: its safetensors weights are corrupt or truncated ({str(e).splitlines()[0]}); "
+                         "copy or download the model again") from None
     except (OSError, ValueError, KeyError) as e:
-        if Path(ref).is_dir():
+        if local:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise PrideError(f"{ref}: not a loadable Hugging Face model directory ({first})") from None
         if not isinstance(e, OSError):
             raise
-        raise PrideError(
-            f"model {ref!r} is not a local directory and could not be fetched from the hub ({e}). "
-            f"Offline, download it elsewhere and set model.path=/path/to/dir"
-        ) from None
+        if kwargs.get("local_files_only"):
+            raise PrideError(f"{key}={ref}: not a local directory, not in the Hugging Face cache, and the hub cannot "
+                             f"be reached (offline or HF_HUB_OFFLINE=1); download it where there is a connection "
+                             f"(huggingface-cli download {ref} --local-dir DIR) and set {key}=DIR") from None
+        raise PrideError(f"{key}={ref}: not a local directory and could not be fetched from the hub "
+                         f"({str(e).splitlines()[0]}); download it elsewhere and set {key}=DIR") from None
 
 
 def _bnb_4bit(dtype: torch.dtype):

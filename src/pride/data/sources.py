@@ -9,7 +9,6 @@ line too); parquet, arrow, saved datasets, dataset directories and hub ids go th
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,10 +162,17 @@ def _read_with_datasets(path: Path | None, src: SourceSettings, kind: str) -> It
                     raise PrideError(f"{name}: no split {src.split!r} (has: {', '.join(ds)})")
                 ds = ds[src.split]
         else:
-            if kind == "hub" and os.environ.get("HF_HUB_OFFLINE") == "1":
-                raise PrideError(f"dataset {name!r} is not a local path and the hub is off (HF_HUB_OFFLINE=1): "
-                                 "download it and point data.sources[].path at the file or directory")
-            ds = datasets.load_dataset(name, src.subset, split=src.split)
+            from pride.hub import hub_reachable
+
+            if kind == "hub" and not hub_reachable():
+                try:  # the local datasets cache, without a minute of retries
+                    ds = datasets.load_dataset(name, src.subset, split=src.split, download_mode="reuse_cache_if_exists")
+                except Exception:  # noqa: BLE001 - any failure here means: not cached
+                    raise PrideError(f"data.sources[].path={name}: not a local path, not in the datasets cache, and "
+                                     "the hub cannot be reached (offline or HF_HUB_OFFLINE=1): download it where "
+                                     "there is a connection and point the path at the file or directory") from None
+            else:
+                ds = datasets.load_dataset(name, src.subset, split=src.split)
     except PrideError:
         raise
     except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:

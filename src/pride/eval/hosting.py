@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pride.errors import PrideError
+from pride.io import make_dir
 from pride.models import gpu_server
 
 
@@ -43,7 +44,7 @@ def hosted(model_ref: str, name: str, kind: str, log_path: Path, timeout: float 
     """Yield the base URL (`http://127.0.0.1:PORT/v1`) of a freshly started server."""
     port = free_port()
     cmd = server_command(kind, model_ref, name, port)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(log_path.parent)
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/v1"

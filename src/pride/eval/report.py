@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pride.io import write_json, write_text
+from pride.io import make_dir, write_json, write_text
 
 HEADLINE = {"mt_bench": ("average", "MT-Bench (1-10)"), "alpaca_eval": ("length_controlled_winrate", "AlpacaEval 2 LC %"),
             "arena_hard": ("score", "Arena-Hard %"), "open_llm_v1": ("average", "Open LLM v1"),
@@ -24,7 +24,7 @@ def headline(bench: str, result: dict) -> float | None:
 
 def write_report(out_dir: Path, scores: dict) -> None:
     """scores: {model: {bench: {"mean": {...}, "std": {...}, "runs": [...]}}}."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     write_json(out_dir / "scores.json", scores)
     lines = ["# pride evaluation", ""]
     benches = sorted({b for m in scores.values() for b in m})

@@ -22,7 +22,7 @@ from rich.console import Console
 from pride.chat_client import ChatClient, map_concurrently
 from pride.config import Config
 from pride.errors import PrideError
-from pride.io import read_record, write_json, write_jsonl
+from pride.io import make_dir, read_record, write_json, write_jsonl
 from pride.export import checkpoint_paths, exported
 from pride.rundir import WANDB_RUN, is_checkpoint, saved_models
 from pride.eval import alpaca_eval, arena_hard, mt_bench, open_llm, task_metrics
@@ -119,7 +119,7 @@ def run_alpaca_eval(cfg: Config, answerer: ChatClient, judge: ChatClient, name: 
         return {"instruction": e["instruction"], "output": text, "generator": name, "dataset": e.get("dataset", "")}
 
     outputs = map_concurrently(answer, eval_set, ev.generation_concurrency)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     write_json(out / "model_outputs.json", outputs)
     rows = [{"instruction": e["instruction"], "output_1": e.get("output", ""), "generator_1": e.get("generator", "baseline"),
              "output_2": o["output"], "generator_2": name, "dataset": e.get("dataset", "")}
@@ -217,8 +217,11 @@ def models_to_evaluate(cfg: Config) -> list[tuple[str, str]]:
 
 
 def run_eval(cfg: Config, console: Console | None = None) -> dict:
+    from pride.trackers import check_trackers
+
     console = console or Console(stderr=True, soft_wrap=True)
     ev = cfg.eval
+    check_trackers(ev.report_to, "eval.report_to")
     out_root = Path(ev.output_dir)
     scores: dict = {}
     pending: dict = {}  # MT-Bench pairwise-all: run -> model -> answers

@@ -78,8 +78,12 @@ def autocast_dtype(cfg: TrainSettings, model_dtype: str) -> str:
 
 
 def make_accelerator(cfg: TrainSettings, run_dir: Path, model_dtype: str = "auto") -> Accelerator:
-    mp = autocast_dtype(cfg, model_dtype)
     from accelerate.state import AcceleratorState
+
+    from pride.trackers import check_trackers
+
+    check_trackers(cfg.report_to, "train.report_to")
+    mp = autocast_dtype(cfg, model_dtype)
 
     state = AcceleratorState._shared_state
     if state and state.get("_mixed_precision") != mp:

@@ -25,7 +25,7 @@ from rich.console import Console
 
 from pride.config import Config, write_resolved
 from pride.errors import PrideError
-from pride.io import clear_inputs, disk_error
+from pride.io import clear_inputs, disk_error, make_dir
 from pride.io import write_json
 from pride.models import load_model_and_tokenizer
 from pride.rundir import SUMMARY, model_dir
@@ -43,13 +43,15 @@ def exclusive(run_dir: Path):
     instead of interleaving metrics and mixing models and configs."""
     from filelock import FileLock, Timeout
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(run_dir)
     lock = FileLock(str(run_dir / f".pride-lock-rank{os.environ.get('RANK', '0')}"), timeout=0)
     try:
         lock.acquire()
     except Timeout:
         raise PrideError(f"{run_dir} is in use by another pride process (it holds {lock.lock_file}); "
                          "wait for it to finish or choose another output_dir") from None
+    except OSError as e:  # a read-only filesystem, no permission
+        raise PrideError(f"{run_dir}: cannot write there ({e.strerror}); choose another output_dir") from None
     try:
         yield
     finally:
@@ -89,7 +91,7 @@ class StageContext:
         """A training run inside this stage (an online round): same accelerator, own config and directory."""
         seed_everything(cfg.seed)
         if self.acc.is_main_process:
-            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            make_dir(run_dir)
         self.acc.wait_for_everyone()
         return replace(self, cfg=cfg, run_dir=Path(run_dir))
 
