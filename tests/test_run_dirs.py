@@ -101,6 +101,27 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, data
     assert run_sft(base(tmp_path, data))["steps"] == 8  # no usable checkpoint: starts over, no traceback
 
 
+def steps_logged(run):
+    return [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_run_that_starts_over_keeps_nothing_of_the_earlier_one(tmp_path, data, monkeypatch, capsys):
+    """resume=never after a longer run, and a run whose checkpoints are all corrupt, start from step
+    0: the earlier run's newer checkpoints, metrics, model and summary do not stay beside the new run."""
+    run = tmp_path / "run"
+    run_sft(base(tmp_path, data))  # finished: checkpoints 2, 4, 6 (last 3), model, summary
+    assert [p.name for p in (run / "checkpoints").iterdir()] and (run / "summary.json").exists()
+    run_killed(monkeypatch, base(tmp_path, data, "train.resume=never"), 3)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2"]  # not 4 and 6 of the old run
+    assert steps_logged(run) == [1, 2, 3]
+    assert not (run / "model").exists() and not (run / "summary.json").exists()  # nothing claims a finished run
+    assert "removed the earlier run's checkpoints, metrics.jsonl, model, summary.json" in capsys.readouterr().err
+    (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("")  # the only checkpoint: corrupt
+    assert run_sft(base(tmp_path, data))["steps"] == 8
+    assert steps_logged(run) == list(range(1, 9))  # not 1, 2, 3, 1, 2, ... (the dead run's metrics)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+
+
 def test_torn_metrics_line_does_not_block_resume(tmp_path, data, monkeypatch):
     run_killed(monkeypatch, base(tmp_path, data), 5)
     with open(tmp_path / "run" / "metrics.jsonl", "a") as f:

@@ -72,6 +72,25 @@ def saved_models(run_dir: str | Path) -> list[tuple[str, Path]]:
     return found
 
 
+def clear_run(run_dir: str | Path) -> list[str]:
+    """Remove what an earlier run left in `run_dir` (checkpoints, metrics, model, summary, stage
+    marker, wandb run) when a new run starts from step 0, so a run directory holds one run.
+    Returns the names removed."""
+    import shutil
+
+    removed = []
+    for name in (CHECKPOINTS, METRICS, MODEL, MODEL + ".tmp", SUMMARY, STAGE_MARKER, WANDB_RUN):
+        path = Path(run_dir) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
 def read_stage(run_dir: str | Path) -> dict | None:
     """A finished recipe stage's record, or None."""
     return read_record(Path(run_dir) / STAGE_MARKER)

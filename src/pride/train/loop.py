@@ -40,7 +40,7 @@ from pride.errors import PrideError
 from pride.io import append_jsonl, read_jsonl_tolerant, read_record, write_json, write_jsonl
 from pride.logps import TokenLogps
 from pride.models import attention_backend
-from pride.rundir import METRICS, WANDB_RUN, checkpoint_dirs, checkpoints_dir
+from pride.rundir import METRICS, WANDB_RUN, checkpoint_dirs, checkpoints_dir, clear_run
 
 
 class Objective(Protocol):
@@ -370,9 +370,11 @@ def _resume(acc: Accelerator, cfg: TrainSettings, run_dir: Path, identity: dict 
     """The step to start from: the newest usable checkpoint's (restored into the accelerator), or 0."""
     metrics_path = run_dir / METRICS
     ckpt = find_checkpoint(run_dir, cfg.resume, warn=console.print if acc.is_main_process else None)
-    if ckpt is None:
-        if acc.is_main_process and metrics_path.exists() and cfg.resume == "never":
-            metrics_path.unlink()
+    if ckpt is None:  # a new run: nothing of an earlier one stays beside it
+        removed = clear_run(run_dir) if acc.is_main_process else []
+        if removed:
+            console.print(f"starting from step 0: removed the earlier run's {', '.join(removed)} from {run_dir}")
+        acc.wait_for_everyone()
         return 0
     check_resume(ckpt, identity, fingerprint, cfg.resume)
     try:
