@@ -248,6 +248,15 @@ def test_online_end_to_end(tmp_path):
     assert f"path: {tmp_path / 'run' / 'iteration-1' / 'model'}" in (tmp_path / "run" / "iteration-2" / "config.yaml").read_text()
     again = run_online(load_config(None, online_config(tmp_path, tmp_path / "run")))  # finished: nothing redone
     assert again == history
+    # a setting that changes what a round trains: both rounds are redone, not reused with a record that lies
+    before = (tmp_path / "run" / "iteration-1" / "model" / "model.safetensors").read_bytes()
+    changed = run_online(load_config(None, online_config(tmp_path, tmp_path / "run", "preference.beta=0.3")))
+    assert [h["identity"] for h in changed] != [h["identity"] for h in history]
+    assert (tmp_path / "run" / "iteration-1" / "model" / "model.safetensors").read_bytes() != before
+    assert "beta: 0.3" in (tmp_path / "run" / "iteration-2" / "config.yaml").read_text()
+    # and logging settings do not make a finished round stale
+    assert run_online(load_config(None, online_config(tmp_path, tmp_path / "run", "preference.beta=0.3",
+                                                      "train.logging_steps=5"))) == changed
 
 
 def test_sppo_self_play_with_split_prompts(tmp_path):

@@ -70,3 +70,18 @@ def stage_identity(cfg, upstream: str = "") -> str:
     body = json.dumps({"config": cfg.model_dump(mode="json"), "pride": __version__, "upstream": upstream,
                        "inputs": inputs}, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()
+
+
+def round_identity(cfg, n: int, previous: str) -> str:
+    """An online round's identity: the stage's settings (less those a resume may change, and the
+    number of rounds unless it splits the prompts), pride's version, the inputs' content, the round
+    number and the previous round's identity. A round whose recorded identity differs is redone."""
+    from pride.train.loop import run_identity
+
+    settings = run_identity(cfg)
+    if cfg.online.prompt_split != "split":
+        settings.pop("online.iterations", None)  # adding rounds later does not change this one
+    inputs = {p: content_digest(p) for p in stage_inputs(cfg)}
+    body = json.dumps({"settings": settings, "pride": __version__, "round": n, "previous": previous,
+                       "inputs": inputs}, sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()

@@ -4,7 +4,7 @@
     <run>/model/                 the final model (HF format)
     <run>/checkpoints/checkpoint-<step>/
     <run>/iteration-<n>/         an online round: generations, scores, pairs, then a training run
-    <run>/iteration-<n>/iteration.json, <run>/iterations.jsonl
+    <run>/iteration-<n>/round.json (its identity), iteration.json (when finished), <run>/iterations.jsonl
     <run>/stage.json             a finished recipe stage: its identity, model and seconds
 """
 
@@ -20,6 +20,7 @@ CHECKPOINTS = "checkpoints"
 STAGE_MARKER = "stage.json"
 ITERATION_SUMMARY = "iteration.json"
 ITERATIONS = "iterations.jsonl"
+ROUND_IDENTITY = "round.json"  # an online round's identity, written when it starts
 SUMMARY = "summary.json"
 WANDB_RUN = "wandb.json"  # the training run's wandb project, group and id, for `pride eval` to log into
 
@@ -104,6 +105,20 @@ def read_iteration(it_dir: str | Path) -> dict | None:
     """A finished online round's summary (readable and its model saved), else None."""
     info = read_record(Path(it_dir) / ITERATION_SUMMARY)
     return info if info is not None and is_saved_model(model_dir(it_dir)) else None
+
+
+def start_round(it_dir: str | Path, identity: str) -> bool:
+    """Make `it_dir` this round's: kept (to resume) when it was started with the same identity,
+    else emptied first. Returns whether an earlier round's different work was removed."""
+    import shutil
+
+    it_dir = Path(it_dir)
+    recorded = read_record(it_dir / ROUND_IDENTITY) or {}
+    stale = it_dir.is_dir() and recorded.get("identity") != identity and any(it_dir.iterdir())
+    if stale:
+        shutil.rmtree(it_dir)
+    write_json(it_dir / ROUND_IDENTITY, {"identity": identity})
+    return stale
 
 
 def write_iteration(it_dir: str | Path, info: dict) -> None:

@@ -10,7 +10,9 @@ iteration's starting model) into `iteration-n/model`, which the next iteration s
 
 Generation and judging append one line per prompt, chunk by chunk, to per-rank part files,
 so a killed run resumes without redoing finished prompts (a torn last line is dropped);
-parts are merged in prompt order when complete. A finished iteration is not redone.
+parts are merged in prompt order when complete. A finished iteration is not redone while its
+identity (`pride.identity.round_identity`: settings, inputs, the previous round) is unchanged;
+a changed one is redone from scratch, and every round after it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from pride.models import load_chat, load_model_and_tokenizer
 from pride.online.judges import check_judge, check_judgement, make_judge
 from pride.online.pairs import make_pair
 from pride.online.samplers import make_sampler
-from pride.rundir import ITERATIONS, iteration_dir, model_dir, read_iteration, write_iteration
+from pride.identity import round_identity
+from pride.rundir import ITERATIONS, iteration_dir, model_dir, read_iteration, start_round, write_iteration
 from pride.train.stage import StageContext
 
 
@@ -199,8 +202,6 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
                "dropped_identical": dropped["identical"], "dropped_tie": dropped["tie"],
                **{key: round(v, 2) for key, v in timing.items()}, "seconds": round(sum(timing.values()), 1),
                "model": str(model_dir(it_dir))}
-    if acc.is_main_process:
-        write_iteration(it_dir, summary)
     return summary
 
 
@@ -235,17 +236,26 @@ def run_online(cfg: Config) -> list[dict]:
         check_judge(cfg.online.judge)  # before any sampling: a bad judge or mix file stops now, not after round 1
         if cfg.online.mix_offline is not None:
             read_rows(cfg.online.mix_offline, "preference", cfg.data.on_bad_row, {})
-        model_ref = cfg.model.path
+        model_ref, previous = cfg.model.path, ""
         history = []
         for n in range(1, cfg.online.iterations + 1):
-            summary = read_iteration(iteration_dir(ctx.run_dir, n))
-            if summary is not None:
-                ctx.console.print(f"iteration {n}: finished earlier, skipped")
+            it_dir = iteration_dir(ctx.run_dir, n)
+            identity = round_identity(cfg, n, previous)
+            summary = read_iteration(it_dir)
+            if summary is not None and summary.get("identity") == identity:
+                ctx.console.print(f"iteration {n}: finished earlier with the same settings and inputs, skipped")
             else:
+                if ctx.acc.is_main_process and start_round(it_dir, identity):
+                    ctx.console.print(f"iteration {n}: its settings or inputs changed since it ran; "
+                                      f"removed its earlier work from {it_dir}")
+                ctx.acc.wait_for_everyone()
                 ctx.console.rule(f"iteration {n}")
-                summary = run_iteration(ctx, n, prompts_for_iteration(prompts, cfg, n), model_ref)
+                summary = {**run_iteration(ctx, n, prompts_for_iteration(prompts, cfg, n), model_ref),
+                           "identity": identity}
+                if ctx.acc.is_main_process:
+                    write_iteration(it_dir, summary)
             history.append(summary)
-            model_ref = summary["model"]
+            model_ref, previous = summary["model"], identity
             ctx.acc.wait_for_everyone()
         if ctx.acc.is_main_process:
             write_jsonl(ctx.run_dir / ITERATIONS, history)
