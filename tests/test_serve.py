@@ -197,3 +197,104 @@ def test_completions_endpoint(client):
     streamed = "".join(c.choices[0].text for c in client.completions.create(
         model="tiny", prompt="Once upon", max_tokens=5, temperature=0, stream=True))
     assert streamed == r.choices[0].text
+
+
+def test_a_body_over_the_limit_is_a_413_before_it_is_read(servers):
+    """Content-Length over the limit: answered at once, no body sent at all; a chunked body is cut
+    where it passes the limit. /health answers throughout (issue 26: an 8 MB body froze it)."""
+    import http.client
+
+    host, port = servers[0].split("//")[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.putrequest("POST", "/v1/chat/completions")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(64 * 2**20))
+    conn.endheaders()  # and never the 64 MiB
+    r = conn.getresponse()
+    assert r.status == 413 and "limit of 4194304 bytes" in __import__("json").loads(r.read())["error"]["message"]
+
+    def chunks():
+        yield b'{"model": "tiny", "messages": [{"role": "user", "content": "'
+        for _ in range(6):
+            yield b"x" * 2**20
+        yield b'"}]}'
+
+    r = httpx.post(servers[0] + "/v1/chat/completions", content=chunks(), timeout=30)
+    assert r.status_code == 413 and r.json()["error"]["code"] == 413
+    assert httpx.get(servers[0] + "/health", timeout=5).status_code == 200
+
+
+def test_a_prompt_too_long_for_any_tokenization_is_refused_without_tokenizing(servers, monkeypatch):
+    from pride.chat import ChatFormat
+
+    def never(*a, **k):
+        raise AssertionError("tokenized")
+
+    monkeypatch.setattr(ChatFormat, "encode_prompt", never)
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "x" * 3_000_000}], "max_tokens": 3}
+    r = httpx.post(servers[0] + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 400 and "more than this model's context of 4096 tokens can hold" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("seed", [2**70, -(2**63) - 1])
+def test_a_seed_out_of_range_is_a_400_and_the_engine_keeps_serving(client, seed):
+    with pytest.raises(openai.BadRequestError, match="seed"):
+        client.chat.completions.create(model="tiny", messages=MSG, max_tokens=3, seed=seed)
+    edge = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=3, seed=2**63 - 1, n=3,
+                                          temperature=1.0)  # seed + k passes 2^63: wraps, no overflow
+    assert len(edge.choices) == 3
+    assert client.chat.completions.create(model="tiny", messages=MSG, max_tokens=3).choices
+
+
+def test_a_plain_request_whose_client_leaves_is_cancelled_within_a_second(servers):
+    base = servers[0]
+    body = {"model": "tiny", "messages": MSG, "max_tokens": 3000, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(base + "/v1/chat/completions", json=body, timeout=1.5)  # gives up while tokens flow
+    left = time.monotonic()
+    while httpx.get(base + "/health").json()["running"] and time.monotonic() - left < 10:
+        time.sleep(0.05)
+    assert httpx.get(base + "/health").json()["running"] == 0
+    assert time.monotonic() - left < 2.5  # the check runs every 0.5 s, plus one engine segment
+
+
+def test_loopback_addresses():
+    from pride.serve.app import is_loopback
+
+    assert all(is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "127.0.0.2"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.4", "example.com"))
+
+
+def test_sigterm_stops_within_the_shutdown_timeout_and_exits_0(tmp_path):
+    """A running stream does not hold the server after SIGTERM for longer than --shutdown-timeout."""
+    import signal
+    import subprocess
+    import sys
+
+    from pride.eval.hosting import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pride", "serve", "tiny:llama", "--port", str(port),
+                             "--shutdown-timeout", "1", "--threads", "1"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                httpx.get(base + "/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None, proc.stdout.read()
+                time.sleep(0.1)
+        body = {"model": "tiny:llama", "messages": MSG, "max_tokens": 3000, "stream": True, "ignore_eos": True}
+        with httpx.Client(timeout=30) as h, h.stream("POST", base + "/v1/chat/completions", json=body) as stream:
+            lines = stream.iter_lines()
+            assert next(lines).startswith("data:")
+            t = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+            assert time.monotonic() - t < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, proc.stdout.read()

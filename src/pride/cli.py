@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-batch-size", type=_ranged(1), default=8, help="sequences generated together")
     srv.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
     srv.add_argument("--max-tokens", type=_ranged(1), default=4096, help="cap on max_tokens of any request")
+    srv.add_argument("--max-body-bytes", type=_ranged(1), default=4 * 2**20,
+                     help="larger request bodies get a 413 (default 4 MiB)")
+    srv.add_argument("--shutdown-timeout", type=float, default=5.0,
+                     help="seconds running requests get to finish after SIGTERM or Ctrl-C")
+    srv.add_argument("--threads", type=_ranged(1), default=None,
+                     help="CPU threads for generation (torch.set_num_threads; on a shared machine 1 can be fastest)")
     run = sub.add_parser("run", help="run the stages a recipe lists (sft, dpo, online, sppo, eval)")
     run.add_argument("config", help="recipe YAML (see recipes/)")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="shared key=value, or STAGE.key=value")
@@ -137,7 +143,8 @@ def _dispatch(args, parser) -> int:
         from pride.serve import serve
 
         serve(args.model, host=args.host, port=args.port, api_key_env=args.api_key_env, model_name=args.model_name,
-              max_batch_size=args.max_batch_size, max_model_len=args.max_model_len, max_tokens=args.max_tokens)
+              max_batch_size=args.max_batch_size, max_model_len=args.max_model_len, max_tokens=args.max_tokens,
+              max_body_bytes=args.max_body_bytes, shutdown_timeout=args.shutdown_timeout, threads=args.threads)
         return 0
     if args.command == "eval":
         return _eval(args)

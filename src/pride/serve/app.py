@@ -4,8 +4,10 @@ Routes: `POST /v1/chat/completions` and `POST /v1/completions` (with `stream`: s
 events in OpenAI's chunk format, ending with `data: [DONE]`), `GET /v1/models`, `GET /health`.
 Request bodies are pydantic models: an invalid field is a 400 with OpenAI's error shape
 naming it. `max_tokens` defaults to what the context leaves, capped by `--max-tokens`; a
-prompt that does not fit the context is a 400. A client that disconnects cancels its
-generation. With `--api-key-env`, `/v1/*` needs `Authorization: Bearer <key>` (401 JSON
+prompt that does not fit the context is a 400 (a text too long for any tokenization of it
+is refused before tokenizing, which runs off the event loop). A body over `max_body_bytes`
+is a 413 before it is read whole. A client that disconnects cancels its generation within
+a second. With `--api-key-env`, `/v1/*` needs `Authorization: Bearer <key>` (401 JSON
 otherwise); the key is read from the environment and never logged. Binds to 127.0.0.1.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import secrets
 import socket
 import time
@@ -59,7 +62,7 @@ class Sampling(Body):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # OpenAI's: a 64-bit integer
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False  # vLLM's extension
@@ -85,8 +88,86 @@ def error(status: int, message: str, kind: str = "invalid_request_error", param:
                         status_code=status)
 
 
-def create_app(engine: Engine, fmt, model_name: str, api_key: str | None, context: int, max_tokens: int) -> FastAPI:
+MAX_BODY_BYTES = 4 * 2**20  # far above any prompt a context holds as JSON, far below what hurts the server
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes is a 413 in OpenAI's error shape, as soon
+    as its Content-Length (or, chunked, the bytes so far) says so; it is never read whole."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self.too_large(scope, receive, send)
+        seen, answered = 0, False
+
+        async def counted():
+            nonlocal seen, answered
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit and not answered:  # answer now; the app sees a client that left
+                answered = True
+                await self.too_large(scope, receive, send)
+                return {"type": "http.disconnect"}
+            return message
+
+        async def unless_answered(message):
+            if not answered:
+                await send(message)
+
+        await self.app(scope, counted, unless_answered)
+
+    async def too_large(self, scope, receive, send):
+        response = error(413, f"the request body is larger than this server's limit of {self.limit} bytes "
+                              "(pride serve --max-body-bytes)")
+        await response(scope, receive, send)
+
+
+class ApiKey:
+    """ASGI middleware: `/v1/*` needs `Authorization: Bearer <key>` (a 401 in OpenAI's shape
+    otherwise). Plain ASGI, not starlette's BaseHTTPMiddleware, whose wrapped `receive` hides a
+    client's disconnect from the route (a plain request would then run on after its client left)."""
+
+    def __init__(self, app, key: str):
+        self.app, self.expected = app, f"Bearer {key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not secrets.compare_digest(given, self.expected):
+                return await error(401, "invalid or missing API key", "authentication_error")(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def max_chars_per_token(tokenizer) -> int:
+    """The longest vocabulary entry, in characters: no tokenization of a text of C characters has
+    fewer than C / this many tokens, so longer texts are refused before tokenizing."""
+    return max((len(piece) for piece in tokenizer.get_vocab()), default=1) or 1
+
+
+def create_app(engine: Engine, fmt, model_name: str, api_key: str | None, context: int, max_tokens: int,
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    from concurrent.futures import ThreadPoolExecutor
+
     app = FastAPI(title="pride serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pride-tokenize")  # one tokenizer, one thread
+    chars_per_token = max_chars_per_token(fmt.tokenizer)
+
+    async def tokenized(encode, text_chars: int, param: str) -> list[int] | JSONResponse:
+        """`encode()` off the event loop, after a length check that needs no tokenizer."""
+        if text_chars > context * chars_per_token:
+            return error(400, f"the prompt has {text_chars} characters: more than this model's context of {context} "
+                              "tokens can hold", param=param)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(tokenizing, encode)
+        except ValueError as e:  # the chat template refuses this conversation
+            return error(400, str(e), param=param)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_, exc: RequestValidationError):
@@ -99,13 +180,8 @@ def create_app(engine: Engine, fmt, model_name: str, api_key: str | None, contex
         return error(exc.status_code, str(exc.detail), "not_found_error" if exc.status_code == 404 else
                      "invalid_request_error")
 
-    @app.middleware("http")
-    async def auth(request: HttpRequest, call_next):
-        if api_key and request.url.path.startswith("/v1"):
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return error(401, "invalid or missing API key", "authentication_error")
-        return await call_next(request)
+    if api_key:
+        app.add_middleware(ApiKey, key=api_key)
 
     @app.get("/health")
     async def health():
@@ -149,13 +225,16 @@ def create_app(engine: Engine, fmt, model_name: str, api_key: str | None, contex
             return StreamingResponse(stream(request, req, events, shape, rid, created, len(ids), usage),
                                      media_type="text/event-stream")
         choices = [{"text": "", "logprobs": [], "finish": None, "tokens": 0} for _ in range(body.n)]
+        next_check = loop.time() + DISCONNECT_CHECK_S
         while True:
-            try:
-                event = await asyncio.wait_for(events.get(), timeout=1.0)
-            except asyncio.TimeoutError:
+            if loop.time() >= next_check:  # checked while tokens flow too, not only when they stall
+                next_check = loop.time() + DISCONNECT_CHECK_S
                 if await request.is_disconnected():
                     req.cancelled.set()
                     return error(499, "client disconnected")
+            try:
+                event = await asyncio.wait_for(events.get(), timeout=max(next_check - loop.time(), 0.01))
+            except asyncio.TimeoutError:
                 continue
             if event[0] == "error":
                 return error(500, event[1], "server_error")
@@ -205,20 +284,26 @@ def create_app(engine: Engine, fmt, model_name: str, api_key: str | None, contex
         if (bad := check_model(body)) is not None:
             return bad
         messages = [{"role": m.role, "content": m.content} for m in body.messages]
-        try:
-            ids = fmt.encode_prompt(messages)
-        except ValueError as e:  # the chat template refuses this conversation
-            return error(400, str(e), param="messages")
+        ids = await tokenized(lambda: fmt.encode_prompt(messages), sum(len(m["content"]) for m in messages),
+                              "messages")
+        if isinstance(ids, JSONResponse):
+            return ids
         return await run(request, body, ids, body.logprobs, body.top_logprobs or 0, ChatShape)
 
     @app.post("/v1/completions")
     async def completions(request: HttpRequest, body: CompletionRequest):
         if (bad := check_model(body)) is not None:
             return bad
-        ids = list(fmt.tokenizer(body.prompt)["input_ids"])  # special tokens added, as vLLM's default
+        ids = await tokenized(lambda: list(fmt.tokenizer(body.prompt)["input_ids"]),  # special tokens added, as vLLM
+                              len(body.prompt), "prompt")
+        if isinstance(ids, JSONResponse):
+            return ids
         return await run(request, body, ids, body.logprobs is not None, body.logprobs or 0, CompletionShape)
 
     return app
+
+
+DISCONNECT_CHECK_S = 0.5
 
 
 class ResponseShape:
@@ -268,23 +353,28 @@ class CompletionShape(ResponseShape):
 
 def serve(model_ref: str, host: str = "127.0.0.1", port: int = 8000, api_key_env: str | None = None,
           model_name: str | None = None, max_batch_size: int = 8, max_model_len: int | None = None,
-          max_tokens: int = 4096) -> None:
-    """Load the model and serve until interrupted."""
+          max_tokens: int = 4096, max_body_bytes: int = MAX_BODY_BYTES, shutdown_timeout: float = 5.0,
+          threads: int | None = None) -> None:
+    """Load the model and serve until interrupted. SIGTERM or Ctrl-C: no new connections, running
+    requests get `shutdown_timeout` seconds to finish and are cancelled after, exit 0."""
     import torch
     import uvicorn
 
     from pride.config import ModelSettings
     from pride.models import load_model_and_tokenizer
 
+    Server = _server_class()
     api_key = os.environ.get(api_key_env) if api_key_env else None
     if api_key_env and not api_key:
         raise PrideError(f"--api-key-env {api_key_env}: that environment variable is not set")
+    if threads:
+        torch.set_num_threads(threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tok, fmt = load_model_and_tokenizer(ModelSettings(path=model_ref), device=device)
     model.to(device)
     context = max_model_len or getattr(model.config, "max_position_embeddings", None) or 4096
     name = model_name or model_ref.rstrip("/").split("/")[-1]
-    app = create_app(Engine(model, tok, max_batch_size), fmt, name, api_key, context, max_tokens)
+    app = create_app(Engine(model, tok, max_batch_size), fmt, name, api_key, context, max_tokens, max_body_bytes)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -292,6 +382,42 @@ def serve(model_ref: str, host: str = "127.0.0.1", port: int = 8000, api_key_env
     except OSError as e:
         raise PrideError(f"cannot listen on {host}:{port} ({e.strerror})") from None
     sock.listen(2048)
+    if not api_key and not is_loopback(host):
+        print(f"pride serve: warning: listening on {host} without an API key: anyone who can reach this machine "
+              "can use the model (set --api-key-env)", file=sys.stderr, flush=True)
     print(f"pride serve: {name} on http://{host}:{sock.getsockname()[1]}/v1"
           f"{' (API key required)' if api_key else ''}", flush=True)
-    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+    Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                          timeout_graceful_shutdown=shutdown_timeout)).run(sockets=[sock])
+
+
+def _server_class():
+    import signal
+    from contextlib import contextmanager
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn, less re-raising SIGTERM / SIGINT at the end: a stop asked for is a clean exit (0)."""
+
+        @contextmanager
+        def capture_signals(self):
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

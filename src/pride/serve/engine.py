@@ -57,9 +57,10 @@ class Request:
         return self.temperature > 0
 
     def choice_seed(self, k: int) -> int | None:
-        if self.seeds is not None:
-            return self.seeds[k]
-        return None if self.seed is None else self.seed + k
+        """Within torch's seed range whatever the request said (seeds wrap modulo 2^64, as torch
+        maps a negative seed), so no seed can stop the engine."""
+        seed = self.seeds[k] if self.seeds is not None else None if self.seed is None else self.seed + k
+        return None if seed is None else seed % 2**64
 
     def group_key(self):
         settings = (self.temperature if self.sampling else 0.0, self.top_p if self.sampling else 1.0, self.logprobs,
@@ -200,7 +201,11 @@ class Engine:
                 new.append(self.queue.get_nowait())
         except queue.Empty:
             pass
-        self.groups += self._groups(new)
+        try:
+            self.groups += self._groups(new)
+        except Exception as e:  # noqa: BLE001 - these requests get the error; the worker keeps serving
+            for r in new:
+                r.emit(("error", f"{type(e).__name__}: {e}"))
 
     def _groups(self, requests: list[Request]) -> list[Group]:
         """Rows of these requests, grouped by settings (and seed or batch), at most max_batch_size each."""
