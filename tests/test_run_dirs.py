@@ -142,6 +142,15 @@ def test_full_disk_gives_one_line_and_leaves_nothing_half_written(tmp_path, data
         with pytest.raises(PrideError, match=r"checkpoints: no space left on the device"):
             run_sft(base(tmp_path, data))
     assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
+    from safetensors import SafetensorError
+
+    def safetensors_full(*args, **kwargs):  # what safetensors raised on a full tmpfs here (not an OSError)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    with monkeypatch.context() as m:
+        m.setattr(Accelerator, "save_state", safetensors_full)
+        with pytest.raises(PrideError, match=r"checkpoints: no space left on the device"):
+            run_sft(base(tmp_path, data))
     from transformers import PreTrainedModel
 
     with monkeypatch.context() as m:

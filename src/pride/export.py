@@ -24,9 +24,11 @@ def checkpoint_paths(run_dir: str | Path) -> list[Path]:
 @contextmanager
 def exported(checkpoint: str | Path):
     """Yield an HF directory with the checkpoint's weights (merged LoRA), removed afterwards."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from pride.config import load_config
+    from pride.io import disk_error
     from pride.models import load_model_and_tokenizer
 
     checkpoint = Path(checkpoint)
@@ -37,7 +39,10 @@ def exported(checkpoint: str | Path):
                          "with accelerate's merge tools, then evaluate that directory")
     cfg = load_config(run_dir / "config.yaml")
     model, tokenizer, _ = load_model_and_tokenizer(cfg.model, seed=cfg.seed, device="cpu")
-    state = {k[len("model."):]: v for k, v in load_file(weights).items() if k.startswith("model.")}
+    try:
+        state = {k[len("model."):]: v for k, v in load_file(weights).items() if k.startswith("model.")}
+    except SafetensorError as e:
+        raise PrideError(f"{weights}: corrupt or truncated ({str(e).splitlines()[0]})") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k]:  # a tied LM head is not stored twice
         raise PrideError(f"{checkpoint}: its weights do not fit the model of {run_dir / 'config.yaml'} "
@@ -46,8 +51,14 @@ def exported(checkpoint: str | Path):
         model = model.merge_and_unload()
     out = Path(tempfile.mkdtemp(prefix=f"{checkpoint.name}-export-", dir=checkpoint.parent))
     try:
-        model.save_pretrained(out, safe_serialization=True)
-        tokenizer.save_pretrained(out)
+        try:
+            model.save_pretrained(out, safe_serialization=True)
+            tokenizer.save_pretrained(out)
+        except Exception as e:  # noqa: BLE001 - a full disk, whatever library raised it, is one line
+            error = disk_error(e, checkpoint.parent)
+            if error is e:
+                raise
+            raise error from None
         del model
         yield out
     finally:

@@ -179,9 +179,19 @@ def append_jsonl(path: Path, rows: list) -> None:
         raise disk_error(e, Path(path).parent) from None
 
 
-def disk_error(e: OSError, where: Path, needed: int | None = None) -> Exception:
-    """A full disk (or quota) as one clear line; other OS errors as they are."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+def is_disk_full(e: BaseException) -> bool:
+    """ENOSPC / EDQUOT, raised as an OSError or wrapped in a library's own error (safetensors'
+    SafetensorError "I/O error: No space left on device (os error 28)", torch's "failed writing")."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(e)
+    return any(mark in text for mark in ("No space left", "os error 28", "Disk quota exceeded", "os error 122",
+                                         "failed writing"))
+
+
+def disk_error(e: BaseException, where: Path, needed: int | None = None) -> BaseException:
+    """A full disk (or quota) as one clear line, whatever raised it; other errors as they are."""
+    if is_disk_full(e):
         need = f"; about {needed / 2**20:.0f} MiB needed" if needed else ""
         return PrideError(f"{where}: no space left on the device{need}. Nothing was left half-written; "
                           "free some space (or choose another output_dir) and run again to resume")

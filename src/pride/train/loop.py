@@ -466,11 +466,12 @@ def save_checkpoint(acc: Accelerator, run_dir: Path, step: int, keep: int, ident
     acc.wait_for_everyone()
     try:
         acc.save_state(str(tmp))
-    except (OSError, RuntimeError) as e:
+    except Exception as e:  # noqa: BLE001 - a full disk arrives as OSError, RuntimeError or SafetensorError
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) or "No space left" in str(e) or "failed writing" in str(e):
-            raise disk_error(e if isinstance(e, OSError) else OSError(28, str(e)), root) from None
-        raise
+        error = disk_error(e, root)
+        if error is e:
+            raise
+        raise error from None
     acc.wait_for_everyone()
     if acc.is_main_process:
         files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}

@@ -25,7 +25,7 @@ from rich.console import Console
 
 from pride.config import Config, write_resolved
 from pride.errors import PrideError
-from pride.io import clear_inputs, disk_error, make_dir
+from pride.io import clear_inputs, disk_error, is_disk_full, make_dir
 from pride.io import write_json
 from pride.models import load_model_and_tokenizer
 from pride.rundir import SUMMARY, model_dir
@@ -179,11 +179,9 @@ def save_final_model(acc: Accelerator, prepared, tokenizer, out_dir: Path) -> Pa
             tokenizer.save_pretrained(tmp)
         except Exception as e:
             shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left looking like a model
-            full = isinstance(e, OSError) or "No space left" in str(e)
-            if full:
+            if is_disk_full(e):
                 needed = sum(t.numel() * t.element_size() for t in (state or model.state_dict()).values())
-                raise disk_error(e if isinstance(e, OSError) else OSError(28, str(e)), out_dir.parent,
-                                 needed) from None
+                raise disk_error(e, out_dir.parent, needed) from None
             raise
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(tmp, out_dir)
