@@ -91,6 +91,9 @@ def quiet_libraries() -> None:
 
         datasets.disable_progress_bars()
         datasets.logging.set_verbosity_error()
+        from huggingface_hub.utils import logging as hub_logging
+
+        hub_logging.set_verbosity_error()  # "Repo card metadata block was not found" on a local folder
     except ImportError:  # pragma: no cover - both are dependencies
         pass
 

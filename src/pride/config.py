@@ -21,6 +21,18 @@ from pride.losses import LOSS_TYPES
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v, info):
+        """`seed: true` is not seed 1: a boolean where a number is expected is an error (pydantic
+        alone would take it as 1 or 0)."""
+        if isinstance(v, bool):
+            annotation = cls.model_fields[info.field_name].annotation
+            if annotation in (int, float) or set(getattr(annotation, "__args__", ())) & {int, float} and bool not in \
+                    getattr(annotation, "__args__", ()):
+                raise ValueError("expected a number, not a boolean")
+        return v
+
 
 class LoraSettings(Section):
     """LoRA through peft; `load_in_4bit` on the model section turns it into QLoRA."""
@@ -362,12 +374,7 @@ def apply_override(tree: dict, parts: list[str], value: Any) -> None:
                              "not a section or a list")
     last = parts[-1]
     if isinstance(node, list):
-        idx = int(last) if last.isdigit() else None
-        if idx is None:
-            raise PrideError(f"override {'.'.join(parts)}: {last!r} is not a list index")
-        while len(node) <= idx:
-            node.append({})
-        node[idx] = value
+        node[_index(node, last, parts)] = value
     else:
         node[last] = value
 
@@ -376,7 +383,10 @@ def _index(node: list, part: str, parts: list[str]) -> int:
     if not part.isdigit():
         raise PrideError(f"override {'.'.join(parts)}: {part!r} is not a list index")
     idx = int(part)
-    while len(node) <= idx:
+    if idx > len(node):
+        raise PrideError(f"override {'.'.join(parts)}: the list has {len(node)} item(s); index {idx} is past its end "
+                         f"(use 0 to {len(node) - 1}, or {len(node)} to add one)")
+    if idx == len(node):
         node.append({})
     return idx
 
@@ -389,6 +399,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
         tree = json.loads(json.dumps(base))
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise PrideError(f"{p}: is a directory; the config is a YAML file")
         if not p.is_file():
             raise PrideError(f"config file not found: {p}")
         loaded = load_yaml(p)
@@ -421,7 +433,8 @@ def describe_error(err: dict, root: type[BaseModel]) -> str:
         return f"missing required key '{key}'"
     shown = err.get("input")
     shown = json.dumps(shown) if isinstance(shown, (str, int, float, bool)) or shown is None else type(shown).__name__
-    return f"key '{key}': {err['msg']} (got {shown})"
+    message = err["msg"].removeprefix("Value error, ")
+    return f"key '{key}': {message} (got {shown})"
 
 
 def _allowed_keys(root: type[BaseModel], loc: tuple) -> list[str]:
