@@ -298,3 +298,14 @@ def test_sigterm_stops_within_the_shutdown_timeout_and_exits_0(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, proc.stdout.read()
+
+
+@pytest.mark.parametrize("route,body", [
+    ("/v1/chat/completions", '{"model": "tiny", "messages": [{"role": "user", "content": "a\\ud800b"}]}'),
+    ("/v1/completions", '{"model": "tiny", "prompt": "a\\udc00"}'),
+    ("/v1/chat/completions", '{"model": "tiny", "stop": ["\\ud800"], "messages": [{"role": "user", "content": "a"}]}'),
+])
+def test_a_lone_surrogate_is_a_400_naming_the_field(servers, route, body):
+    """JSON can escape half a surrogate pair; the tokenizer then raised a plain-text 500."""
+    r = httpx.post(servers[0] + route, content=body, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and "lone surrogate" in r.json()["error"]["message"], r.text

@@ -36,6 +36,18 @@ from pride.serve.engine import Engine, Request
 class Body(BaseModel):
     model_config = ConfigDict(extra="ignore")  # clients send fields a server may not use (user, ...)
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _unicode_text(cls, v):
+        """JSON may escape a lone surrogate ("\\ud800"), which no tokenizer takes: a 400, not a 500."""
+        for text in [v] if isinstance(v, str) else v if isinstance(v, list) else []:
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise ValueError(f"not valid Unicode text (a lone surrogate at character {e.start})") from None
+        return v
+
 
 class Message(Body):
     role: Literal["system", "user", "assistant"]
@@ -173,7 +185,7 @@ def create_app(engine: Engine, fmt, model_name: str, api_key: str | None, contex
     async def invalid(_, exc: RequestValidationError):
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"] if x != "body")
-        return error(400, f"{where or 'body'}: {first['msg']}", param=where or None)
+        return error(400, f"{where or 'body'}: {first['msg'].removeprefix('Value error, ')}", param=where or None)
 
     @app.exception_handler(HTTPException)
     async def http_error(_, exc: HTTPException):
