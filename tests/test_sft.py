@@ -227,16 +227,14 @@ def test_mask_embed_grad_trains_only_the_named_rows():
 
 
 def test_a_launch_that_would_not_shard_stops_with_one_line(tmp_path, data):
-    """accelerate runs an FSDP launch on CPU as plain data parallel; pride says so and stops."""
-    root = Path(__file__).resolve().parents[1]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(root / "configs" / "accelerate" / "fsdp.yaml"), "--num_processes", "2", "-m", "pride", "sft",
-              str(empty_config(tmp_path)), "model.path=tiny:llama", f"data.sources.0.path={data}",
-              "train.max_steps=1", f"output_dir={tmp_path / 'run'}"]
-    proc = subprocess.run(launch, capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-    assert proc.returncode != 0
-    assert "the launch asked for FSDP but accelerate runs MULTI_CPU with 2 process(es)" in proc.stderr
+    """FSDP asked (accelerate's environment) without a process group would train unsharded: pride
+    says so and stops (an FSDP launch of 1 or more CPU processes shards: tests/test_fsdp.py)."""
+    proc = subprocess.run([sys.executable, "-m", "pride", "sft", str(empty_config(tmp_path)), "model.path=tiny:llama",
+                           f"data.sources.0.path={data}", "train.max_steps=1", f"output_dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "ACCELERATE_USE_FSDP": "true"})
+    assert proc.returncode == 2
+    assert "pride sft: error: the launch asked for FSDP but accelerate runs NO with 1 process(es)" in proc.stderr
     assert not (tmp_path / "run" / "model").exists()
 
 
@@ -248,7 +246,7 @@ def test_check_launch_compares_what_was_asked_with_what_runs():
 
     acc = Accelerator(cpu=True)
     check_launch(acc, env={})
-    with pytest.raises(PrideError, match="asked for DEEPSPEED but accelerate runs NO"):
+    with pytest.raises(PrideError, match="DeepSpeed launches are not supported.*configs/accelerate/fsdp.yaml"):
         check_launch(acc, env={"ACCELERATE_USE_DEEPSPEED": "true"})
     with pytest.raises(PrideError, match="2 processes were started .* the process group has 1"):
         check_launch(acc, env={"WORLD_SIZE": "2"})

@@ -21,28 +21,45 @@ def checkpoint_paths(run_dir: str | Path) -> list[Path]:
     return [p for p in checkpoint_dirs(run_dir) if "problem" not in checkpoint_state(p)]
 
 
-@contextmanager
-def exported(checkpoint: str | Path):
-    """Yield an HF directory with the checkpoint's weights (merged LoRA), removed afterwards."""
+def checkpoint_weights(checkpoint: Path) -> dict:
+    """The trained weights in a checkpoint, whichever set-up wrote it: `model.safetensors` (one
+    process, DDP), `pytorch_model_fsdp.bin` (FSDP, full state dict) or `pytorch_model_fsdp_0/`
+    (FSDP, sharded: merged by accelerate's `merge_fsdp_weights`). Keys as the loop's wrapper has them."""
+    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    single, full, sharded = (checkpoint / "model.safetensors", checkpoint / "pytorch_model_fsdp.bin",
+                             checkpoint / "pytorch_model_fsdp_0")
+    try:
+        if single.is_file():
+            return load_file(single)
+        if full.is_file():
+            return torch.load(full, map_location="cpu", weights_only=True)
+        if sharded.is_dir():
+            from accelerate.utils import merge_fsdp_weights
+
+            with tempfile.TemporaryDirectory(prefix=f"{checkpoint.name}-merge-", dir=checkpoint.parent) as tmp:
+                merge_fsdp_weights(str(sharded), tmp, safe_serialization=True)
+                return load_file(Path(tmp) / "model.safetensors")
+    except (SafetensorError, RuntimeError, OSError) as e:
+        raise PrideError(f"{checkpoint}: its weights are unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    raise PrideError(f"{checkpoint}: no model weights (model.safetensors, or FSDP's pytorch_model_fsdp.bin or "
+                     "pytorch_model_fsdp_0/); a DeepSpeed ZeRO checkpoint: convert it with zero_to_fp32.py first")
+
+
+@contextmanager
+def exported(checkpoint: str | Path):
+    """Yield an HF directory with the checkpoint's weights (merged LoRA), removed afterwards."""
     from pride.config import load_config
     from pride.io import disk_error
     from pride.models import load_model_and_tokenizer
 
     checkpoint = Path(checkpoint)
     run_dir = checkpoint.parent.parent
-    weights = checkpoint / "model.safetensors"
-    if not weights.is_file():
-        raise PrideError(f"{checkpoint}: no model.safetensors (a sharded FSDP / DeepSpeed checkpoint); export it "
-                         "with accelerate's merge tools, then evaluate that directory")
     cfg = load_config(run_dir / "config.yaml")
     model, tokenizer, _ = load_model_and_tokenizer(cfg.model, seed=cfg.seed, device="cpu")
-    try:
-        state = {k[len("model."):]: v for k, v in load_file(weights).items() if k.startswith("model.")}
-    except SafetensorError as e:
-        raise PrideError(f"{weights}: corrupt or truncated ({str(e).splitlines()[0]})") from None
+    state = {k[len("model."):]: v for k, v in checkpoint_weights(checkpoint).items() if k.startswith("model.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k]:  # a tied LM head is not stored twice
         raise PrideError(f"{checkpoint}: its weights do not fit the model of {run_dir / 'config.yaml'} "

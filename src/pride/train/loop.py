@@ -92,21 +92,55 @@ def make_accelerator(cfg: TrainSettings, run_dir: Path, model_dtype: str = "auto
         AcceleratorState._reset_state(reset_partial_state=False)
     acc = Accelerator(mixed_precision=mp, log_with=list(cfg.report_to) or None, project_dir=str(run_dir),
                       cpu=not torch.cuda.is_available())
+    if _fsdp_asked() and acc.distributed_type.name == "MULTI_CPU":
+        shard_on_cpu(acc)
     check_launch(acc)
     return acc
 
 
+def _fsdp_asked(env=None) -> bool:
+    env = os.environ if env is None else env
+    return env.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+
+
+def shard_on_cpu(acc: Accelerator) -> None:
+    """Make an FSDP launch on CPU processes (gloo) shard, as it does on GPUs.
+
+    accelerate switches a launch to FSDP only on accelerators; on CPU it would run it as plain
+    data parallel. This makes the switch accelerate's own set-up makes on GPUs (distributed type
+    FSDP, the FSDP plugin from the launch's FSDP_* settings, its mixed precision), so prepare,
+    gradient clipping, checkpoints and the gathered final weights all take accelerate's FSDP
+    code, the one GPUs run. Only FSDP2 (`fsdp_version: 2`): FSDP1 needs a GPU."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()  # reads FSDP_* from the launch's environment
+    if plugin.fsdp_version != 2:
+        raise PrideError("an FSDP launch on CPU needs fsdp_version: 2 (FSDP1 needs GPUs); see "
+                         "configs/accelerate/fsdp.yaml")
+    if acc.mixed_precision != "no":
+        plugin.set_mixed_precision(acc.mixed_precision)
+    AcceleratorState._shared_state["fsdp_plugin"] = plugin
+    for shared in (AcceleratorState._shared_state, PartialState._shared_state):
+        shared["distributed_type"] = DistributedType.FSDP
+
+
 def check_launch(acc: Accelerator, env=None) -> None:
     """Stop when the set-up that runs is not the one the launch asked for, instead of training
-    otherwise in silence: accelerate turns an FSDP or DeepSpeed launch on CPU into plain data
-    parallel, and processes started without a process group each train alone."""
+    otherwise in silence: FSDP asked without a process group would run unsharded, processes
+    started without a process group would each train alone, and DeepSpeed (not supported: see
+    the message) would fail inside accelerate or step the optimizer per micro-batch."""
     env = os.environ if env is None else env
     kind = acc.distributed_type.name
-    for flag, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
-        if env.get(flag, "").lower() in ("1", "true") and kind != name:
-            raise PrideError(f"the launch asked for {name} but accelerate runs {kind} with {acc.num_processes} "
-                             f"process(es){' (on CPU, accelerate does not shard)' if acc.device.type == 'cpu' else ''}; "
-                             "nothing was trained. Launch without that config, or on GPUs")
+    if kind == "DEEPSPEED" or env.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
+        raise PrideError("DeepSpeed launches are not supported: accelerate's DeepSpeed needs a dataloader pride does "
+                         "not hand it, and it steps the optimizer on every micro-batch where pride accumulates "
+                         "several. Launch with configs/accelerate/fsdp.yaml (FSDP2: the same full sharding as "
+                         "ZeRO-3). Nothing was trained")
+    if _fsdp_asked(env) and kind != "FSDP":
+        raise PrideError(f"the launch asked for FSDP but accelerate runs {kind} with {acc.num_processes} "
+                         "process(es) (start it with accelerate launch --config_file configs/accelerate/fsdp.yaml). "
+                         "Nothing was trained")
     started = int(env.get("WORLD_SIZE", "1") or 1)
     if started != acc.num_processes:
         raise PrideError(f"{started} processes were started (WORLD_SIZE) but the process group has "
@@ -239,17 +273,36 @@ def num_nodes(acc) -> int:
     return max(1, acc.num_processes // max(1, local))
 
 
-def mask_embedding_grad(model, start: int, end: int | None) -> None:
+def mask_embedding_grad(model, start: int, end: int | None) -> Callable[[], None]:
     """Only rows [start, end) of the input embeddings (and an untied LM head) get gradients (LIONs'
-    mask_embed_grad: train the chat tokens' rows, keep the vocabulary's)."""
+    mask_embed_grad: train the chat tokens' rows, keep the vocabulary's).
+
+    Where autograd computes with these parameters (one process, DDP, DeepSpeed) a gradient hook
+    masks them, and the returned function does nothing. Under FSDP2 the parameters are sharded
+    DTensors whose gradients FSDP assigns after its reduce-scatter, outside autograd, so hooks on
+    them never fire: the returned function masks those gradients, and the loop calls it after
+    each step's backward passes."""
     weights = [model.get_input_embeddings().weight]
     out = model.get_output_embeddings()
     if out is not None and out.weight is not weights[0]:
         weights.append(out.weight)
+    masks = []
     for w in weights:
         keep = torch.zeros(w.shape[0], 1, dtype=w.dtype, device=w.device)
         keep[start:end] = 1
-        w.register_hook(lambda g, keep=keep: g * keep.to(g.dtype))
+        if hasattr(w, "device_mesh"):  # FSDP2: the mask sharded as the weight's rows are
+            from torch.distributed.tensor import distribute_tensor
+
+            masks.append((w, distribute_tensor(keep, w.device_mesh, w.placements)))
+        else:
+            w.register_hook(lambda g, keep=keep: g * keep.to(g.dtype))
+
+    def apply() -> None:
+        for w, keep in masks:
+            if w.grad is not None:
+                w.grad.mul_(keep.to(w.grad.dtype))
+
+    return apply
 
 
 def train(
@@ -281,8 +334,6 @@ def train(
         raise PrideError("nothing to train: no row has a trained token (check data.train_on and the chat template)")
 
     wrapper = TokenLogps(model, cfg.logps_chunk_size)
-    if cfg.mask_embed_grad is not None:
-        mask_embedding_grad(model, *cfg.mask_embed_grad)
     lr = cfg.learning_rate
     if cfg.lr_scaling == "sqrt_nodes":
         nodes = num_nodes(acc)
@@ -296,6 +347,8 @@ def train(
     scheduler = _scheduler(cfg, optimizer, total_steps)
     wrapper, optimizer = acc.prepare(wrapper, optimizer)
     acc.register_for_checkpointing(scheduler)
+    # after prepare: FSDP's parameters are new (sharded) ones
+    mask_grads = mask_embedding_grad(model, *cfg.mask_embed_grad) if cfg.mask_embed_grad is not None else None
     flat = attention_backend(model) == "flash_attention_2"
 
     run_dir = Path(run_dir)
@@ -327,7 +380,7 @@ def train(
                 schedules = {epoch: epoch_schedule(len(rows), cfg.micro_batch_size, per_step, seed, epoch)}
             step_mbs = schedules[epoch][k]
             logged, grad_norm, units, local_tokens = _step(acc, wrapper, objective, rows, step_mbs, batch_for,
-                                                           cfg.max_grad_norm)
+                                                           cfg.max_grad_norm, mask_grads)
             if not math.isfinite(logged["loss"]) or grad_norm is None or not math.isfinite(grad_norm):
                 bad = "loss" if not math.isfinite(logged["loss"]) else "gradient norm"
                 if cfg.on_nan == "stop":
@@ -390,7 +443,8 @@ def _resume(acc: Accelerator, cfg: TrainSettings, run_dir: Path, identity: dict 
 
 
 def _step(acc: Accelerator, wrapper, objective: Objective, rows, step_mbs: list[list[int]], batch_for,
-          max_grad_norm: float | None) -> tuple[dict, float | None, float, int]:
+          max_grad_norm: float | None, mask_grads: Callable[[], None] | None = None
+          ) -> tuple[dict, float | None, float, int]:
     """Forward and backward over this rank's micro-batches of one optimizer step, gradients
     clipped. Returns (loss and metrics per unit over all ranks, gradient norm or None when the
     loss is not finite, the step's units, this rank's tokens)."""
@@ -412,15 +466,14 @@ def _step(acc: Accelerator, wrapper, objective: Objective, rows, step_mbs: list[
         for name, v in {"loss": loss_sum, **metrics}.items():
             sums[name] += weight * v.detach().float()
         local_tokens += int(weight) * batch.n_tokens
+    if mask_grads is not None:
+        mask_grads()
     reduced = acc.reduce(torch.stack([sums[n] for n in names]), "sum")
     logged = {n: (reduced[j] / max(units, 1e-12)).item() for j, n in enumerate(names)}
     grad_norm = None
     if math.isfinite(logged["loss"]):
-        if max_grad_norm is not None:
-            grad_norm = float(acc.clip_grad_norm_(wrapper.parameters(), max_grad_norm))
-        else:
-            grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in wrapper.parameters()
-                                                      if p.grad is not None])))
+        # max_norm inf: the total norm, nothing clipped (computed by accelerate, sharded or not)
+        grad_norm = float(acc.clip_grad_norm_(wrapper.parameters(), max_grad_norm or math.inf))
     return logged, grad_norm, units, local_tokens
 
 
