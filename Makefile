@@ -9,7 +9,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test readme-figures check-readme constraints clean
+.PHONY: setup demo test test-slow readme-figures check-readme constraints clean
 
 setup: $(VENV)/.installed
 
@@ -28,8 +28,12 @@ constraints: setup
 demo: setup
 	$(VENV)/bin/pride demo
 
+# make test: everything but the end-to-end runs marked slow (minutes on 2 cores); CI runs both
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not slow"
+
+test-slow: setup
+	$(PY) -m pytest -m slow
 
 # the README's demo table (three full demo runs, about 8 minutes); check-readme: seed 0 only
 readme-figures: setup
