@@ -167,3 +167,27 @@ def test_fsdp_dpo_matches_one_process_with_the_same_reference_logps(tmp_path):
         # the same model and tokens, batched per rank instead of all together: fp32 sums in another order
         assert ref_two[col] == pytest.approx(ref_one[col], rel=1e-6), col
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_sharded_state_dict_checkpoint_resumes_and_exports(tmp_path, chats):
+    """fsdp_state_dict_type SHARDED_STATE_DICT: each rank writes its shard (torch.distributed.checkpoint);
+    a resumed run continues from it, and eval's export merges it with accelerate's merge_fsdp_weights."""
+    common = [str(empty_config(tmp_path)), "model.path=tiny:llama", f"data.sources.0.path={chats}",
+              "train.max_length=256", "train.micro_batch_size=2", "train.save_steps=2", "seed=0",
+              f"output_dir={tmp_path / 'run'}"]
+    sharded = ["--fsdp_state_dict_type", "SHARDED_STATE_DICT", "-m", "pride", "sft"]
+    first = launch(tmp_path, sharded, *common, "train.max_steps=3")
+    assert first.returncode == 0, first.stderr[-3000:]
+    ckpt = tmp_path / "run" / "checkpoints" / "checkpoint-2"
+    assert (ckpt / "pytorch_model_fsdp_0").is_dir() and not (ckpt / "pytorch_model_fsdp.bin").exists()
+    from transformers import AutoModelForCausalLM
+
+    from pride.export import exported
+
+    with exported(ckpt) as out:
+        model = AutoModelForCausalLM.from_pretrained(out)
+    assert sum(p.numel() for p in model.parameters()) == sum(v.numel() for v in weights(tmp_path / "run").values())
+    # the same run again resumes from its newest checkpoint, reading the sharded model and optimizer state
+    more = launch(tmp_path, sharded, *common, "train.max_steps=3", "train.resume=auto")
+    assert more.returncode == 0 and "resumed from" in more.stderr and "checkpoint-2" in more.stderr, more.stderr[-3000:]

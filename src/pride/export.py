@@ -45,7 +45,7 @@ def checkpoint_weights(checkpoint: Path) -> dict:
     except (SafetensorError, RuntimeError, OSError) as e:
         raise PrideError(f"{checkpoint}: its weights are unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     raise PrideError(f"{checkpoint}: no model weights (model.safetensors, or FSDP's pytorch_model_fsdp.bin or "
-                     "pytorch_model_fsdp_0/); a DeepSpeed ZeRO checkpoint: convert it with zero_to_fp32.py first")
+                     "pytorch_model_fsdp_0/)")
 
 
 @contextmanager
