@@ -110,3 +110,17 @@ def test_overriding_one_eval_generation_key_keeps_the_official_length(tmp_path):
     gen = load_config(tmp_path / "c.yaml", ["eval.generation.task_metrics.temperature=0.7"]).eval.generation
     assert (gen.task_metrics.max_new_tokens, gen.task_metrics.temperature) == (512, 0.7)
     assert (gen.mt_bench.max_new_tokens, gen.alpaca_eval.max_new_tokens, gen.arena_hard.max_new_tokens) == (1024, 4096, 4096)
+
+
+def test_global_batch_size_derives_the_accumulation_or_refuses(tmp_path):
+    from pride.config import with_global_batch
+
+    (tmp_path / "c.yaml").write_text("model: {path: 'tiny:llama'}\ntrain: {micro_batch_size: 4, global_batch_size: 128}\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert [with_global_batch(cfg, n).train.gradient_accumulation_steps for n in (1, 2, 4, 8)] == [32, 16, 8, 4]
+    with pytest.raises(PrideError, match=r"global_batch_size=128 is not a multiple of .* \(4\) x processes \(3\) = 12"):
+        with_global_batch(cfg, 3)
+    with pytest.raises(PrideError, match="gradient_accumulation_steps=3 contradicts"):
+        with_global_batch(load_config(tmp_path / "c.yaml", ["train.gradient_accumulation_steps=3"]), 2)
+    assert with_global_batch(load_config(tmp_path / "c.yaml", ["train.gradient_accumulation_steps=16"]), 2) \
+        .train.gradient_accumulation_steps == 16

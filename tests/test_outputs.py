@@ -157,3 +157,13 @@ def test_wandb_login_is_what_wandb_init_needs(tmp_path):
     assert wandb_logged_in({"NETRC": str(tmp_path / "none"), "WANDB_API_KEY": "k"})
     assert not wandb_logged_in({"NETRC": str(tmp_path / "none")})
     assert not wandb_logged_in({"NETRC": str(netrc), "WANDB_BASE_URL": "https://wandb.example.com"})
+
+
+def test_a_run_never_removes_or_replaces_the_model_it_starts_from(run, capsys):
+    """model.path=out/model with output_dir=out: starting from step 0 clears out/ and saving replaces
+    out/model; both would destroy the model being trained. Refused before training; nothing changed."""
+    saved_tiny(run / "out" / "model")
+    before = {p.name: p.read_bytes() for p in (run / "out" / "model").iterdir()}
+    assert main(["sft", "c.yaml", "model.path=out/model", "output_dir=out", "train.max_steps=1"]) == 2
+    assert "out/model: refusing to write there: it is or holds an input of this run" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (run / "out" / "model").iterdir()} == before

@@ -140,6 +140,29 @@ def test_two_processes_match_one_process_with_double_accumulation(tmp_path, data
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
+@pytest.mark.slow
+def test_global_batch_size_gives_the_same_optimisation_on_1_and_2_processes(tmp_path, data):
+    """train.global_batch_size=8 with micro-batch 2: 1 process accumulates 4, 2 processes 2 each;
+    the losses agree as in the test above (relative 1e-5: only the order of float sums differs),
+    and config.yaml records the launch."""
+    common = ["model.path=tiny:llama", f"data.sources.0.path={data}", "train.learning_rate=1e-3",
+              "train.max_length=256", "train.micro_batch_size=2", "train.global_batch_size=8", "train.max_steps=4",
+              "seed=0"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "pride", "sft",
+              str(empty_config(tmp_path)), *common, f"output_dir={tmp_path / 'two'}"]
+    two = subprocess.run(launch, capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert two.returncode == 0, two.stderr[-3000:]
+    run_sft(load_config(None, common + [f"output_dir={tmp_path / 'one'}"]))
+    assert (tmp_path / "two" / "config.yaml").read_text().startswith(
+        "# launch: world_size 2, train.gradient_accumulation_steps 2, global batch 8 rows")
+    assert (tmp_path / "one" / "config.yaml").read_text().startswith(
+        "# launch: world_size 1, train.gradient_accumulation_steps 4, global batch 8 rows")
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["distributed"]["gradient_accumulation_steps"] == 2
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+
+
 def test_sft_on_local_model_dir_end_to_end(tmp_path):
     model, tok, _ = load_model_and_tokenizer(ModelSettings(path="tiny:llama"), seed=0)
     model.save_pretrained(tmp_path / "base")
@@ -250,3 +273,13 @@ def test_check_launch_compares_what_was_asked_with_what_runs():
         check_launch(acc, env={"ACCELERATE_USE_DEEPSPEED": "true"})
     with pytest.raises(PrideError, match="2 processes were started .* the process group has 1"):
         check_launch(acc, env={"WORLD_SIZE": "2"})
+
+
+def test_warmup_steps_round_up_as_hf_trainer():
+    from transformers import TrainingArguments
+
+    from pride.train.loop import warmup_steps
+
+    for ratio, total in [(0.1, 30), (0.1, 25), (0.05, 7), (0.03, 1000), (0.1, 1), (0.0, 50)]:
+        hf = TrainingArguments(output_dir="unused", warmup_steps=ratio, report_to=[]).get_warmup_steps(total)
+        assert warmup_steps(ratio, total) == hf, (ratio, total)

@@ -90,6 +90,10 @@ class TrainSettings(Section):
     max_steps: int | None = Field(None, gt=0, description="overrides epochs when set")
     micro_batch_size: int = Field(8, gt=0)
     gradient_accumulation_steps: int = Field(1, gt=0)
+    global_batch_size: int | None = Field(
+        None, gt=0, description="micro-batches x processes x accumulation per optimizer step; when set, the "
+                                "accumulation is derived from it and the launch's process count (the same "
+                                "optimisation on 1, 2, 4 or 8 GPUs)")
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
@@ -462,8 +466,32 @@ def _section_type(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def write_resolved(cfg: BaseModel, run_dir: str | Path) -> Path:
-    """Write the validated config (all defaults filled in) as `config.yaml` in the run dir (atomically)."""
+def write_resolved(cfg: BaseModel, run_dir: str | Path, world_size: int | None = None) -> Path:
+    """Write the validated config (all defaults filled in) as `config.yaml` in the run dir
+    (atomically); with `world_size`, a first comment line says the launch it ran with."""
     from pride.io import write_text
 
-    return write_text(Path(run_dir) / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    head = ""
+    if world_size is not None and hasattr(cfg, "train"):
+        head = (f"# launch: world_size {world_size}, train.gradient_accumulation_steps "
+                f"{cfg.train.gradient_accumulation_steps}, global batch "
+                f"{world_size * cfg.train.gradient_accumulation_steps * cfg.train.micro_batch_size} rows\n")
+    return write_text(Path(run_dir) / "config.yaml", head + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def with_global_batch(cfg, world_size: int):
+    """`cfg` with `train.gradient_accumulation_steps` derived from `train.global_batch_size`, the
+    micro-batch and the launch's processes; unchanged when no global batch is set."""
+    t = cfg.train
+    if t.global_batch_size is None:
+        return cfg
+    per_pass = t.micro_batch_size * world_size
+    if t.global_batch_size % per_pass:
+        raise PrideError(f"train.global_batch_size={t.global_batch_size} is not a multiple of train.micro_batch_size "
+                         f"({t.micro_batch_size}) x processes ({world_size}) = {per_pass}; change one of them")
+    accumulation = t.global_batch_size // per_pass
+    if t.gradient_accumulation_steps not in (1, accumulation):
+        raise PrideError(f"train.gradient_accumulation_steps={t.gradient_accumulation_steps} contradicts "
+                         f"train.global_batch_size={t.global_batch_size} ({accumulation} with {world_size} process(es) "
+                         f"of micro-batch {t.micro_batch_size}); set one of them")
+    return cfg.model_copy(update={"train": t.model_copy(update={"gradient_accumulation_steps": accumulation})})

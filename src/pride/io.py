@@ -106,14 +106,22 @@ def clear_inputs() -> None:
     _inputs.clear()
 
 
+def check_not_input(path: Path) -> None:
+    """`path`, a file or directory pride is about to replace or remove, is not an input of this
+    command, not inside one, and does not hold one (a run directory's `model/` that is the model
+    this run starts from)."""
+    real = Path(path).expanduser().resolve()
+    for inp in _inputs:
+        if real == inp or inp in real.parents or real in inp.parents:
+            raise PrideError(f"{path}: refusing to write there: it is or holds an input of this run ({inp}); "
+                             "choose another path or output_dir")
+
+
 def check_output(path: Path) -> None:
     """An output path pride may write: not an input of this command, and either absent or a
     regular file (a device, directory, pipe or symbolic link is never replaced)."""
     path = Path(path)
-    real = path.expanduser().resolve()
-    for inp in _inputs:
-        if real == inp or inp in real.parents:
-            raise PrideError(f"{path}: refusing to write there: it is an input of this run ({inp}); choose another path")
+    check_not_input(path)
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:

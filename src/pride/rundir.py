@@ -79,9 +79,13 @@ def clear_run(run_dir: str | Path) -> list[str]:
     Returns the names removed."""
     import shutil
 
+    from pride.io import check_not_input
+
     removed = []
     for name in (CHECKPOINTS, METRICS, MODEL, MODEL + ".tmp", SUMMARY, STAGE_MARKER, WANDB_RUN):
         path = Path(run_dir) / name
+        if path.exists() or path.is_symlink():
+            check_not_input(path)  # e.g. model/ is the model this run starts from
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
@@ -116,6 +120,9 @@ def start_round(it_dir: str | Path, identity: str) -> bool:
     recorded = read_record(it_dir / ROUND_IDENTITY) or {}
     stale = it_dir.is_dir() and recorded.get("identity") != identity and any(it_dir.iterdir())
     if stale:
+        from pride.io import check_not_input
+
+        check_not_input(it_dir)
         shutil.rmtree(it_dir)
     write_json(it_dir / ROUND_IDENTITY, {"identity": identity})
     return stale

@@ -175,8 +175,14 @@ def _scheduler(cfg: TrainSettings, optimizer, total_steps: int):
     from transformers import get_scheduler
 
     name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.lr_scheduler]
-    return get_scheduler(name, optimizer, num_warmup_steps=round(cfg.warmup_ratio * total_steps),
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps(cfg.warmup_ratio, total_steps),
                          num_training_steps=total_steps)
+
+
+def warmup_steps(ratio: float, total_steps: int) -> int:
+    """As HF's TrainingArguments.get_warmup_steps: the ratio's steps rounded up (math.ceil, float
+    product and all), which the sources' Trainer runs used."""
+    return math.ceil(total_steps * ratio)
 
 
 # Settings that do not change what is trained: a run may resume with other values for these.
@@ -196,6 +202,8 @@ def run_identity(cfg) -> dict:
             flat[prefix] = node
 
     walk("", cfg.model_dump(mode="json"))
+    if flat.get("train.global_batch_size") is not None:  # derived from the launch: resumable on another GPU count
+        flat.pop("train.gradient_accumulation_steps")
     return {k: v for k, v in flat.items() if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)}
 
 

@@ -23,9 +23,9 @@ import torch
 from accelerate import Accelerator
 from rich.console import Console
 
-from pride.config import Config, write_resolved
+from pride.config import Config, with_global_batch, write_resolved
 from pride.errors import PrideError
-from pride.io import clear_inputs, disk_error, is_disk_full, make_dir
+from pride.io import check_not_input, clear_inputs, disk_error, is_disk_full, make_dir
 from pride.io import write_json
 from pride.models import load_model_and_tokenizer
 from pride.rundir import SUMMARY, model_dir
@@ -78,9 +78,10 @@ class StageContext:
         with exclusive(run_dir):
             seed_everything(cfg.seed)
             acc = make_accelerator(cfg.train, run_dir, cfg.model.dtype)
+            cfg = with_global_batch(cfg, acc.num_processes)
             ctx = cls(cfg, acc, console_for(acc), run_dir)
             if acc.is_main_process and write_config:
-                write_resolved(cfg, run_dir)
+                write_resolved(cfg, run_dir, acc.num_processes)
             acc.wait_for_everyone()
             try:
                 yield ctx
@@ -107,10 +108,11 @@ class StageContext:
         """The one loop, resuming from this run's checkpoints; config.yaml once training starts."""
         from pride.train.loop import run_identity, train
 
+        check_not_input(model_dir(self.run_dir))  # before training, not after: the result could not be saved
         return train(self.cfg.train, accelerator=self.acc, model=model, objective=objective, rows=rows,
                      eval_rows=eval_rows, pad_id=pad_id, run_dir=self.run_dir, seed=self.cfg.seed,
                      console=self.console, identity=run_identity(self.cfg),
-                     on_start=lambda: write_resolved(self.cfg, self.run_dir))
+                     on_start=lambda: write_resolved(self.cfg, self.run_dir, self.acc.num_processes))
 
     def write_json(self, name: str, value) -> None:
         """A record in the run directory, written by the main process."""
@@ -161,6 +163,7 @@ def save_final_model(acc: Accelerator, prepared, tokenizer, out_dir: Path) -> Pa
     from pride.logps import TokenLogps
 
     out_dir = Path(out_dir)
+    check_not_input(out_dir)  # the model this run started from is never replaced by its result
     unwrapped = acc.unwrap_model(prepared)
     model = unwrapped.model if isinstance(unwrapped, TokenLogps) else unwrapped
     state = acc.get_state_dict(prepared)
