@@ -300,8 +300,16 @@ def lion(repo: Path) -> dict:
             put("train.warmup_ratio", src["warmup_ratio"], at("warmup_ratio"))
             put("train.epochs", float(src["num_train_epochs"]), at("num_train_epochs"))
             put("train.micro_batch_size", src["per_device_train_batch_size"], at("per_device_train_batch_size"))
-            put("train.gradient_accumulation_steps", src["gradient_accumulation_steps"],
-                at("gradient_accumulation_steps"))
+            # the global batch, not the accumulation: per device x accumulation x the GPUs the stage's
+            # script launches (its last NUM_GPUS= before the training command), so any GPU count reproduces it
+            launcher = f"{edir}/{stage}.sh"
+            sh = show(repo, commit, launcher)
+            train_at = sh.index(f"scripts/run_{'sft' if stage == 'sft' else 'precompute_dpo'}.py")
+            gpus = re.findall(r"^NUM_GPUS=(\d+)", sh[:train_at], re.M)[-1]
+            gpus_line = sh[:train_at].count("\n", 0, sh[:train_at].rindex(f"NUM_GPUS={gpus}")) + 1
+            put("train.global_batch_size",
+                src["per_device_train_batch_size"] * src["gradient_accumulation_steps"] * int(gpus),
+                f"{at('per_device_train_batch_size')} x {at('gradient_accumulation_steps')} x {launcher}:{gpus_line}")
             put("train.report_to", [r for r in src["report_to"] if r != "none"], at("report_to"))
             if "gradient_checkpointing" in src:
                 put("model.gradient_checkpointing", src["gradient_checkpointing"], at("gradient_checkpointing"))
@@ -331,6 +339,12 @@ def lion(repo: Path) -> dict:
             put("preference.max_prompt_length", src["max_prompt_length"], at("max_prompt_length"))
             if src.get("mask_embed_grad") is False:
                 put("train.mask_embed_grad", None, at("mask_embed_grad"))
+            elif "mask_embed_grad" not in src:  # DPOConfig's default (True): run_precompute_dpo.py masks then
+                default_py = "lionalign/trainer/dpo_config.py"
+                assert re.search(r"mask_embed_grad: Optional\[bool\] = True", show(repo, commit, default_py))
+                cut = int(re.search(r"cutoff=(\d+)", hook).group(1))
+                put("train.mask_embed_grad", [cut, None] if "grad[:cutoff] = 0" in hook else [0, cut],
+                    line_of(show(repo, commit, default_py), r"mask_embed_grad: Optional\[bool\] = True", default_py))
             if stage == "dpo":
                 splits = src["train_dataset_splits"]
                 for i, (name, frac) in enumerate(src["train_dataset_mixer"].items()):
