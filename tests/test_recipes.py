@@ -112,3 +112,41 @@ def test_a_rerun_follows_the_bytes_of_every_input(tiny_files, tmp_path):
     weights.write_bytes(weights.read_bytes()[:-8] + bytes(8))  # sft/model replaced behind pride's back
     third = [d["config_hash"] for d in run_recipe(recipe)]
     assert third[0] == second[0] and third[1] != second[1]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_dry_run_shows_every_stage_key_and_origin_of_every_shipped_recipe(path, tmp_path):
+    from pride.recipe import dry_run, flatten, load_recipe
+
+    _, stages = load_recipe(path)
+    text = dry_run(path, [f"output_dir={tmp_path}"], world_size=4)
+    for stage in stages:
+        block = text.split(f"== {stage.name} ({stage.type})")[1].split("\n== ")[0]
+        assert "run (not finished yet)" in block or "runs first" in block
+        assert "process(es) x accumulation" in block or "cannot run with 4 process(es)" in block
+        for key in flatten(stage.config.model_dump(mode="json")):
+            assert f"   {key} " in block, (stage.name, key)
+    assert "(override)" in text  # output_dir came from the command line
+
+
+def test_dry_run_says_skip_run_or_resume_and_where_values_come_from(tmp_path):
+    from pride.recipe import dry_run, run_recipe
+    from tests.test_run_dirs import recipe
+
+    data = tmp_path / "chat.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}\n')
+    path = recipe(tmp_path, data, 1e-3)
+    run_recipe(path)
+    text = dry_run(path)
+    assert text.count("skip: finished earlier with the same settings and inputs") == 2
+    text = dry_run(path, ["sft.train.learning_rate=2e-3", "train.global_batch_size=8"], world_size=2)
+    sft, dpo = text.split("== dpo (dpo)")
+    assert "run (its settings or inputs changed since it finished)" in sft
+    assert "run: the stage it starts from (sft) runs first" in dpo
+    assert "global batch 8 rows = 2 process(es) x accumulation 1 x micro-batch 4 (from train.global_batch_size)" in sft
+    assert 'train.learning_rate ' in sft and "= 0.002   (override)" in sft
+    assert "= 1   (recipe (shared))" in sft  # train.max_steps, from the shared section
+    assert '= "sigmoid"   (default)' in dpo  # preference.loss_type
+    assert "model.path" in dpo and "(the previous stage's model)" in dpo
+    assert "cannot run with 3 process(es)" in dry_run(path, ["train.global_batch_size=8"], world_size=3)

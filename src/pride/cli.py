@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the stages a recipe lists (sft, dpo, online, sppo, eval)")
     run.add_argument("config", help="recipe YAML (see recipes/)")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="shared key=value, or STAGE.key=value")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print what would run, resume or be skipped, and every setting with its origin; run nothing")
     demo = sub.add_parser("demo", help="the main job: the whole pipeline on a toy task, on CPU")
     demo.add_argument("--output", default="runs/demo", help="directory for the demo's run")
     demo.add_argument("--quick", action="store_true", help="a smaller run (about a minute)")
@@ -165,8 +167,11 @@ def _dispatch(args, parser) -> int:
         run_demo(args.output, quick=args.quick, seed=args.seed)
         return 0
     if args.command == "run":
-        from pride.recipe import run_recipe
+        from pride.recipe import dry_run, run_recipe
 
+        if args.dry_run:
+            print(dry_run(args.config, args.overrides))
+            return 0
         run_recipe(args.config, args.overrides)
         return 0
     parser.error(f"unknown command {args.command!r}")

@@ -18,6 +18,7 @@ interrupted one.
 from __future__ import annotations
 
 import copy
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,27 @@ class Stage:
     type: str
     start_from: str | None
     config: Config
+    origin: dict[str, str] | None = None  # flattened key -> where its value came from (--dry-run)
+
+
+def flatten(node, prefix: str = "") -> dict:
+    """{"train.learning_rate": 1e-5, ...}: mappings walked, anything else (lists too) a value."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict = {}
+    for k, v in node.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _origin(key: str, layers: list[tuple[str, set[str]]]) -> str:
+    """The first layer that sets `key` or a section above it (a list index below it counts too)."""
+    parts = key.split(".")
+    prefixes = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+    for name, keys in layers:
+        if prefixes & keys or any(k.startswith(key + ".") for k in keys):
+            return name
+    return "default"
 
 
 def deep_merge(base: dict, extra: dict) -> dict:
@@ -85,12 +107,15 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[RecipeFile
     if not isinstance(tree.get("stages", []), list):
         raise PrideError(f"{path}: 'stages' must be a list of stages")
     names = [s.get("name") for s in tree.get("stages", []) if isinstance(s, dict)]
+    overridden: dict[str | None, set[str]] = {}  # stage name (None: shared) -> keys set on the command line
     for text in overrides:
         parts, value = parse_override(text)
         if parts[0] in names and len(parts) > 1:
             apply_override(tree["stages"][names.index(parts[0])], parts[1:], value)
+            overridden.setdefault(parts[0], set()).add(".".join(parts[1:]))
         else:
             apply_override(tree, parts, value)
+            overridden.setdefault(None, set()).add(".".join(parts))
     recipe = validate_config(tree, str(path), RecipeFile)
     unknown = set(tree) - set(SHARED) - set(RecipeFile.model_fields)
     if unknown:
@@ -114,8 +139,77 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[RecipeFile
         if spec.type == "eval":
             merged = deep_merge(merged, {"eval": {"output_dir": merged["output_dir"]}})
         config = validate_config(merged, f"{path} stage '{spec.name}'")
-        stages.append(Stage(spec.name, spec.type, spec.from_, config))
+        layers = [("override", overridden.get(spec.name, set()) | overridden.get(None, set())),
+                  (f"stage '{spec.name}'", set(flatten(own))), ("recipe (shared)", set(flatten(shared))),
+                  (f"{spec.type} stage default", set(flatten(STAGES[spec.type].defaults))),
+                  ("recipe output_dir/<stage>", {"output_dir", "eval.output_dir"})]
+        origin = {k: _origin(k, layers) for k in flatten(config.model_dump(mode="json"))}
+        stages.append(Stage(spec.name, spec.type, spec.from_, config, origin))
     return recipe, stages
+
+
+def starting_from(stage: Stage, start: str | None) -> Config:
+    """The stage's config with `model.path` at the model it starts from (the first: its own)."""
+    cfg = stage.config
+    if start is None:
+        return cfg
+    # the saved model directory carries its tokenizer (and the added chat tokens)
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": start, "tokenizer": None})})
+
+
+def dry_run(path: str | Path, overrides: list[str] = (), world_size: int | None = None) -> str:
+    """What `pride run` would do, without doing it: per stage, run / resume / skip and why, the
+    launch's processes and the accumulation they give, and every resolved key with its origin
+    (override, the stage's own section, the recipe's shared sections, the stage type's
+    defaults, pride's defaults)."""
+    import os
+
+    from pride.config import with_global_batch
+    from pride.rundir import checkpoint_dirs
+
+    recipe, stages = load_recipe(path, overrides)
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1") or 1)
+    lines = [f"recipe {path}: {len(stages)} stage(s); this launch has {world} process(es)"]
+    models, identities, runs = {}, {}, {}
+    previous, previous_identity, previous_name = None, "", None
+    for stage in stages:
+        parent = stage.start_from or previous_name
+        start = models[stage.start_from] if stage.start_from else previous
+        upstream = identities[stage.start_from] if stage.start_from else previous_identity
+        cfg = starting_from(stage, start)
+        digest = stage_identity(cfg, upstream)
+        info = read_stage(cfg.output_dir)
+        ckpts = checkpoint_dirs(cfg.output_dir)
+        if parent is not None and runs[parent]:
+            action, runs[stage.name] = f"run: the stage it starts from ({parent}) runs first", True
+        elif info is not None and info.get("config_hash") == digest:
+            action, runs[stage.name] = "skip: finished earlier with the same settings and inputs", False
+        else:
+            why = "its settings or inputs changed since it finished" if info is not None else "not finished yet"
+            action = (f"resume from {ckpts[-1].name} if it was trained with these settings ({why})" if ckpts
+                      else f"run ({why})")
+            runs[stage.name] = True
+        kind = STAGES[stage.type]
+        model = (info or {}).get("model") if not runs[stage.name] else (
+            str(final_model(cfg.output_dir, cfg.online.iterations if kind.iterative else None)) if kind.trains else None)
+        try:
+            t = with_global_batch(cfg, world).train
+            batch = (f"global batch {world * t.gradient_accumulation_steps * t.micro_batch_size} rows = {world} "
+                     f"process(es) x accumulation {t.gradient_accumulation_steps} x micro-batch {t.micro_batch_size}"
+                     + (" (from train.global_batch_size)" if t.global_batch_size else ""))
+        except PrideError as e:
+            batch = f"cannot run with {world} process(es): {e}"
+        lines += ["", f"== {stage.name} ({stage.type}) -> {cfg.output_dir}", f"   {action}", f"   {batch}"]
+        flat = flatten(cfg.model_dump(mode="json"))
+        width = max(len(k) for k in flat)
+        for key, value in flat.items():
+            where = "the previous stage's model" if key == "model.path" and start is not None else stage.origin[key]
+            lines.append(f"   {key:<{width}} = {json.dumps(value, default=str)}   ({where})")
+        identities[stage.name] = digest
+        if model:
+            models[stage.name] = model
+            previous, previous_identity, previous_name = model, digest, stage.name
+    return "\n".join(lines)
 
 
 def run_recipe(path: str | Path, overrides: list[str] = (), console=None) -> list[dict]:
@@ -131,10 +225,7 @@ def run_recipe(path: str | Path, overrides: list[str] = (), console=None) -> lis
     for stage in stages:
         start = models[stage.start_from] if stage.start_from else previous
         upstream = identities[stage.start_from] if stage.start_from else previous_identity
-        cfg = stage.config
-        if start is not None:
-            # the saved model directory carries its tokenizer (and the added chat tokens)
-            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": start, "tokenizer": None})})
+        cfg = starting_from(stage, start)
         digest = stage_identity(cfg, upstream)
         info = read_stage(cfg.output_dir)
         if info is not None and info.get("config_hash") == digest:
