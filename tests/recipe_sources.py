@@ -368,8 +368,9 @@ def lion(repo: Path) -> dict:
                 line_of(gen, r"default=\d+, metadata=\{\"help\": \"The max tokens for generation", gen_py))
             put("online.judge.type", "pairrm", line_of(gen, r'loadranker\("llm-blender/PairRM"', gen_py))
             put("online.judge.prompt_format", "role_lines", line_of(gen, r"prompt_text = _format_single_chat", gen_py))
+            put("online.judge.batch_size", int(arg("judge_batch_size")), line_of(script, "--judge_batch_size=", odpo_sh))
             put("online.pairs", "best_worst", line_of(gen, r"worst_answer_idx = rank\.index\(max_rank\)", gen_py))
-            put("online.iterations", 1, line_of(script, r"^### gen data", odpo_sh))
+            put("online.iterations", 1, line_of(script, r"^scripts/gen_preference_pairs\.py", odpo_sh))  # its one run
             put("data.eval_sources.0.path", "Columbia-NLP/DPO-UltraFeedback_binarized",
                 line_of(script, "--eval_dataset_splits=", odpo_sh))
             put("data.eval_sources.0.split", "test_prefs", line_of(script, "--eval_dataset_splits=", odpo_sh))
@@ -379,11 +380,17 @@ def lion(repo: Path) -> dict:
                 fractions = json.loads(mixer.group(1))
                 (offline,) = [k for k in fractions if not k.startswith("data/")]
                 (online,) = [k for k in fractions if k.startswith("data/")]
-                where = line_of(script, r"^TRAIN_MIXER=", odpo_sh)
-                put("online.mix_offline.path", offline, where)
+                start = line_of(script, r"^TRAIN_MIXER=", odpo_sh)  # the lines of the mixer's JSON, not its first
+
+                def in_mixer(key):
+                    n = int(start.rsplit(":", 1)[1])
+                    after = line_of("\n".join(script.splitlines()[n:]), re.escape(f'"{key}":'), odpo_sh)
+                    return f"{odpo_sh}:{n + int(after.rsplit(':', 1)[1])}"
+
+                put("online.mix_offline.path", offline, in_mixer(offline))
                 put("online.mix_offline.split", "train", line_of(script, r'"Columbia-NLP/DPO-Nectar": "train"', odpo_sh))
-                put("online.mix_offline.fraction", fractions[offline], where)
-                put("online.pair_fraction", fractions[online], where)
+                put("online.mix_offline.fraction", fractions[offline], in_mixer(offline))
+                put("online.pair_fraction", fractions[online], in_mixer(online))
             else:
                 put("online.mix_offline", None, line_of(script, "--train_dataset_mixer=", odpo_sh))
                 put("online.pair_fraction", 1.0, line_of(script, "--train_dataset_mixer=", odpo_sh))
