@@ -199,6 +199,8 @@ def simpo(repo: Path) -> dict:
     commit = head(repo)
     src, at = hf_config(repo, commit, "training_configs/llama-3-8b-instruct-simpo.yaml")
     trainer = show(repo, commit, "scripts/simpo_trainer.py")
+    launch_yaml = "accelerate_configs/deepspeed_zero3.yaml"  # README.md's training command uses it
+    gpus = yaml.safe_load(show(repo, commit, launch_yaml))["num_processes"]
     (dataset,) = src["dataset_mixer"]
     row = {
         "model.path": (src["model_name_or_path"], at("model_name_or_path")),
@@ -220,7 +222,11 @@ def simpo(repo: Path) -> dict:
         "train.epochs": (float(src["num_train_epochs"]), at("num_train_epochs")),
         "train.optimizer": ("adamw", at("optim")),
         "train.micro_batch_size": (src["per_device_train_batch_size"], at("per_device_train_batch_size")),
-        "train.gradient_accumulation_steps": (src["gradient_accumulation_steps"], at("gradient_accumulation_steps")),
+        # the global batch: per device x accumulation x the 4 processes of the README's launch config
+        "train.global_batch_size": (
+            src["per_device_train_batch_size"] * src["gradient_accumulation_steps"] * gpus,
+            f"{at('per_device_train_batch_size')} x {at('gradient_accumulation_steps')} x {launch_yaml}:"
+            f"{line_of(show(repo, commit, launch_yaml), r'^num_processes:', launch_yaml).rsplit(':', 1)[1]}"),
         "train.report_to": (src["report_to"], at("report_to")),
         "seed": (src["seed"], at("seed")),
     }
