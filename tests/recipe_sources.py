@@ -228,6 +228,11 @@ def simpo(repo: Path) -> dict:
             f"{at('per_device_train_batch_size')} x {at('gradient_accumulation_steps')} x {launch_yaml}:"
             f"{line_of(show(repo, commit, launch_yaml), r'^num_processes:', launch_yaml).rsplit(':', 1)[1]}"),
         "train.report_to": (src["report_to"], at("report_to")),
+        "train.eval_strategy": (src["evaluation_strategy"], at("evaluation_strategy")),
+        "train.eval_steps": (src["eval_steps"], at("eval_steps")),
+        "train.save_strategy": (src["save_strategy"], at("save_strategy")),
+        "train.save_steps": (src["save_steps"], at("save_steps")),
+        "train.save_total_limit": (src["save_total_limit"], at("save_total_limit")),
         "seed": (src["seed"], at("seed")),
     }
     return {"repository": "princeton-nlp/SimPO", "commit": commit,
@@ -352,6 +357,10 @@ def lion(repo: Path) -> dict:
                 put("train.mask_embed_grad", [cut, None] if "grad[:cutoff] = 0" in hook else [0, cut],
                     line_of(show(repo, commit, default_py), r"mask_embed_grad: Optional\[bool\] = True", default_py))
             if stage == "dpo":
+                put("train.save_strategy", src["save_strategy"], at("save_strategy"))
+                if src["save_strategy"] == "steps":
+                    put("train.save_steps", src["save_steps"], at("save_steps"))
+                put("train.save_total_limit", src["save_total_limit"], at("save_total_limit"))
                 splits = src["train_dataset_splits"]
                 for i, (name, frac) in enumerate(src["train_dataset_mixer"].items()):
                     put(f"data.sources.{i}.path", name, at(name))
@@ -365,6 +374,9 @@ def lion(repo: Path) -> dict:
             def arg(name):
                 return re.search(rf"--{name}=(\S+?)\s*\\?$", script, re.M).group(1).strip("'")
 
+            put("train.eval_strategy", arg("evaluation_strategy"), line_of(script, "--evaluation_strategy=", odpo_sh))
+            assert arg("save_strategy") == "no", odpo_sh  # the command line overrides the config's "epoch"
+            put("train.save_steps", None, line_of(script, "--save_strategy=", odpo_sh))
             put("data.sources.0.path", arg("prompt_dataset"), line_of(script, "--prompt_dataset=", odpo_sh))
             put("data.sources.0.split", arg("prompt_dataset_split"), line_of(script, "--prompt_dataset_split=", odpo_sh))
             put("online.samples_per_prompt", int(arg("n_to_rank")), line_of(script, "--n_to_rank=", odpo_sh))

@@ -283,3 +283,17 @@ def test_warmup_steps_round_up_as_hf_trainer():
     for ratio, total in [(0.1, 30), (0.1, 25), (0.05, 7), (0.03, 1000), (0.1, 1), (0.0, 50)]:
         hf = TrainingArguments(output_dir="unused", warmup_steps=ratio, report_to=[]).get_warmup_steps(total)
         assert warmup_steps(ratio, total) == hf, (ratio, total)
+
+
+def test_evaluate_and_save_once_per_epoch(tmp_path, data):
+    """eval_strategy / save_strategy epoch (HF's): evaluation at each epoch's end, a checkpoint at
+    each epoch's end but the last (the final model is saved anyway)."""
+    summary = run_sft(config(tmp_path, data, tmp_path / "run", "train.micro_batch_size=8", "train.epochs=3",
+                             "data.eval_fraction=0.2", "train.eval_strategy=epoch", "train.save_strategy=epoch"))
+    per_epoch = summary["steps"] // 3
+    assert summary["steps"] == 3 * per_epoch and per_epoch > 1
+    evaluated = [json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+                 if "eval/loss" in json.loads(x)]
+    assert evaluated == [per_epoch, 2 * per_epoch, 3 * per_epoch]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
+        f"checkpoint-{per_epoch}", f"checkpoint-{2 * per_epoch}"]

@@ -110,7 +110,11 @@ class TrainSettings(Section):
     packing: bool = True
     logging_steps: int = Field(1, gt=0)
     eval_steps: int | None = Field(None, gt=0)
+    eval_strategy: Literal["steps", "epoch"] = Field("steps", description="epoch: evaluate at the end of each "
+                                                                        "epoch (HF's evaluation_strategy)")
     save_steps: int | None = Field(None, gt=0)
+    save_strategy: Literal["steps", "epoch"] = Field("steps", description="epoch: a checkpoint at the end of each "
+                                                                        "epoch but the last (HF's save_strategy)")
     save_total_limit: int = Field(2, gt=0)
     resume: str = Field("auto", description="auto (refuses a checkpoint trained with other settings) | force | "
                                             "never | path to a checkpoint dir")

@@ -186,8 +186,9 @@ def warmup_steps(ratio: float, total_steps: int) -> int:
 
 
 # Settings that do not change what is trained: a run may resume with other values for these.
-RESUMABLE_KEYS = ("output_dir", "eval", "train.resume", "train.logging_steps", "train.eval_steps", "train.save_steps",
-                  "train.save_total_limit", "train.report_to", "data.on_bad_row")
+RESUMABLE_KEYS = ("output_dir", "eval", "train.resume", "train.logging_steps", "train.eval_steps", "train.eval_strategy",
+                  "train.save_steps", "train.save_strategy", "train.save_total_limit", "train.report_to",
+                  "data.on_bad_row")
 
 
 def run_identity(cfg) -> dict:
@@ -409,14 +410,14 @@ def train(
                       "tokens_per_s": round(tokens_seen / max(time.perf_counter() - t0, 1e-9), 1), "units": units}
             if skipped:
                 record["skipped_steps"] = skipped
-            if cfg.eval_steps and eval_rows and (done % cfg.eval_steps == 0 or done == total_steps):
+            if eval_rows and _due(cfg.eval_strategy, cfg.eval_steps, done, steps_per_epoch, total_steps, final=True):
                 record.update(evaluate(acc, wrapper, objective, eval_rows, cfg.micro_batch_size, batch_for))
             if done % cfg.logging_steps == 0 or done == total_steps:
                 _log(acc, cfg, run_dir, record)
                 result.metrics.append(record)
             progress.update(task, completed=done, info=f"loss {logged['loss']:.4f}  lr {record['lr']:.2e}  "
                                                         f"{record['tokens_per_s']:.0f} tok/s")
-            if cfg.save_steps and done % cfg.save_steps == 0 and done < total_steps:
+            if done < total_steps and _due(cfg.save_strategy, cfg.save_steps, done, steps_per_epoch, total_steps):
                 save_checkpoint(acc, run_dir, done, cfg.save_total_limit, identity, fingerprint)
             result.steps = done
             if on_step_end is not None:
@@ -424,6 +425,15 @@ def train(
     if cfg.report_to:
         acc.end_training()
     return result
+
+
+def _due(strategy: str, every: int | None, done: int, steps_per_epoch: int, total_steps: int,
+         final: bool = False) -> bool:
+    """Whether step `done` evaluates or saves: every `every` steps, or at each epoch's end
+    (`strategy: epoch`); `final` adds the last step (evaluation always ends on one)."""
+    if strategy == "epoch":
+        return done % steps_per_epoch == 0 or (final and done == total_steps)
+    return bool(every) and (done % every == 0 or (final and done == total_steps))
 
 
 def _resume(acc: Accelerator, cfg: TrainSettings, run_dir: Path, identity: dict | None, fingerprint: str,
