@@ -165,6 +165,8 @@ def sppo(repo: Path) -> dict:
             "online.max_new_tokens": (int(re.search(r"--maxlen (\d+)", files["scripts/generate.sh"]).group(1)),
                                       at("scripts/generate.sh", r"--maxlen \d+")),
             "online.judge.type": ("pairrm", at("scripts/rank.py", r'loadranker\("llm-blender/PairRM"\)')),
+            # argmax / argmin over the scores even when all are equal: no prompt is dropped for a tie
+            "online.keep_ties": (True, at("scripts/compute_prob.py", r"maxmin = metrics\.apply\(lambda x: \[x\.argmax\(\), x\.argmin\(\)\]\)")),
             "online.judge.prompt_format": ("chat_template", at("scripts/rank.py", r"apply_template\(data\[idx\]")),
             "online.pairs": ("sppo", at("scripts/compute_prob.py", r"maxmin = .*argmax\(\), x\.argmin\(\)")),
             "preference.loss_type": (shell("scripts/pipeline.sh", "LOSS_TYPE"), at("scripts/pipeline.sh", r"^LOSS_TYPE=")),

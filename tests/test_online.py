@@ -40,6 +40,38 @@ def test_sppo_win_probabilities_on_hand_made_matrix():
     assert pair["chosen_probs"] == pytest.approx(sig(11 / 3))  # P(x beats z)
 
 
+def test_keep_ties_pairs_as_sppo_compute_prob_does():
+    """numpy's argmax / argmin, as compute_prob.py takes them: the first index on ties, so an all-tie
+    prompt becomes the first answer against itself, with win probabilities 1/2."""
+    import numpy as np
+
+    row = {"prompt_id": "a", "prompt": [], "responses": ["r0", "r1", "r2"]}
+    M = [[0.0] * 3 for _ in range(3)]  # PairRM found no difference
+    pair, why = make_pair(row, {"scores": [0.0] * 3, "matrix": M}, "sppo", keep_ties=True)
+    scores = np.array([0.0, 0.0, 0.0])
+    assert why == "ok" and (scores.argmax(), scores.argmin()) == (0, 0)
+    assert (pair["chosen"], pair["rejected"]) == ("r0", "r0")
+    assert pair["chosen_probs"] == pair["chosen_win_prob"] == pair["rejected_win_prob"] == 0.5
+    scores = [0.3, 0.1, 0.3, 0.1]  # partial ties: first max, first min
+    pair, _ = make_pair(dict(row, responses=["a", "b", "c", "d"]), {"scores": scores}, "sppo", keep_ties=True)
+    assert (pair["chosen"], pair["rejected"]) == ("a", "b") == ("abcd"[np.argmax(scores)], "abcd"[np.argmin(scores)])
+    same = dict(row, responses=["same"] * 3)
+    assert make_pair(same, {"scores": [0.1, 0.2, 0.3]}, "sppo", keep_ties=True)[1] == "ok"
+
+
+def test_identical_pairs_reach_training_only_when_kept():
+    from pride.config import ModelSettings
+    from pride.data.preference import tokenize_pairs
+    from pride.data.rows import PreferencePair
+    from pride.models import load_chat
+
+    _, fmt = load_chat(ModelSettings(path="tiny:llama"))
+    pairs = [PreferencePair(prompt=[{"role": "user", "content": "q"}], chosen="same", rejected="same")]
+    assert tokenize_pairs(pairs, fmt, 64, 32).status == ["identical"]
+    kept = tokenize_pairs(pairs, fmt, 64, 32, keep_identical=True)
+    assert kept.status == ["ok"] and len(kept.rows) == 1
+
+
 def test_best_vs_worst_ties_and_identical():
     row = {"prompt_id": "a", "prompt": [], "responses": ["r0", "r1", "r2", "r3"]}
     pair, why = make_pair(row, {"scores": [0.2, 0.9, 0.1, 0.5]}, "best_worst")
@@ -375,3 +407,21 @@ def test_round_data_mixes_as_lions_mixer_or_by_share(tmp_path):
                  "online.mix_offline.fraction=0.3") == (4, 15)
     assert kinds(f"online.mix_offline.path={offline}", "online.mix_fraction=0.2") == (40, 10)
     assert kinds() == (40, 0)
+
+
+def test_an_sppo_round_with_every_answer_tied_trains_when_ties_are_kept(tmp_path):
+    """A constant judge: without keep_ties every prompt is dropped (an error); with it, as SPPO, every
+    prompt gives a pair (its first answer against itself) and the round trains on them."""
+    from pride.config import load_config
+    from pride.online.loop import run_online
+
+    (tmp_path / "flat_judge.py").write_text("def judge(prompt, response):\n    return 1.0\n")
+    args = online_config(tmp_path, tmp_path / "run", "online.iterations=1", "online.pairs=sppo",
+                         "preference.loss_type=sppo", "online.judge.function=flat_judge:judge", "train.max_steps=1")
+    with pytest.raises(PrideError, match="every prompt was dropped"):
+        run_online(load_config(None, args))
+    history = run_online(load_config(None, args + ["online.keep_ties=true"]))
+    pairs = [json.loads(x) for x in (tmp_path / "run" / "iteration-1" / "pairs.jsonl").read_text().splitlines()]
+    assert history[0]["pairs"] == len(pairs) == 12 and all(p["chosen"] == p["rejected"] for p in pairs)
+    stats = json.loads((tmp_path / "run" / "iteration-1" / "data_stats.json").read_text())
+    assert stats["skipped_identical"] == 0 and stats["kept"] == 12

@@ -156,6 +156,8 @@ class PreferenceSettings(Section):
     max_length: int = Field(1024, gt=1, description="prompt + completion tokens per sequence")
     max_prompt_length: int = Field(512, gt=0, description="prompts keep their end (and BOS)")
     reference: Literal["precomputed", "live"] = "precomputed"
+    keep_identical: bool = Field(False, description="train on pairs whose chosen and rejected tokens are equal "
+                                                    "(SPPO's loss pulls both toward their target); default: skip")
     reference_model: str | None = Field(None, description="default: the starting policy")
     reference_batch_size: int = Field(16, gt=0, description="pairs per forward when precomputing")
     padding_free: bool = Field(True, description="pack a micro-batch's sequences into rows (no padding)")
@@ -198,6 +200,9 @@ class OnlineSettings(Section):
     sampler_api_key_env: str = "OPENAI_API_KEY"
     generation_batch_size: int = Field(16, gt=0, description="prompts per generate call / resume chunk")
     pairs: Literal["best_worst", "sppo"] = "best_worst"
+    keep_ties: bool = Field(False, description="keep prompts whose answers tie or are identical, as SPPO's "
+                                               "compute_prob.py does (argmax and argmin then both pick the first "
+                                               "answer: a pair of an answer with itself); default: drop them")
     prompt_split: Literal["reuse", "split", "per_source"] = Field(
         "reuse", description="reuse: every prompt each iteration; split: disjoint slices; per_source: "
                              "data.sources[n-1] holds iteration n's prompts (SPPO's data-...-sppo-iter{n})")

@@ -44,7 +44,7 @@ def truncate_prompt(prompt: list[int], limit: int, bos: int | None) -> list[int]
 
 
 def tokenize_pairs(pairs: list[PreferencePair], fmt: ChatFormat, max_length: int, max_prompt_length: int,
-                   first_example: int = 0, on_bad_row: str = "error") -> PairData:
+                   first_example: int = 0, on_bad_row: str = "error", keep_identical: bool = False) -> PairData:
     bos = fmt.tokenizer.bos_token_id
     rows, kept, status, ids = [], [], [], []
     truncated = 0
@@ -63,7 +63,7 @@ def tokenize_pairs(pairs: list[PreferencePair], fmt: ChatFormat, max_length: int
         if not c or not r:
             status.append("empty_completion")
             continue
-        if c == r:
+        if c == r and not keep_identical:
             status.append("identical")
             continue
         status.append("ok")

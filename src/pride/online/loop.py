@@ -176,7 +176,7 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
 
     pairs, dropped = [], {"identical": 0, "tie": 0}
     for g, sc in zip(generations, scores):
-        pair, why = make_pair(g, sc, s.pairs)
+        pair, why = make_pair(g, sc, s.pairs, s.keep_ties)
         if pair is None:
             dropped[why] += 1
         else:
@@ -192,6 +192,8 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
     data, in_memory = round_data(pairs, it_dir / "pairs.jsonl", s, cfg)
     train_cfg = cfg.model_copy(update={"model": train_settings, "data": data, "output_dir": str(it_dir),
                                        "seed": cfg.seed + n})
+    if s.keep_ties:  # the kept ties (an answer against itself) must reach the loss, not be skipped as identical
+        train_cfg = train_cfg.model_copy(update={"preference": cfg.preference.model_copy(update={"keep_identical": True})})
     train_preference(ctx.within(train_cfg, it_dir), load_rows(data, "preference", train_cfg.seed, in_memory))
     timing["train_s"] = time.perf_counter() - t
 

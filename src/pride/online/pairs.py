@@ -27,10 +27,12 @@ def scalar_win_probabilities(scores: list[float]) -> tuple[list[float], list[lis
     return list(scores), p
 
 
-def make_pair(row: dict, judged: dict, mode: str) -> tuple[dict | None, str]:
-    """One training pair for a prompt, or (None, reason) when it has to be dropped."""
+def make_pair(row: dict, judged: dict, mode: str, keep_ties: bool = False) -> tuple[dict | None, str]:
+    """One training pair for a prompt, or (None, reason) when it has to be dropped. `keep_ties`: as
+    SPPO's compute_prob.py, a tie or identical answers still give a pair (argmax and argmin both
+    take the first, so an answer may face itself)."""
     responses = row["responses"]
-    if len(set(responses)) == 1:
+    if len(set(responses)) == 1 and not keep_ties:
         return None, "identical"
     if mode == "sppo":
         s, p = (win_probabilities(judged["matrix"]) if judged.get("matrix") else
@@ -39,7 +41,7 @@ def make_pair(row: dict, judged: dict, mode: str) -> tuple[dict | None, str]:
         s, p = judged["scores"], None
     best = max(range(len(s)), key=lambda i: s[i])
     worst = min(range(len(s)), key=lambda i: s[i])
-    if s[best] == s[worst] or responses[best] == responses[worst]:
+    if (s[best] == s[worst] or responses[best] == responses[worst]) and not keep_ties:
         return None, "tie"
     pair = {"prompt_id": row["prompt_id"], "prompt": row["prompt"], "chosen": responses[best],
             "rejected": responses[worst], "chosen_score": judged["scores"][best],
