@@ -74,10 +74,11 @@ def custompos(repo: Path) -> dict:
                 "model.dtype": ({"bfloat16": "bf16"}[src["torch_dtype"]], at("torch_dtype")),
                 "model.gradient_checkpointing": (src["gradient_checkpointing"], at("gradient_checkpointing")),
                 # no chat template: run_custom_po.py formats raw text (MT_TEMPLATE / SUMMARIZATION_TEMPLATE)
-                "model.chat_template": ("raw", line_of(run_src, r"^MT_TEMPLATE =", run_py)),
+                "model.chat_template": ("raw", line_of(run_src, r"^SUMMARIZATION_TEMPLATE =" if task == "summarization"
+                                                       else r"^MT_TEMPLATE =", run_py)),
                 "seed": (src["seed"], at("seed")),
                 "data.sources.0.path": (dataset, line_of(text, re.escape(dataset), path)),
-                "data.sources.0.split": (src["dataset_splits"][0], at("dataset_splits")),
+                "data.sources.0.split": (src["dataset_splits"][0], split_at(src["dataset_splits"][0])),
                 "train.optimizer": (src["optimizer_type"], at("optimizer_type")),
                 "train.learning_rate": (src["learning_rate"], at("learning_rate")),
                 "train.epochs": (src["num_train_epochs"], at("num_train_epochs")),
@@ -201,6 +202,14 @@ def simpo(repo: Path) -> dict:
     commit = head(repo)
     src, at = hf_config(repo, commit, "training_configs/llama-3-8b-instruct-simpo.yaml")
     trainer = show(repo, commit, "scripts/simpo_trainer.py")
+    config_yaml = "training_configs/llama-3-8b-instruct-simpo.yaml"
+    config_text = show(repo, commit, config_yaml)
+
+    def split_at(value):  # the list item under dataset_splits:, not the key's line
+        first = int(at("dataset_splits").rsplit(":", 1)[1])
+        after = line_of("\n".join(config_text.splitlines()[first:]), rf"^- {re.escape(value)}$", config_yaml)
+        return f"{config_yaml}:{first + int(after.rsplit(':', 1)[1])}"
+
     launch_yaml = "accelerate_configs/deepspeed_zero3.yaml"  # README.md's training command uses it
     gpus = yaml.safe_load(show(repo, commit, launch_yaml))["num_processes"]
     (dataset,) = src["dataset_mixer"]
@@ -209,9 +218,9 @@ def simpo(repo: Path) -> dict:
         "model.dtype": ("bf16", at("bf16")),
         "model.gradient_checkpointing": (src["gradient_checkpointing"], at("gradient_checkpointing")),
         "data.sources.0.path": (dataset, at(dataset)),
-        "data.sources.0.split": (src["dataset_splits"][0], at("dataset_splits")),
+        "data.sources.0.split": (src["dataset_splits"][0], split_at(src["dataset_splits"][0])),
         "data.eval_sources.0.path": (dataset, at(dataset)),
-        "data.eval_sources.0.split": (src["dataset_splits"][1], at("dataset_splits")),
+        "data.eval_sources.0.split": (src["dataset_splits"][1], split_at(src["dataset_splits"][1])),
         "preference.loss_type": ("simpo", line_of(trainer, r"logits = pi_logratios - self\.gamma_beta_ratio",
                                                   "scripts/simpo_trainer.py")),
         "preference.beta": (src["beta"], at("beta")),
