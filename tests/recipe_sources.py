@@ -239,6 +239,10 @@ def simpo(repo: Path) -> dict:
             f"{at('per_device_train_batch_size')} x {at('gradient_accumulation_steps')} x {launch_yaml}:"
             f"{line_of(show(repo, commit, launch_yaml), r'^num_processes:', launch_yaml).rsplit(':', 1)[1]}"),
         "train.report_to": (src["report_to"], at("report_to")),
+        # the answer is rendered as its own assistant message: the header is part of the completion
+        "preference.header_in_completion": (True, line_of(show(repo, commit, "scripts/run_simpo.py"),
+                                                          r'example\["text_chosen"\] = tokenizer\.apply_chat_template'
+                                                          r'\(chosen_messages', "scripts/run_simpo.py")),
         "train.eval_strategy": (src["evaluation_strategy"], at("evaluation_strategy")),
         "train.eval_steps": (src["eval_steps"], at("eval_steps")),
         "train.save_strategy": (src["save_strategy"], at("save_strategy")),

@@ -200,3 +200,22 @@ def test_a_row_the_template_cannot_render_is_named_or_counted(tmp_path):
         tokenize_conversations(rows, fmt, "all_assistant", 512, "truncate")
     samples, stats = tokenize_conversations(rows, fmt, "all_assistant", 512, "truncate", on_bad_row="skip")
     assert len(samples) == 1 and stats["skipped_unrenderable"] == 1
+
+
+def test_header_in_completion_is_simpos_tokenization():
+    """SimPO's run_simpo.py: prompt = apply_chat_template(prompt messages) (no generation prompt),
+    answer = apply_chat_template([assistant message]) less BOS, each tokenized alone (TRL's DPO
+    tokenization, no special tokens added): the 4 assistant-header tokens belong to the answer."""
+    tok = real_tokenizer("llama3")
+    fmt = chat_format(tok, "llama3")
+    for conv in CONVS:
+        if conv[-1]["role"] != "assistant":
+            continue
+        prompt, answer = conv[:-1], conv[-1]
+        text_prompt = tok.apply_chat_template(prompt, tokenize=False, chat_template=LLAMA3_TEMPLATE)
+        text_chosen = tok.apply_chat_template([answer], tokenize=False, chat_template=LLAMA3_TEMPLATE)
+        text_chosen = text_chosen[len(tok.bos_token):] if text_chosen.startswith(tok.bos_token) else text_chosen
+        ids, (chosen,) = fmt.encode_pair(prompt, [answer["content"]], header_in_completion=True)
+        assert ids == tok(text_prompt, add_special_tokens=False)["input_ids"]
+        assert chosen == tok(text_chosen, add_special_tokens=False)["input_ids"]
+        assert len(chosen) == len(fmt.encode_pair(prompt, [answer["content"]])[1][0]) + 4  # the header's tokens

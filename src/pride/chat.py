@@ -329,10 +329,21 @@ class ChatFormat:
         """Prompt ids ending with the assistant header: what generation continues from."""
         return self.tokenize(self.render(messages, add_generation_prompt=True)[0])
 
-    def encode_pair(self, prompt: Sequence[Message], completions: Sequence[str]) -> tuple[list[int], list[list[int]]]:
-        """Prompt ids and, per completion, the ids (content + end-of-turn) that follow them."""
+    def encode_pair(self, prompt: Sequence[Message], completions: Sequence[str],
+                    header_in_completion: bool = False) -> tuple[list[int], list[list[int]]]:
+        """Prompt ids and, per completion, the ids (content + end-of-turn) that follow them.
+        `header_in_completion`: the assistant header moves from the prompt's end to the start of
+        each completion (SimPO's run_simpo.py renders the answer as its own assistant message)."""
         prompt_text = self.render(prompt, add_generation_prompt=True)[0]
         prompt_ids = self.tokenize(prompt_text)
+        if header_in_completion:
+            plain = self.render(prompt, add_generation_prompt=False)[0]
+            plain_ids = self.tokenize(plain) if prompt_text.startswith(plain) else None
+            if plain_ids is None or prompt_ids[:len(plain_ids)] != plain_ids:
+                raise RowError("prompt", "the assistant header does not split off the prompt's tokens")
+            header = prompt_ids[len(plain_ids):]
+            _, answers = self.encode_pair(prompt, completions)
+            return plain_ids, [header + a for a in answers]
         out = []
         for completion in completions:
             text, spans = self.render(list(prompt) + [{"role": "assistant", "content": completion}])

@@ -158,6 +158,9 @@ class PreferenceSettings(Section):
     reference: Literal["precomputed", "live"] = "precomputed"
     keep_identical: bool = Field(False, description="train on pairs whose chosen and rejected tokens are equal "
                                                     "(SPPO's loss pulls both toward their target); default: skip")
+    header_in_completion: bool = Field(False, description="the assistant header belongs to each completion: scored "
+                                                          "and counted in length normalisation (SimPO's run_simpo.py); "
+                                                          "default: it ends the prompt")
     reference_model: str | None = Field(None, description="default: the starting policy")
     reference_batch_size: int = Field(16, gt=0, description="pairs per forward when precomputing")
     padding_free: bool = Field(True, description="pack a micro-batch's sequences into rows (no padding)")

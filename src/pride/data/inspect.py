@@ -40,7 +40,8 @@ def training_view(cfg: Config, fmt, rows: list) -> tuple[str, list[dict]]:
     pairs = [r for r in rows if isinstance(r, PreferencePair)]
     if pairs:
         s = cfg.preference
-        data = tokenize_pairs(pairs, fmt, s.max_length, s.max_prompt_length, on_bad_row=cfg.data.on_bad_row)
+        data = tokenize_pairs(pairs, fmt, s.max_length, s.max_prompt_length, on_bad_row=cfg.data.on_bad_row,
+                              keep_identical=s.keep_identical, header_in_completion=s.header_in_completion)
         return "preference", [{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r} for p, c, r in data.ids]
     samples, _ = tokenize_conversations(convs, fmt, cfg.data.train_on, cfg.train.max_length, cfg.train.truncation,
                                         cfg.data.on_bad_row)

@@ -44,13 +44,15 @@ def truncate_prompt(prompt: list[int], limit: int, bos: int | None) -> list[int]
 
 
 def tokenize_pairs(pairs: list[PreferencePair], fmt: ChatFormat, max_length: int, max_prompt_length: int,
-                   first_example: int = 0, on_bad_row: str = "error", keep_identical: bool = False) -> PairData:
+                   first_example: int = 0, on_bad_row: str = "error", keep_identical: bool = False,
+                   header_in_completion: bool = False) -> PairData:
     bos = fmt.tokenizer.bos_token_id
     rows, kept, status, ids = [], [], [], []
     truncated = 0
     for i, pair in enumerate(pairs):
         try:
-            prompt, (chosen, rejected) = fmt.encode_pair(pair.prompt, [pair.chosen, pair.rejected])
+            prompt, (chosen, rejected) = fmt.encode_pair(pair.prompt, [pair.chosen, pair.rejected],
+                                                         header_in_completion)
         except RowError as e:
             if on_bad_row == "error":
                 raise PrideError(f"{pair.where}: {e}") from None

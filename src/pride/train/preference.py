@@ -92,10 +92,11 @@ def train_preference(ctx: StageContext, rows: Rows) -> dict:
     if s.disable_dropout:
         disable_dropout(model)
     layout = pair_layout(s, model, console)
-    train_data = tokenize_pairs(rows.train, fmt, s.max_length, s.max_prompt_length, on_bad_row=cfg.data.on_bad_row,
-                                keep_identical=s.keep_identical)
+    kinds = dict(on_bad_row=cfg.data.on_bad_row, keep_identical=s.keep_identical,
+                 header_in_completion=s.header_in_completion)
+    train_data = tokenize_pairs(rows.train, fmt, s.max_length, s.max_prompt_length, **kinds)
     eval_data = tokenize_pairs(rows.eval, fmt, s.max_length, s.max_prompt_length, first_example=len(train_data.rows),
-                               on_bad_row=cfg.data.on_bad_row, keep_identical=s.keep_identical)
+                               **kinds)
     stats = {**train_data.stats, "eval_pairs": len(eval_data.rows),
              **{k: v for k, v in rows.stats.items() if k != "bad_row_examples"}}
     console.print(f"[bold]{s.loss_type}[/] {stats['pairs']} pairs -> {stats['kept']} kept (skipped: "
