@@ -79,8 +79,25 @@ def test_v2_drops_questions_with_an_unparsed_game_and_reports_it(tmp_path):
     judged, _ = write_inputs(tmp_path, "v2")
     got = score_files([judged], BASELINE, rounds=10)
     rows = [json.loads(x) for x in judged.read_text().splitlines()]
-    dropped = sum(any(g["score"] is None for g in r["games"]) for r in rows)
-    assert dropped and all(m["dropped_questions"] == dropped for m in got.values())
+    for model, result in got.items():  # per model, not the total repeated on every row
+        dropped = sum(any(g["score"] is None for g in r["games"]) for r in rows if r["model"].split("/")[-1] == model)
+        assert result["dropped_questions"] == dropped and "unknown_labels" not in result
+    assert sum(m["dropped_questions"] for m in got.values()) > 0
+
+
+def test_v2_an_unknown_label_drops_its_question_and_says_which(tmp_path):
+    """The official code crashes on a label such as A>>>B; pride drops that question for that model
+    only, counts it, and names it."""
+    path = tmp_path / "j.jsonl"
+    games = [("A>B", "B>A"), ("B>>A", "A<<B"), ("A=B", "A=B"), ("B>A", "A>B")]
+    rows = [{"uid": f"q{i}", "model": m, "games": [{"score": a}, {"score": b}]}
+            for m in ("one", "two") for i, (a, b) in enumerate(games)]
+    rows[5]["games"][1]["score"] = "A>>>B"  # model two, question q1
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = score_files([path], "gpt-4-0314", rounds=10)
+    assert got["one"]["dropped_questions"] == 0 and "unknown_labels" not in got["one"]
+    assert got["two"]["dropped_questions"] == 1 and got["two"]["unknown_labels"] == ["q1: A>>>B"]
+    assert got["two"]["battles"] == got["one"]["battles"] - 6  # q1's 6 scores (two games, strong verdicts)
 
 
 class Judge:

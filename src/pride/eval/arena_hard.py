@@ -213,18 +213,25 @@ def _qid(j: dict):
     return j.get("uid", j.get("question_id"))
 
 
-def battles_v2(judgments: list[dict]) -> tuple[list[tuple], int]:
-    """(question, model, the model's score) rows, and how many questions were dropped."""
-    rows, dropped = [], 0
+def battles_v2(judgments: list[dict]) -> tuple[list[tuple], dict[str, int], dict[str, list[str]]]:
+    """(question, model, the model's score) rows; per model, how many questions were dropped and
+    which games had a label no v2 verdict has ("q12: A>>>B"). The official code drops a question
+    with a null game and crashes on an unknown label; pride drops both and says so."""
+    rows: list[tuple] = []
+    dropped: dict[str, int] = {}
+    unknown: dict[str, list[str]] = {}
     for j in judgments:
+        model = j["model"].split("/")[-1]
         games = j.get("games") or []
         labels = [g.get("score") if isinstance(g, dict) else None for g in games[:2]]
         if len(labels) < 2 or any(lab not in V2_LABEL_SCORE for lab in labels):
-            dropped += 1  # official: a null game drops the question (an unknown label would crash it)
+            dropped[model] = dropped.get(model, 0) + 1
+            unknown.setdefault(model, []).extend(f"{_qid(j)}: {lab}" for lab in labels
+                                                 if lab is not None and lab not in V2_LABEL_SCORE)
             continue
         scores = V2_LABEL_SCORE[labels[1]] + [1 - s for s in V2_LABEL_SCORE[labels[0]]]
-        rows += [(_qid(j), j["model"].split("/")[-1], s) for s in scores]
-    return rows, dropped
+        rows += [(_qid(j), model, s) for s in scores]
+    return rows, dropped, unknown
 
 
 def battles_v01(judgments: list[dict], baseline: str, weight: int = 3) -> list[dict]:
@@ -348,7 +355,7 @@ def score_v01(judgments: list[dict], baseline: str, rounds: int = 100, seed: int
 
 
 def score_v2(judgments: list[dict], baseline: str, rounds: int = 100, seed: int = 42, meta: dict | None = None) -> dict:
-    rows, dropped = battles_v2(judgments)
+    rows, dropped, unknown = battles_v2(judgments)
     if not rows:
         return {}
     models = sorted({m for _, m, _ in rows})
@@ -374,7 +381,9 @@ def score_v2(judgments: list[dict], baseline: str, rounds: int = 100, seed: int 
                       "ci_upper": float(np.quantile(v, 0.95) * 100),
                       "battles": sum(1 for _, mm, _ in rows if mm == m)}
     for m in out:
-        out[m]["dropped_questions"] = dropped
+        out[m]["dropped_questions"] = dropped.get(m, 0)
+        if unknown.get(m):
+            out[m]["unknown_labels"] = unknown[m]
     return out
 
 
