@@ -165,5 +165,5 @@ def test_a_run_never_removes_or_replaces_the_model_it_starts_from(run, capsys):
     saved_tiny(run / "out" / "model")
     before = {p.name: p.read_bytes() for p in (run / "out" / "model").iterdir()}
     assert main(["sft", "c.yaml", "model.path=out/model", "output_dir=out", "train.max_steps=1"]) == 2
-    assert "out/model: refusing to write there: it is or holds an input of this run" in capsys.readouterr().err
+    assert "out/model: refusing to write there: it is an input of this run" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in (run / "out" / "model").iterdir()} == before

@@ -113,7 +113,8 @@ def check_not_input(path: Path) -> None:
     real = Path(path).expanduser().resolve()
     for inp in _inputs:
         if real == inp or inp in real.parents or real in inp.parents:
-            raise PrideError(f"{path}: refusing to write there: it is or holds an input of this run ({inp}); "
+            what = "holds" if real in inp.parents else "is"
+            raise PrideError(f"{path}: refusing to write there: it {what} an input of this run ({inp}); "
                              "choose another path or output_dir")
 
 
