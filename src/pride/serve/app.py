@@ -132,7 +132,12 @@ class BodyLimit:
             if not answered:
                 await send(message)
 
-        await self.app(scope, counted, unless_answered)
+        try:
+            await self.app(scope, counted, unless_answered)
+        except asyncio.CancelledError:
+            # only uvicorn cancels a request task, for what still runs after --shutdown-timeout: the
+            # stream's own cleanup has run (its generation is cancelled); no traceback in the log
+            return
 
     async def too_large(self, scope, receive, send):
         response = error(413, f"the request body is larger than this server's limit of {self.limit} bytes "
@@ -386,7 +391,8 @@ def serve(model_ref: str, host: str = "127.0.0.1", port: int = 8000, api_key_env
     model.to(device)
     context = max_model_len or getattr(model.config, "max_position_embeddings", None) or 4096
     name = model_name or model_ref.rstrip("/").split("/")[-1]
-    app = create_app(Engine(model, tok, max_batch_size), fmt, name, api_key, context, max_tokens, max_body_bytes)
+    engine = Engine(model, tok, max_batch_size)
+    app = create_app(engine, fmt, name, api_key, context, max_tokens, max_body_bytes)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -399,8 +405,12 @@ def serve(model_ref: str, host: str = "127.0.0.1", port: int = 8000, api_key_env
               "can use the model (set --api-key-env)", file=sys.stderr, flush=True)
     print(f"pride serve: {name} on http://{host}:{sock.getsockname()[1]}/v1"
           f"{' (API key required)' if api_key else ''}", flush=True)
-    Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                          timeout_graceful_shutdown=shutdown_timeout)).run(sockets=[sock])
+    server = Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                   timeout_graceful_shutdown=shutdown_timeout))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        engine.stop()
 
 
 def _server_class():

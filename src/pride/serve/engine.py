@@ -126,9 +126,10 @@ class Engine:
         eos = model.generation_config.eos_token_id
         self.stop_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
         self.stop_ids.discard(None)
-        self.queue: queue.Queue[Request] = queue.Queue()
+        self.queue: queue.Queue[Request | None] = queue.Queue()
         self.groups: list[Group] = []
         self.thread: threading.Thread | None = None
+        self.stopping = threading.Event()
         self.unseeded = torch.Generator(device=self.device)
         self.unseeded.seed()  # unseeded requests: fresh randomness, still not the global RNG
         # transformers 5.24 renamed the KV cache argument and output `past_key_values` -> `cache`
@@ -141,6 +142,17 @@ class Engine:
             self.thread = threading.Thread(target=self._loop, name="pride-engine", daemon=True)
             self.thread.start()
         self.queue.put(request)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Cancel what runs, end the worker thread and wait for it: a process must not exit while
+        the thread is inside a forward pass (libtorch then aborts the process)."""
+        self.stopping.set()
+        for group in list(self.groups):
+            for row in list(group.rows):
+                row.request.cancelled.set()
+        self.queue.put(None)  # wakes a worker waiting for work
+        if self.thread is not None:
+            self.thread.join(timeout)
 
     def generate(self, requests: list[Request]) -> None:
         """Run these requests to the end in the calling thread (no worker, no queue)."""
@@ -181,7 +193,7 @@ class Engine:
 
     def _loop(self) -> None:
         decode_attention(self.model).__enter__()  # the worker's model only generates (pride serve)
-        while True:
+        while not self.stopping.is_set():
             self._admit(block=not self.groups)
             for group in list(self.groups):
                 try:
@@ -201,6 +213,7 @@ class Engine:
                 new.append(self.queue.get_nowait())
         except queue.Empty:
             pass
+        new = [r for r in new if r is not None]  # None: stop() woke the worker
         try:
             self.groups += self._groups(new)
         except Exception as e:  # noqa: BLE001 - these requests get the error; the worker keeps serving
