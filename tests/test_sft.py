@@ -115,6 +115,16 @@ def test_resume_after_sigkill_ends_with_identical_weights(tmp_path, data):
     assert losses(tmp_path / "run") == pytest.approx(losses(tmp_path / "straight"), rel=1e-6)
 
 
+def sft_on_two_cpu_processes(tmp_path, args: list[str], out) -> None:
+    """`pride sft` under accelerate launch: 2 CPU processes (gloo), plain data parallel."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "pride", "sft",
+              str(empty_config(tmp_path)), *args, f"output_dir={out}"]
+    two = subprocess.run(launch, capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert two.returncode == 0, two.stderr[-3000:]
+
+
 def test_two_processes_match_one_process_with_double_accumulation(tmp_path, data):
     """2 CPU processes (gloo) x accumulation 1 == 1 process x accumulation 2, step by step.
 
@@ -122,12 +132,7 @@ def test_two_processes_match_one_process_with_double_accumulation(tmp_path, data
     """
     common = ["model.path=tiny:llama", f"data.sources.0.path={data}", "train.learning_rate=1e-3",
               "train.max_length=256", "train.micro_batch_size=2", "train.max_steps=6", "seed=0"]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "pride", "sft",
-              str(empty_config(tmp_path)), *common, f"output_dir={tmp_path / 'two'}"]
-    two = subprocess.run(launch, capture_output=True, text=True, cwd=tmp_path,
-                         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-    assert two.returncode == 0, two.stderr[-3000:]
+    sft_on_two_cpu_processes(tmp_path, common, tmp_path / "two")
     run_sft(load_config(None, common + [f"output_dir={tmp_path / 'one'}", "train.gradient_accumulation_steps=2"]))
     # gloo's all-reduce sums the two ranks' gradients in another order than one process does
     two_ran = json.loads((tmp_path / "two" / "summary.json").read_text())["distributed"]
@@ -148,12 +153,7 @@ def test_global_batch_size_gives_the_same_optimisation_on_1_and_2_processes(tmp_
     common = ["model.path=tiny:llama", f"data.sources.0.path={data}", "train.learning_rate=1e-3",
               "train.max_length=256", "train.micro_batch_size=2", "train.global_batch_size=8", "train.max_steps=4",
               "seed=0"]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "pride", "sft",
-              str(empty_config(tmp_path)), *common, f"output_dir={tmp_path / 'two'}"]
-    two = subprocess.run(launch, capture_output=True, text=True, cwd=tmp_path,
-                         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-    assert two.returncode == 0, two.stderr[-3000:]
+    sft_on_two_cpu_processes(tmp_path, common, tmp_path / "two")
     run_sft(load_config(None, common + [f"output_dir={tmp_path / 'one'}"]))
     assert (tmp_path / "two" / "config.yaml").read_text().startswith(
         "# launch: world_size 2, train.gradient_accumulation_steps 2, global batch 8 rows")
