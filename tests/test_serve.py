@@ -18,7 +18,7 @@ import uvicorn
 from pride.config import ModelSettings
 from pride.models import load_model_and_tokenizer
 from pride.serve.app import create_app
-from pride.serve.engine import Engine
+from pride.engine import Engine
 
 MSG = [{"role": "user", "content": "Say something."}]
 
@@ -265,8 +265,9 @@ def test_loopback_addresses():
     assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.4", "example.com"))
 
 
-def test_sigterm_stops_within_the_shutdown_timeout_and_exits_0(tmp_path):
-    """A running stream does not hold the server after SIGTERM for longer than --shutdown-timeout."""
+def test_sigterm_under_load_stops_within_the_shutdown_timeout_and_exits_0(tmp_path):
+    """8 long generations (streamed and plain) do not hold the server after SIGTERM for longer
+    than --shutdown-timeout (1 s; the 5 s bound leaves room for a loaded CI machine)."""
     import signal
     import subprocess
     import sys
@@ -287,13 +288,26 @@ def test_sigterm_stops_within_the_shutdown_timeout_and_exits_0(tmp_path):
                 assert proc.poll() is None, proc.stdout.read()
                 time.sleep(0.1)
         body = {"model": "tiny:llama", "messages": MSG, "max_tokens": 3000, "stream": True, "ignore_eos": True}
+        plain = {**body, "stream": False}
+
+        def post(b):  # the server goes away mid-answer: any ending is fine here, only the exit is checked
+            try:
+                httpx.post(base + "/v1/chat/completions", json=b, timeout=30)
+            except httpx.HTTPError:
+                pass
+        pool = ThreadPoolExecutor(8)
+        [pool.submit(post, b) for b in [body] * 4 + [plain] * 3]  # load: 7 long generations running
         with httpx.Client(timeout=30) as h, h.stream("POST", base + "/v1/chat/completions", json=body) as stream:
             lines = stream.iter_lines()
             assert next(lines).startswith("data:")
+            assert next(line for line in lines if line.startswith("data:"))  # generating
+            while httpx.get(base + "/health").json()["running"] < 8:
+                time.sleep(0.05)
             t = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
             assert time.monotonic() - t < 5
+        pool.shutdown()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -309,3 +323,59 @@ def test_a_lone_surrogate_is_a_400_naming_the_field(servers, route, body):
     """JSON can escape half a surrogate pair; the tokenizer then raised a plain-text 500."""
     r = httpx.post(servers[0] + route, content=body, headers={"content-type": "application/json"}, timeout=30)
     assert r.status_code == 400 and "lone surrogate" in r.json()["error"]["message"], r.text
+
+
+def test_a_short_request_joins_the_running_batch_and_finishes_first(servers, client, model, monkeypatch):
+    """Continuous batching: two long generations run; a short request sent meanwhile joins their
+    batch at the next step (the batch holds all three at once) and is answered while they go on."""
+    from pride.engine.scheduler import Lane
+
+    sizes = []
+    decode = Lane._decode
+    monkeypatch.setattr(Lane, "_decode", lambda lane: (sizes.append(len(lane.running)), decode(lane))[1])
+    base = servers[0]
+    long_body = {"model": "tiny", "messages": MSG, "max_tokens": 3000, "stream": True, "ignore_eos": True}
+    with httpx.Client(timeout=60) as h, h.stream("POST", base + "/v1/chat/completions", json=long_body) as a, \
+            h.stream("POST", base + "/v1/chat/completions", json=long_body) as b:
+        readers = [stream.iter_lines() for stream in (a, b)]  # kept: a dropped reader closes its stream
+        for lines in readers:
+            assert next(line for line in lines if '"content": "' in line and '"role"' not in line)  # generating
+        sizes.clear()
+        short = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=4, temperature=0)
+        assert short.choices[0].finish_reason in ("stop", "length")
+        assert httpx.get(base + "/health").json()["running"] == 2  # the long ones go on
+    assert max(sizes) == 3  # one batch: the short request decoded beside the long ones
+
+
+def test_a_stream_gets_a_chunk_per_token(model):
+    """A model that only ever says lowercase letters (every other token's logit pushed down by a
+    bias): each token is a whole character, so each is one chunk, with its one logprob entry."""
+    import copy
+
+    m, tok, fmt = model
+    letters = model_with_only_letters(copy.deepcopy(m), tok)
+    engine = Engine(letters, tok, max_batch_size=8)
+    server, base = start(create_app(engine, fmt, "tiny", None, context=4096, max_tokens=4096))
+    try:
+        c = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=60)
+        chunks = list(c.chat.completions.create(model="tiny", messages=MSG, max_tokens=25, temperature=1.0, seed=3,
+                                                stream=True, logprobs=True, extra_body={"ignore_eos": True}))
+    finally:
+        server.should_exit = True
+    content = [ch.choices[0] for ch in chunks if ch.choices and ch.choices[0].delta.content]
+    assert len(content) == 25
+    assert all(len(c.delta.content) == 1 and c.delta.content.islower() for c in content)
+    assert all(len(c.logprobs.content) == 1 and c.logprobs.content[0].token == c.delta.content for c in content)
+
+
+def model_with_only_letters(m, tok):
+    import torch
+
+    vocab = m.lm_head.out_features
+    head = torch.nn.Linear(m.lm_head.in_features, vocab, bias=True)
+    head.weight.data.copy_(m.lm_head.weight.data)
+    allowed = [tok.convert_tokens_to_ids(ch) for ch in "abcdefghijklmnopqrstuvwxyz"]
+    head.bias.data.fill_(-1e4)  # exp(-1e4 + O(1)) is 0 in fp32: those tokens are never drawn
+    head.bias.data[allowed] = 0.0
+    m.lm_head = head
+    return m

@@ -211,7 +211,7 @@ def peak_tflops() -> float:
 
 
 def engine(device, smoke: bool) -> dict:
-    from pride.serve.engine import Engine, Request
+    from pride.engine import Engine, Request
     from pride.tiny import tiny_model, tiny_tokenizer
 
     sys.path.insert(0, str(ROOT / "benchmarks"))

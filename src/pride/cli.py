@@ -47,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=_ranged(0, 65535), default=8000)
     srv.add_argument("--model-name", default=None, help="name reported by /v1/models")
     srv.add_argument("--api-key-env", default=None, help="environment variable holding the required API key")
-    srv.add_argument("--max-batch-size", type=_ranged(1), default=8, help="sequences generated together")
+    srv.add_argument("--max-batch-size", type=_ranged(1), default=64,
+                     help="sequences generated together (new ones join the running batch at every step)")
+    srv.add_argument("--max-prefill-tokens", type=_ranged(1), default=512,
+                     help="prompt tokens fed per step: running sequences wait at most this long for new ones")
     srv.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
     srv.add_argument("--max-tokens", type=_ranged(1), default=4096, help="cap on max_tokens of any request")
     srv.add_argument("--max-body-bytes", type=_ranged(1), default=4 * 2**20,
@@ -148,7 +151,8 @@ def _dispatch(args, parser) -> int:
         from pride.serve import serve
 
         serve(args.model, host=args.host, port=args.port, api_key_env=args.api_key_env, model_name=args.model_name,
-              max_batch_size=args.max_batch_size, max_model_len=args.max_model_len, max_tokens=args.max_tokens,
+              max_batch_size=args.max_batch_size, max_prefill_tokens=args.max_prefill_tokens,
+              max_model_len=args.max_model_len, max_tokens=args.max_tokens,
               max_body_bytes=args.max_body_bytes, shutdown_timeout=args.shutdown_timeout, threads=args.threads)
         return 0
     if args.command == "eval":

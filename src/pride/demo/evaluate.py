@@ -7,7 +7,7 @@ import numpy as np
 from pride.config import ModelSettings
 from pride.demo.task import judge
 from pride.models import load_model_and_tokenizer
-from pride.serve.engine import Engine
+from pride.engine import Engine
 
 
 def per_prompt_scores(model_ref: str, prompts: list[str], samples: int = 4, temperature: float = 0.7,

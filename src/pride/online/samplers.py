@@ -3,7 +3,7 @@
 `sample(prompts, seeds) -> [[K responses], ...]` where `seeds[i][k]` seeds prompt i's sample k.
 
 * `VllmSampler`: offline batched vLLM (GPU), one request per sample with its own seed.
-* `EngineSampler`: pride's own generation engine (`pride.serve.engine`) in process: a
+* `EngineSampler`: pride's own generation engine (`pride.engine`) in process: a
   chunk of prompts batched together, sample k of prompt i drawn with its own seed.
 * `OpenAISampler`: any OpenAI-compatible chat endpoint (`pride serve`, vLLM, sglang, ...),
   one request per sample with its seed; the API key comes from an environment variable.
@@ -32,7 +32,7 @@ class EngineSampler:
     randomness, and the global RNG is left alone)."""
 
     def __init__(self, model, tokenizer, fmt: ChatFormat, s: OnlineSettings):
-        from pride.serve.engine import Engine
+        from pride.engine import Engine
 
         self.fmt, self.s = fmt, s
         self.engine = Engine(model, tokenizer, max_batch_size=s.generation_batch_size * s.samples_per_prompt)

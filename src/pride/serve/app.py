@@ -19,6 +19,7 @@ import os
 import sys
 import secrets
 import socket
+import threading
 import time
 import uuid
 from typing import Literal
@@ -30,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
 
 from pride.errors import PrideError
-from pride.serve.engine import Engine, Request
+from pride.engine import Engine, Request
 
 
 class Body(BaseModel):
@@ -167,6 +168,39 @@ def max_chars_per_token(tokenizer) -> int:
     return max((len(piece) for piece in tokenizer.get_vocab()), default=1) or 1
 
 
+class Inbox:
+    """A request's engine events, handed from the engine thread to the event loop. The loop is
+    woken once for whatever arrived meanwhile, not once per token: with every row of a batch
+    emitting each step, a wake-up per event keeps the loop and the engine thread trading the
+    GIL (measured: the loop's request handling then lagged and time to first token grew)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.items, self.lock = loop, [], threading.Lock()
+        self.ready = asyncio.Event()
+        self.checked_at = loop.time()  # last disconnect check
+
+    def put(self, event: tuple) -> None:  # engine thread
+        with self.lock:
+            self.items.append(event)
+            wake = len(self.items) == 1
+        if wake:
+            self.loop.call_soon_threadsafe(self.ready.set)
+
+    async def take(self, timeout: float | None = None) -> list[tuple]:
+        """What has arrived (waiting for something first, or at most `timeout` seconds)."""
+        if timeout is None:
+            await self.ready.wait()
+        else:
+            try:
+                await asyncio.wait_for(self.ready.wait(), timeout)
+            except asyncio.TimeoutError:
+                return []
+        with self.lock:
+            items, self.items = self.items, []
+            self.ready.clear()
+        return items
+
+
 def create_app(engine: Engine, fmt, model_name: str, api_key: str | None, context: int, max_tokens: int,
                max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     from concurrent.futures import ThreadPoolExecutor
@@ -202,7 +236,7 @@ def create_app(engine: Engine, fmt, model_name: str, api_key: str | None, contex
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "running": engine.running, "waiting": engine.queue.qsize()}
+        return {"status": "ok", "running": engine.running, "waiting": engine.waiting}
 
     @app.get("/v1/models")
     async def models():
@@ -231,8 +265,8 @@ def create_app(engine: Engine, fmt, model_name: str, api_key: str | None, contex
     async def run(request: HttpRequest, body: Sampling, ids: list[int], logprobs: bool, top: int, shape):
         """Submit to the engine; answer as one JSON body or as server-sent events."""
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
-        req = engine_request(body, ids, logprobs, top, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+        events = Inbox(loop)
+        req = engine_request(body, ids, logprobs, top, events.put)
         if isinstance(req, JSONResponse):
             return req
         rid, created = shape.id(), int(time.time())
@@ -242,33 +276,28 @@ def create_app(engine: Engine, fmt, model_name: str, api_key: str | None, contex
             return StreamingResponse(stream(request, req, events, shape, rid, created, len(ids), usage),
                                      media_type="text/event-stream")
         choices = [{"text": "", "logprobs": [], "finish": None, "tokens": 0} for _ in range(body.n)]
-        next_check = loop.time() + DISCONNECT_CHECK_S
-        while True:
-            if loop.time() >= next_check:  # checked while tokens flow too, not only when they stall
-                next_check = loop.time() + DISCONNECT_CHECK_S
+        while not all(c["finish"] for c in choices):
+            # woken by the engine's events, or every DISCONNECT_CHECK_S while tokens flow or stall
+            for event in await events.take(timeout=DISCONNECT_CHECK_S) or []:
+                if event[0] == "error":
+                    return error(500, event[1], "server_error")
+                if event[0] == "delta":
+                    choices[event[1]]["text"] += event[2]
+                    choices[event[1]]["logprobs"] += event[3]
+                elif event[0] == "finish":
+                    choices[event[1]].update(finish=event[2], tokens=event[3])
+            if events.checked_at + DISCONNECT_CHECK_S <= loop.time():
+                events.checked_at = loop.time()
                 if await request.is_disconnected():
                     req.cancelled.set()
                     return error(499, "client disconnected")
-            try:
-                event = await asyncio.wait_for(events.get(), timeout=max(next_check - loop.time(), 0.01))
-            except asyncio.TimeoutError:
-                continue
-            if event[0] == "error":
-                return error(500, event[1], "server_error")
-            if event[0] == "delta":
-                choices[event[1]]["text"] += event[2]
-                choices[event[1]]["logprobs"] += event[3]
-            elif event[0] == "finish":
-                choices[event[1]].update(finish=event[2], tokens=event[3])
-                if all(c["finish"] for c in choices):
-                    break
         completion = sum(c["tokens"] for c in choices)
         return {"id": rid, "object": shape.object, "created": created, "model": model_name,
                 "choices": [shape.choice(k, c, logprobs) for k, c in enumerate(choices)],
                 "usage": {"prompt_tokens": len(ids), "completion_tokens": completion,
                           "total_tokens": len(ids) + completion}}
 
-    async def stream(request, req: Request, events: asyncio.Queue, shape, rid, created, prompt_tokens, usage):
+    async def stream(request, req: Request, events: Inbox, shape, rid, created, prompt_tokens, usage):
         def sse(choices, **extra):
             chunk = {"id": rid, "object": shape.chunk_object, "created": created, "model": model_name,
                      "choices": choices, **extra}
@@ -280,15 +309,18 @@ def create_app(engine: Engine, fmt, model_name: str, api_key: str | None, contex
                 yield sse([{"index": k, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                             "finish_reason": None} for k in range(req.n)])
             while finished < req.n:
-                event = await events.get()
-                if event[0] == "error":
-                    yield f"data: {json.dumps({'error': {'message': event[1], 'type': 'server_error'}})}\n\n"
-                    return
-                if event[0] == "delta":
-                    yield sse([shape.delta(event[1], event[2], event[3] if req.logprobs else None)])
-                elif event[0] == "finish":
-                    finished, completion = finished + 1, completion + event[3]
-                    yield sse([shape.delta(event[1], None, None, event[2])])
+                out = []  # a chunk per event; those that arrived together are written together
+                for event in await events.take():
+                    if event[0] == "error":
+                        out.append(f"data: {json.dumps({'error': {'message': event[1], 'type': 'server_error'}})}\n\n")
+                        yield "".join(out)
+                        return
+                    if event[0] == "delta":
+                        out.append(sse([shape.delta(event[1], event[2], event[3] if req.logprobs else None)]))
+                    elif event[0] == "finish":
+                        finished, completion = finished + 1, completion + event[3]
+                        out.append(sse([shape.delta(event[1], None, None, event[2])]))
+                yield "".join(out)
             if usage:
                 yield sse([], usage={"prompt_tokens": prompt_tokens, "completion_tokens": completion,
                                      "total_tokens": prompt_tokens + completion})
@@ -369,7 +401,8 @@ class CompletionShape(ResponseShape):
 
 
 def serve(model_ref: str, host: str = "127.0.0.1", port: int = 8000, api_key_env: str | None = None,
-          model_name: str | None = None, max_batch_size: int = 8, max_model_len: int | None = None,
+          model_name: str | None = None, max_batch_size: int = 64, max_prefill_tokens: int = 512,
+          max_model_len: int | None = None,
           max_tokens: int = 4096, max_body_bytes: int = MAX_BODY_BYTES, shutdown_timeout: float = 5.0,
           threads: int | None = None) -> None:
     """Load the model and serve until interrupted. SIGTERM or Ctrl-C: no new connections, running
@@ -391,7 +424,7 @@ def serve(model_ref: str, host: str = "127.0.0.1", port: int = 8000, api_key_env
     model.to(device)
     context = max_model_len or getattr(model.config, "max_position_embeddings", None) or 4096
     name = model_name or model_ref.rstrip("/").split("/")[-1]
-    engine = Engine(model, tok, max_batch_size)
+    engine = Engine(model, tok, max_batch_size, max_prefill_tokens)
     app = create_app(engine, fmt, name, api_key, context, max_tokens, max_body_bytes)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -1,0 +1,169 @@
+"""The engine: one model, a worker thread, and the lanes it steps in turn.
+
+Requests wait in a queue; the worker puts their rows into lanes (`Request.lane_key`): every
+unseeded request shares one lane, whatever its sampling settings; a seeded request has a lane
+of its own, so its output does not depend on its neighbours; in-process callers batch theirs
+on purpose (`batch`). The worker steps every lane in turn, one token each (`scheduler.Lane`),
+so a long generation holds no other back, and new requests join a running batch at the
+next step. Every sampling row draws from its own `torch.Generator` (choice k of a request
+seeded s: seed s + k, or the request's `seeds[k]`); the global RNG is never touched.
+In-process callers (online sampling, the demo) call `generate` or `complete`, which run
+requests to the end in the calling thread.
+"""
+
+from __future__ import annotations
+
+import inspect
+import queue
+import threading
+from contextlib import contextmanager
+
+import torch
+
+from pride.engine.cache import KV
+from pride.engine.requests import Request
+from pride.engine.scheduler import PREFILL_TOKENS, Lane
+
+
+class Engine:
+    """Continuous batching for one model, in a background thread (or the caller's, `generate`)."""
+
+    def __init__(self, model, tokenizer, max_batch_size: int = 64, prefill_tokens: int = PREFILL_TOKENS):
+        self.model, self.tok = model.eval(), tokenizer
+        self.device = next(model.parameters()).device
+        self.max_batch_size, self.prefill_tokens = max_batch_size, prefill_tokens
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        eos = model.generation_config.eos_token_id
+        self.stop_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+        self.stop_ids.discard(None)
+        self.queue: queue.Queue[Request | None] = queue.Queue()
+        self.lanes: dict[object, Lane] = {}
+        self.thread: threading.Thread | None = None
+        self.stopping = threading.Event()
+        self.unseeded = torch.Generator(device=self.device)
+        self.unseeded.seed()  # unseeded requests: fresh randomness, still not the global RNG
+        # transformers 5.24 renamed the KV cache argument and output `past_key_values` -> `cache`
+        # (the old name goes in 5.40); earlier versions know only the old one
+        self.cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def submit(self, request: Request) -> None:
+        """Queue a request for the worker thread (started on first use)."""
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._loop, name="pride-engine", daemon=True)
+            self.thread.start()
+        self.queue.put(request)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Cancel what runs, end the worker thread and wait for it: a process must not exit while
+        the thread is inside a forward pass (libtorch then aborts the process)."""
+        self.stopping.set()
+        for lane in list(self.lanes.values()):
+            for row in lane.rows():
+                row.request.cancelled.set()
+        self.queue.put(None)  # wakes a worker waiting for work
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    @property
+    def running(self) -> int:
+        """Sequences being generated now."""
+        return sum(lane.active for lane in list(self.lanes.values()))
+
+    @property
+    def waiting(self) -> int:
+        """Requests not yet admitted, and rows waiting for a slot."""
+        return self.queue.qsize() + sum(len(lane.waiting) for lane in list(self.lanes.values()))
+
+    def generate(self, requests: list[Request]) -> None:
+        """Run these requests to the end in the calling thread (no worker, no queue)."""
+        lanes: dict[object, Lane] = {}
+        self._place(requests, lanes)
+        with decode_attention(self.model):
+            while lanes:
+                for key, lane in list(lanes.items()):
+                    lane.step()
+                    if lane.done:
+                        del lanes[key]
+
+    def complete(self, prompts: list[list[int]], n: int, seeds: list[list[int]] | None = None,
+                 temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 256) -> list[list[str]]:
+        """n texts per prompt, all prompts in one lane (max_batch_size rows at a time), choice k
+        of prompt i sampled with seeds[i][k]. For in-process callers: online sampling, the demo."""
+        texts = [[""] * n for _ in prompts]
+
+        def collect(i):
+            def emit(event):
+                if event[0] == "delta":
+                    texts[i][event[1]] += event[2]
+                elif event[0] == "error":
+                    raise RuntimeError(event[1])
+            return emit
+
+        batch = object()
+        self.generate([Request(prompt_ids=ids, emit=collect(i), n=n, temperature=temperature, top_p=top_p,
+                               max_tokens=max_tokens, seeds=seeds[i] if seeds else None, batch=batch)
+                       for i, ids in enumerate(prompts)])
+        return texts
+
+    # -- the worker -------------------------------------------------------------------
+
+    def _place(self, requests: list[Request], lanes: dict[object, Lane]) -> None:
+        for req in requests:
+            if req.cancelled.is_set():
+                continue
+            key = req.lane_key()
+            if key not in lanes:
+                lanes[key] = Lane(self._forward, self.max_batch_size, self.pad, self.device, self.prefill_tokens)
+            lanes[key].add(req.rows(self.tok, self.stop_ids, self.unseeded, self.device))
+
+    def _loop(self) -> None:
+        decode_attention(self.model).__enter__()  # the worker's model only generates (pride serve)
+        while not self.stopping.is_set():
+            self._admit(block=not self.lanes)
+            for key, lane in list(self.lanes.items()):
+                try:
+                    lane.step()
+                except Exception as e:  # noqa: BLE001 - the requests get the error, the server goes on
+                    lane.fail(f"{type(e).__name__}: {e}")
+                if lane.done:
+                    del self.lanes[key]
+
+    def _admit(self, block: bool) -> None:
+        new: list[Request] = []
+        try:
+            new.append(self.queue.get(block=block))
+            while True:
+                new.append(self.queue.get_nowait())
+        except queue.Empty:
+            pass
+        new = [r for r in new if r is not None]  # None: stop() woke the worker
+        try:
+            self._place(new, self.lanes)
+        except Exception as e:  # noqa: BLE001 - these requests get the error; the worker keeps serving
+            for r in new:
+                r.emit(("error", f"{type(e).__name__}: {e}"))
+
+    def _forward(self, ids: torch.Tensor, kv: KV, positions: torch.Tensor) -> torch.Tensor:
+        """Logits [rows, vocab] of the token after the last of `ids` (fed on top of the cache)."""
+        out = self.model(input_ids=ids, attention_mask=kv.mask, position_ids=positions, **{self.cache_name: kv.cache},
+                         use_cache=True, logits_to_keep=1)  # never the prompt's [rows, T, vocab] logits
+        return out.logits[:, -1, :].float()
+
+
+@contextmanager
+def decode_attention(model):
+    """sdpa (eager where the architecture has none) while generating, when the model trains with
+    flex_attention: flex pays off on the block masks of packed training rows, but a decode step
+    (one query on a growing cache) recompiles its kernel as shapes change; the model is given
+    back as it came."""
+    from pride.models import attention_backend
+
+    attn = attention_backend(model)
+    if attn != "flex_attention":
+        yield
+        return
+    model.set_attn_implementation("sdpa" if getattr(model, "_supports_sdpa", False) else "eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(attn)

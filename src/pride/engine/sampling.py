@@ -1,0 +1,58 @@
+"""Choosing each row's next token: greedy, or a sample from the row's own generator after
+temperature and top-p, as transformers' warpers compute them."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def sampling_scores(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Logits after temperature and top-p, as transformers' TemperatureLogitsWarper and
+    TopPLogitsWarper compute them (top_k off): tokens outside the nucleus get -inf."""
+    scores = logits / temperature
+    if top_p >= 1.0:
+        return scores
+    ordered, order = torch.sort(scores, descending=False)
+    drop = ordered.softmax(-1).cumsum(-1) <= (1 - top_p)
+    drop[..., -1:] = False  # keep at least one token
+    return scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+
+
+def choose(logits: torch.Tensor, rows) -> list[int]:
+    """The next token of each row: argmax for greedy rows; for sampling rows a draw from the
+    row's generator, rows sharing one generator (unseeded) in one call."""
+    chosen = logits.argmax(-1).tolist()
+    sampled = [i for i, row in enumerate(rows) if row.request.sampling]
+    if not sampled:
+        return chosen
+    scores = torch.empty_like(logits[sampled])
+    by_setting: dict[tuple, list[int]] = {}
+    for j, i in enumerate(sampled):
+        by_setting.setdefault((rows[i].request.temperature, rows[i].request.top_p), []).append(j)
+    for (temperature, top_p), js in by_setting.items():  # each setting with the warpers' scalar arithmetic
+        scores[js] = sampling_scores(logits[[sampled[j] for j in js]], temperature, top_p)
+    probs = scores.softmax(-1)
+    by_generator: dict[int, list[int]] = {}
+    for j, i in enumerate(sampled):
+        by_generator.setdefault(id(rows[i].generator), []).append(j)
+    for js in by_generator.values():
+        draws = torch.multinomial(probs[js], 1, generator=rows[sampled[js[0]]].generator)[:, 0].tolist()
+        for j, t in zip(js, draws):
+            chosen[sampled[j]] = t
+    return chosen
+
+
+def logprob_entry(tokenizer, logits: torch.Tensor, tid: int, top: int) -> dict:
+    """OpenAI's logprob entry of token `tid` (and the `top` most likely) from one row's logits."""
+    lp = torch.log_softmax(logits.float(), -1)
+    entry = _token(tokenizer, tid, float(lp[tid]))
+    entry["top_logprobs"] = [_token(tokenizer, int(j), float(v)) for v, j in zip(*lp.topk(top))] if top else []
+    return entry
+
+
+def _token(tokenizer, tid: int, logprob: float) -> dict:
+    text = tokenizer.decode([tid])
+    return {"token": text, "logprob": logprob if math.isfinite(logprob) else -9999.0,
+            "bytes": list(text.encode("utf-8"))}

@@ -1,0 +1,167 @@
+"""Continuous batching: a `Lane` is a set of rows that decode together.
+
+Each `step` of a lane:
+1. drops rows whose client went away;
+2. if no prefill is under way, admits waiting rows (first come, first served) while the lane
+   has room (`max_rows`) and their prompts fit the step's budget (`prefill_tokens`);
+3. feeds the prefill one chunk (at most `prefill_tokens` tokens: a prompt longer than that is
+   fed over several steps), so running rows never wait for more than a chunk; when the
+   prompts are in, each new row samples its first token and joins the running batch (its
+   KV cache merged in);
+4. decodes one token for every running row; a row that finishes leaves the batch at once.
+
+So a new request starts at the next step unless a burst is ahead of it in the budget, and a
+slot freed by a finished row is taken at the next step (vLLM's scheduler does the same per
+iteration, with a token budget too; it also
+mixes the prefill chunk and the decode tokens into one forward, which needs a varlen
+attention kernel: here they are two forwards of the same step)."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+
+from pride.engine.cache import KV
+from pride.engine.requests import Row
+from pride.engine.sampling import choose
+
+PREFILL_TOKENS = 512  # prompt tokens fed per step: what running rows wait for, and a burst's first token
+
+
+class Prefill:
+    """The prompts of rows admitted together, left-padded, fed a chunk of columns per step."""
+
+    def __init__(self, rows: list[Row], pad: int, device):
+        width = max(len(r.request.prompt_ids) for r in rows)
+        self.rows = rows
+        self.ids = torch.tensor([[pad] * (width - len(r.request.prompt_ids)) + r.request.prompt_ids for r in rows],
+                                device=device)
+        full = torch.tensor([[0] * (width - len(r.request.prompt_ids)) + [1] * len(r.request.prompt_ids)
+                             for r in rows], device=device)
+        self.positions = (full.cumsum(-1) - 1).clamp(min=0)
+        self.kv = KV(full[:, :0])
+        self.full = full
+
+    @property
+    def fed(self) -> int:
+        return self.kv.mask.shape[1]
+
+    def select(self, keep: list[int]) -> None:
+        if len(keep) == len(self.rows):
+            return
+        idx = torch.tensor(keep, dtype=torch.long, device=self.ids.device)
+        self.rows = [self.rows[i] for i in keep]
+        self.ids, self.full, self.positions = self.ids[idx], self.full[idx], self.positions[idx]
+        fed = self.fed
+        self.kv.select(keep)  # may drop leading columns no row uses
+        dropped = fed - self.fed
+        self.ids, self.full, self.positions = self.ids[:, dropped:], self.full[:, dropped:], self.positions[:, dropped:]
+
+
+class Lane:
+    """Rows that may share a batch: continuous admission, chunked prefill, one decode step per `step`."""
+
+    def __init__(self, forward, max_rows: int, pad: int, device, prefill_tokens: int = PREFILL_TOKENS):
+        self.forward, self.max_rows, self.pad, self.device = forward, max_rows, pad, device
+        self.prefill_tokens = prefill_tokens
+        self.waiting: deque[Row] = deque()
+        self.prefill: Prefill | None = None
+        self.running: list[Row] = []
+        self.kv: KV | None = None
+        self.next_ids: list[int] = []  # each running row's last token, not yet in the cache
+
+    def add(self, rows: list[Row]) -> None:
+        self.waiting.extend(rows)
+
+    @property
+    def active(self) -> int:
+        """Rows being generated (prefilling or decoding)."""
+        return len(self.running) + (len(self.prefill.rows) if self.prefill else 0)
+
+    @property
+    def done(self) -> bool:
+        return not (self.waiting or self.prefill or self.running)
+
+    def rows(self) -> list[Row]:
+        return [*self.waiting, *(self.prefill.rows if self.prefill else []), *self.running]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self._drop_cancelled()
+        if self.prefill is None and self.waiting and self.active < self.max_rows:
+            self.prefill = Prefill(self._admit(), self.pad, self.device)
+        if self.prefill is not None:
+            self._prefill_chunk()
+        if self.running:
+            self._decode()
+
+    def _admit(self) -> list[Row]:
+        """Waiting rows, first come first served, while the lane has room and their prompts fit
+        the step's prefill budget (always one: a longer prompt is fed in chunks)."""
+        rows = [self.waiting.popleft()]
+        tokens = len(rows[0].request.prompt_ids)
+        while (self.waiting and self.active + len(rows) < self.max_rows
+               and tokens + len(self.waiting[0].request.prompt_ids) <= self.prefill_tokens):
+            tokens += len(self.waiting[0].request.prompt_ids)
+            rows.append(self.waiting.popleft())
+        return rows
+
+    def _drop_cancelled(self) -> None:
+        self.waiting = deque(r for r in self.waiting if not r.cancelled)
+        if self.prefill is not None:
+            self.prefill.select([i for i, r in enumerate(self.prefill.rows) if not r.cancelled])
+            if not self.prefill.rows:
+                self.prefill = None
+        if any(r.cancelled for r in self.running):
+            self._keep([i for i, r in enumerate(self.running) if not r.cancelled])
+
+    def _keep(self, keep: list[int]) -> None:
+        self.running = [self.running[i] for i in keep]
+        self.next_ids = [self.next_ids[i] for i in keep]
+        if self.running:
+            self.kv.select(keep)
+        else:
+            self.kv = None
+
+    def _prefill_chunk(self) -> None:
+        p = self.prefill
+        start = p.fed
+        end = min(p.ids.shape[1], start + max(1, self.prefill_tokens // len(p.rows)))
+        p.kv.extend(end - start)
+        p.kv.mask[:, start:end] = p.full[:, start:end]
+        logits = self.forward(p.ids[:, start:end], p.kv, p.positions[:, start:end])
+        if end < p.ids.shape[1]:
+            return
+        self.prefill = None
+        tokens = choose(logits, p.rows)
+        keep = [i for i, row in enumerate(p.rows) if not row.accept(tokens[i], logits[i])]
+        if not keep:
+            return
+        p.kv.select(keep)
+        rows, next_ids = [p.rows[i] for i in keep], [tokens[i] for i in keep]
+        if self.kv is None:
+            self.kv = p.kv
+        else:
+            self.kv.merge(p.kv)
+        self.running += rows
+        self.next_ids += next_ids
+
+    def _decode(self) -> None:
+        self.kv.extend(1)
+        positions = self.kv.mask.sum(-1, keepdim=True) - 1
+        ids = torch.tensor(self.next_ids, device=self.device)[:, None]
+        logits = self.forward(ids, self.kv, positions)
+        tokens = choose(logits, self.running)
+        finished = [row.accept(tokens[i], logits[i]) for i, row in enumerate(self.running)]
+        self.next_ids = tokens
+        if any(finished):
+            self._keep([i for i, f in enumerate(finished) if not f])
+
+    def fail(self, message: str) -> None:
+        """A forward failed: every request in the lane gets the error, and the lane empties."""
+        for request in {id(r.request): r.request for r in self.rows()}.values():
+            request.emit(("error", message))
+        self.waiting.clear()
+        self.prefill, self.running, self.kv, self.next_ids = None, [], None, []
+
