@@ -50,22 +50,25 @@ def test_each_sample_is_drawn_with_its_own_seed_and_the_global_rng_is_left_alone
 
 @pytest.mark.parametrize("arch,tiny", [("llama", {}), ("gemma2", {}), ("qwen2", {}), ("mistral", {"sliding_window": 16})])
 def test_rows_joining_and_leaving_a_running_batch_get_the_logprobs_of_their_sequence_alone(arch, tiny, monkeypatch):
-    """Continuous batching: 3 slots for 9 requests of different prompt and answer lengths, prompts
-    prefilled 16 tokens a step. Rows join the running batch as others finish (KV caches merged,
-    left-padded, emptied columns dropped), longer than the sliding windows (16). Every token's
-    logprob equals one forward of that sequence alone, without padding or cache."""
+    """Continuous batching: 8 slots for 16 requests of different prompt and answer lengths,
+    256 prompt tokens fed a step (longer prefills in chunks). Rows join the running batch as
+    others finish (KV caches merged, left-padded; finished rows decoded beside until a quarter
+    of the batch has gone, then dropped with the columns no row uses), longer than the sliding
+    windows (16). Every token's logprob equals one forward of that sequence alone, without
+    padding or cache. (Checked once: 2 finished rows stayed at most, 19 prefills ran beside
+    them, 8 prefills took several chunks.)"""
     from pride.engine import Request
     from pride.engine.requests import Row
 
     model, tok, fmt = load_model_and_tokenizer(ModelSettings(path=f"tiny:{arch}", tiny=tiny), seed=0)
-    engine = Engine(model, tok, max_batch_size=3, prefill_tokens=16)
+    engine = Engine(model, tok, max_batch_size=8, prefill_tokens=256)
     taken: dict[int, list[int]] = {}
     accept = Row.accept
     monkeypatch.setattr(Row, "accept", lambda row, tid, logits: (taken.setdefault(id(row.request), []).append(tid),
                                                                  accept(row, tid, logits))[1])
     events: dict[int, list] = {}
     requests = []
-    for i in range(9):
+    for i in range(16):
         prompt = fmt.encode_prompt([{"role": "user", "content": "word " * (3 + 7 * i % 40)}])
         requests.append(Request(prompt_ids=prompt, emit=events.setdefault(i, []).append, temperature=0,
                                 max_tokens=4 + 5 * (i % 4), logprobs=True, ignore_eos=True, batch="test"))
@@ -82,3 +85,34 @@ def test_rows_joining_and_leaving_a_running_batch_get_the_logprobs_of_their_sequ
         # forward: last-bit differences through two layers and a log-softmax over the vocabulary
         torch.testing.assert_close(torch.tensor(engine_logps), expected, atol=1e-4, rtol=0)
         assert (alone.max(-1).values - expected).max() < 1e-4  # each token was the argmax (greedy)
+
+
+@pytest.mark.parametrize("name", ["llama3", "qwen2", "mistral"])
+def test_text_decoded_token_by_token_equals_the_tokenizers_decode(name):
+    """A row's text grows a token at a time (a window decoded with and without the newest
+    token, held back on an incomplete character); at the end it equals the tokenizer's own
+    decode of every token, on real tokenizers: byte-level BPE (Llama-3, Qwen) and Mistral's
+    SentencePiece with its leading-space marker; texts whose characters span several tokens,
+    and random ids."""
+    import random
+
+    from pride.engine import Request
+    from pride.engine.requests import Row, text_decoder
+    from tests.real_tokenizers import real_tokenizer
+
+    tok = real_tokenizer(name)
+    rng = random.Random(0)
+    special = set(tok.all_special_ids)
+    texts = ["naïve café, 日本語の文章 🙂🚀 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 letters", " ünïcödé  spaced\n\ttabs 中文 한국어"]
+    cases = [tok.encode(t, add_special_tokens=False) for t in texts]  # characters split across tokens
+    for _ in range(40):
+        cases.append([t for t in (rng.randrange(len(tok)) for _ in range(rng.randrange(1, 40))) if t not in special])
+    for ids in cases:
+        events = []
+        row = Row(Request(prompt_ids=[1], emit=events.append, max_tokens=len(ids), ignore_eos=True), [0], tok,
+                  set(), None)
+        for tid in ids:
+            row.accept(tid, None)
+        expected = tok.decode(ids, skip_special_tokens=True)
+        assert text_decoder(tok)(ids) == expected
+        assert "".join(e[2] for e in events if e[0] == "delta") == row.text == expected

@@ -226,14 +226,13 @@ def online_config(tmp_path, out, *extra):
 KILLER = textwrap.dedent("""
     import os, signal, sys
     import pride.online.samplers as samplers
-    real = samplers.EngineSampler.sample
-    calls = {"n": 0}
-    def sample(self, prompts, seeds):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real(self, prompts, seeds)
-    samplers.EngineSampler.sample = sample
+    real = samplers.EngineSampler.stream
+    def stream(self, prompts, seeds):
+        for n, answers in enumerate(real(self, prompts, seeds)):
+            if n == 6:  # six prompts answered (two appends of three), the seventh not written
+                os.kill(os.getpid(), signal.SIGKILL)
+            yield answers
+    samplers.EngineSampler.stream = stream
     from pride.cli import main
     sys.exit(main(sys.argv[1:]))
 """)

@@ -201,7 +201,7 @@ class OnlineSettings(Section):
     sampler_url: str | None = Field(None, description="OpenAI-compatible base URL (sampler=openai)")
     sampler_model: str | None = None
     sampler_api_key_env: str = "OPENAI_API_KEY"
-    generation_batch_size: int = Field(16, gt=0, description="prompts per generate call / resume chunk")
+    generation_batch_size: int = Field(16, gt=0, description="prompts generated at a time (x K samples); answers are saved every this many prompts")
     pairs: Literal["best_worst", "sppo"] = "best_worst"
     keep_ties: bool = Field(False, description="keep prompts whose answers tie or are identical, as SPPO's "
                                                "compute_prob.py does (argmax and argmin then both pick the first "

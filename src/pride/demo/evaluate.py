@@ -14,7 +14,7 @@ def per_prompt_scores(model_ref: str, prompts: list[str], samples: int = 4, temp
                       seed: int = 0, max_new_tokens: int = 40, model_seed: int = 0) -> list[float]:
     """Mean judge score of `samples` sampled answers for each prompt (each answer seeded, so repeatable)."""
     model, tok, fmt = load_model_and_tokenizer(ModelSettings(path=model_ref), seed=model_seed)
-    engine = Engine(model, tok, max_batch_size=32 * samples)
+    engine = Engine(model, tok, max_batch_size=32 * samples, offline=True)
     out = []
     for start in range(0, len(prompts), 32):
         chunk = prompts[start:start + 32]

@@ -22,16 +22,22 @@ import torch
 
 from pride.engine.cache import KV
 from pride.engine.requests import Request
-from pride.engine.scheduler import PREFILL_TOKENS, Lane
+from pride.engine.scheduler import OFFLINE_PREFILL_TOKENS, PREFILL_TOKENS, Lane
 
 
 class Engine:
     """Continuous batching for one model, in a background thread (or the caller's, `generate`)."""
 
-    def __init__(self, model, tokenizer, max_batch_size: int = 64, prefill_tokens: int = PREFILL_TOKENS):
+    def __init__(self, model, tokenizer, max_batch_size: int = 64, prefill_tokens: int = PREFILL_TOKENS,
+                 offline: bool = False):
+        """`offline`: in-process callers that want throughput, not a quick first token (online
+        sampling, the demo): prompts are prefilled OFFLINE_PREFILL_TOKENS a step, and new rows
+        wait until a quarter of the batch is free, so they join in fewer, larger merges."""
         self.model, self.tok = model.eval(), tokenizer
         self.device = next(model.parameters()).device
-        self.max_batch_size, self.prefill_tokens = max_batch_size, prefill_tokens
+        self.max_batch_size = max_batch_size
+        self.prefill_tokens = OFFLINE_PREFILL_TOKENS if offline else prefill_tokens
+        self.admit_min = max(1, max_batch_size // 4) if offline else 1
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         eos = model.generation_config.eos_token_id
         self.stop_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
@@ -76,6 +82,12 @@ class Engine:
 
     def generate(self, requests: list[Request]) -> None:
         """Run these requests to the end in the calling thread (no worker, no queue)."""
+        for _ in self.steps(requests):
+            pass
+
+    def steps(self, requests: list[Request]):
+        """`generate`, handing control back after every step: a caller takes what its requests
+        emitted so far (online sampling writes each prompt's answers as soon as they are done)."""
         lanes: dict[object, Lane] = {}
         self._place(requests, lanes)
         with decode_attention(self.model):
@@ -84,6 +96,7 @@ class Engine:
                     lane.step()
                     if lane.done:
                         del lanes[key]
+                yield
 
     def complete(self, prompts: list[list[int]], n: int, seeds: list[list[int]] | None = None,
                  temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 256) -> list[list[str]]:
@@ -113,7 +126,8 @@ class Engine:
                 continue
             key = req.lane_key()
             if key not in lanes:
-                lanes[key] = Lane(self._forward, self.max_batch_size, self.pad, self.device, self.prefill_tokens)
+                lanes[key] = Lane(self._forward, self.max_batch_size, self.pad, self.device, self.prefill_tokens,
+                                  self.admit_min)
             lanes[key].add(req.rows(self.tok, self.stop_ids, self.unseeded, self.device))
 
     def _loop(self) -> None:

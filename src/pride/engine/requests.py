@@ -82,6 +82,8 @@ class Row:
         self.finish: str | None = None
         self.n_tokens = 0  # tokens up to the end (a stop string's last token included)
         self.prefix = self.read = 0  # detokenization window: tokens[prefix:read] made text already
+        self.prefix_text = ""  # their text
+        self.decode = text_decoder(tokenizer)
         self.sent = self.sent_logprobs = 0  # characters and logprob entries emitted
 
     @property
@@ -108,11 +110,11 @@ class Row:
         return self.finish is not None
 
     def _detokenize(self, final: bool) -> None:
-        prefix = self.tok.decode(self.tokens[self.prefix:self.read], skip_special_tokens=True)
-        full = self.tok.decode(self.tokens[self.prefix:], skip_special_tokens=True)
-        if len(full) > len(prefix) and (final or not full.endswith("\ufffd")):
-            self.text += full[len(prefix):]
+        full = self.decode(self.tokens[self.prefix:])
+        if len(full) > len(self.prefix_text) and (final or not full.endswith("\ufffd")):
+            self.text += full[len(self.prefix_text):]
             self.prefix, self.read = self.read, len(self.tokens)
+            self.prefix_text = self.decode(self.tokens[self.prefix:self.read])
 
     def _cut_at_stop(self, before: int) -> None:
         stops = [s for s in self.request.stop if s]
@@ -128,7 +130,7 @@ class Row:
     def _tokens_through(self, chars: int) -> int:
         """Tokens generated until the text passed `chars` characters (the stop string's first)."""
         for k in range(1, len(self.tokens) + 1):
-            if len(self.tok.decode(self.tokens[:k], skip_special_tokens=True)) > chars:
+            if len(self.decode(self.tokens[:k])) > chars:
                 return k
         return len(self.tokens)
 
@@ -143,6 +145,16 @@ class Row:
         if self.finish:
             for k in self.copies:
                 req.emit(("finish", k, self.finish, self.n_tokens))
+
+
+def text_decoder(tokenizer):
+    """Token ids -> text as `tokenizer.decode(ids, skip_special_tokens=True)` gives it; for a
+    fast tokenizer that does not clean up spaces, its Rust backend directly (what `decode`
+    calls, less the Python wrapper's cost: two calls per generated token add up)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        return lambda ids: backend.decode(ids, skip_special_tokens=True)
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def _safe_length(text: str, stops: list[str]) -> int:

@@ -1,4 +1,4 @@
-"""Choosing each row's next token: greedy, or a sample from the row's own generator after
+"""Choosing each row's next token: greedy, or a draw from the row's own generator after
 temperature and top-p, as transformers' warpers compute them."""
 
 from __future__ import annotations
@@ -21,27 +21,35 @@ def sampling_scores(logits: torch.Tensor, temperature: float, top_p: float) -> t
 
 
 def choose(logits: torch.Tensor, rows) -> list[int]:
-    """The next token of each row: argmax for greedy rows; for sampling rows a draw from the
-    row's generator, rows sharing one generator (unseeded) in one call."""
-    chosen = logits.argmax(-1).tolist()
+    """The next token of each row: argmax for greedy rows; for sampling rows, inverse-CDF
+    sampling with one uniform draw from the row's own generator (rows sharing the engine's
+    unseeded generator draw in one call). One draw per row rather than a `torch.multinomial`
+    call per row: the same categorical distribution, at a fraction of the per-row cost."""
+    chosen = logits.argmax(-1)
     sampled = [i for i, row in enumerate(rows) if row.request.sampling]
     if not sampled:
-        return chosen
-    scores = torch.empty_like(logits[sampled])
+        return chosen.tolist()
+    sub = logits if len(sampled) == len(rows) else logits[sampled]
     by_setting: dict[tuple, list[int]] = {}
     for j, i in enumerate(sampled):
         by_setting.setdefault((rows[i].request.temperature, rows[i].request.top_p), []).append(j)
-    for (temperature, top_p), js in by_setting.items():  # each setting with the warpers' scalar arithmetic
-        scores[js] = sampling_scores(logits[[sampled[j] for j in js]], temperature, top_p)
-    probs = scores.softmax(-1)
+    if len(by_setting) == 1:
+        scores = sampling_scores(sub, *next(iter(by_setting)))
+    else:
+        scores = torch.empty_like(sub)
+        for (temperature, top_p), js in by_setting.items():  # each setting with the warpers' scalar arithmetic
+            scores[js] = sampling_scores(sub[js], temperature, top_p)
+    cdf = scores.softmax(-1).double().cumsum(-1)
+    u = torch.empty(len(sampled), dtype=torch.float64, device=logits.device)
     by_generator: dict[int, list[int]] = {}
     for j, i in enumerate(sampled):
         by_generator.setdefault(id(rows[i].generator), []).append(j)
     for js in by_generator.values():
-        draws = torch.multinomial(probs[js], 1, generator=rows[sampled[js[0]]].generator)[:, 0].tolist()
-        for j, t in zip(js, draws):
-            chosen[sampled[j]] = t
-    return chosen
+        u[js] = torch.rand(len(js), dtype=torch.float64, device=logits.device, generator=rows[sampled[js[0]]].generator)
+    # the first token whose cumulative probability passes u (zero-probability tokens never do)
+    picked = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=cdf.shape[1] - 1)
+    chosen[sampled] = picked
+    return chosen.tolist()
 
 
 def logprob_entry(tokenizer, logits: torch.Tensor, tid: int, top: int) -> dict:

@@ -27,6 +27,7 @@ from pride.engine.requests import Row
 from pride.engine.sampling import choose
 
 PREFILL_TOKENS = 512  # prompt tokens fed per step: what running rows wait for, and a burst's first token
+OFFLINE_PREFILL_TOKENS = 8192  # in-process callers (online sampling, the demo): no one waits for a first token
 
 
 class Prefill:
@@ -62,12 +63,15 @@ class Prefill:
 class Lane:
     """Rows that may share a batch: continuous admission, chunked prefill, one decode step per `step`."""
 
-    def __init__(self, forward, max_rows: int, pad: int, device, prefill_tokens: int = PREFILL_TOKENS):
+    def __init__(self, forward, max_rows: int, pad: int, device, prefill_tokens: int = PREFILL_TOKENS,
+                 admit_min: int = 1):
         self.forward, self.max_rows, self.pad, self.device = forward, max_rows, pad, device
         self.prefill_tokens = prefill_tokens
+        self.admit_min = admit_min  # free slots a prefill waits for (fewer, larger merges: throughput)
         self.waiting: deque[Row] = deque()
         self.prefill: Prefill | None = None
-        self.running: list[Row] = []
+        self.running: list[Row] = []  # the batch's rows, in cache order
+        self.gone: set[int] = set()  # of them, those finished or cancelled (see _let_go)
         self.kv: KV | None = None
         self.next_ids: list[int] = []  # each running row's last token, not yet in the cache
 
@@ -77,19 +81,23 @@ class Lane:
     @property
     def active(self) -> int:
         """Rows being generated (prefilling or decoding)."""
-        return len(self.running) + (len(self.prefill.rows) if self.prefill else 0)
+        return len(self.running) - len(self.gone) + (len(self.prefill.rows) if self.prefill else 0)
 
     @property
     def done(self) -> bool:
-        return not (self.waiting or self.prefill or self.running)
+        return not (self.waiting or self.prefill or len(self.running) > len(self.gone))
+
+    def _live(self) -> list[int]:
+        return [i for i in range(len(self.running)) if i not in self.gone]
 
     def rows(self) -> list[Row]:
-        return [*self.waiting, *(self.prefill.rows if self.prefill else []), *self.running]
+        return [*self.waiting, *(self.prefill.rows if self.prefill else []), *(self.running[i] for i in self._live())]
 
     @torch.no_grad()
     def step(self) -> None:
         self._drop_cancelled()
-        if self.prefill is None and self.waiting and self.active < self.max_rows:
+        free = self.max_rows - self.active
+        if self.prefill is None and self.waiting and free >= min(self.admit_min, len(self.waiting)):
             self.prefill = Prefill(self._admit(), self.pad, self.device)
         if self.prefill is not None:
             self._prefill_chunk()
@@ -113,16 +121,24 @@ class Lane:
             self.prefill.select([i for i, r in enumerate(self.prefill.rows) if not r.cancelled])
             if not self.prefill.rows:
                 self.prefill = None
-        if any(r.cancelled for r in self.running):
-            self._keep([i for i, r in enumerate(self.running) if not r.cancelled])
+        cancelled = [i for i in self._live() if self.running[i].cancelled]
+        if cancelled:
+            self._let_go(cancelled)
 
-    def _keep(self, keep: list[int]) -> None:
-        self.running = [self.running[i] for i in keep]
-        self.next_ids = [self.next_ids[i] for i in keep]
-        if self.running:
+    def _let_go(self, rows: list[int]) -> None:
+        """Rows that finished or were cancelled. Their slots are free at once; their cache rows
+        go when a quarter of the batch has gone, or when no waiting row will take the slots (each
+        removal copies the whole cache: measured, removing on every finish while new rows came in
+        cost more than decoding the finished rows meanwhile)."""
+        self.gone.update(rows)
+        if len(self.gone) == len(self.running):
+            self.running, self.next_ids, self.kv, self.gone = [], [], None, set()
+        elif 4 * len(self.gone) >= len(self.running) or not (self.waiting or self.prefill):  # no one takes the slots
+            keep = self._live()
+            self.running = [self.running[i] for i in keep]
+            self.next_ids = [self.next_ids[i] for i in keep]
             self.kv.select(keep)
-        else:
-            self.kv = None
+            self.gone = set()
 
     def _prefill_chunk(self) -> None:
         p = self.prefill
@@ -139,29 +155,34 @@ class Lane:
         if not keep:
             return
         p.kv.select(keep)
-        rows, next_ids = [p.rows[i] for i in keep], [tokens[i] for i in keep]
+        live = self._live()
         if self.kv is None:
             self.kv = p.kv
-        else:
-            self.kv.merge(p.kv)
-        self.running += rows
-        self.next_ids += next_ids
+        else:  # one copy: the finished rows leave as the new ones join
+            self.kv.rebuild(live, p.kv)
+        self.running = [self.running[i] for i in live] + [p.rows[i] for i in keep]
+        self.next_ids = [self.next_ids[i] for i in live] + [tokens[i] for i in keep]
+        self.gone = set()
 
     def _decode(self) -> None:
         self.kv.extend(1)
         positions = self.kv.mask.sum(-1, keepdim=True) - 1
         ids = torch.tensor(self.next_ids, device=self.device)[:, None]
         logits = self.forward(ids, self.kv, positions)
-        tokens = choose(logits, self.running)
-        finished = [row.accept(tokens[i], logits[i]) for i, row in enumerate(self.running)]
-        self.next_ids = tokens
-        if any(finished):
-            self._keep([i for i, f in enumerate(finished) if not f])
+        live = self._live()
+        tokens = choose(logits[live] if self.gone else logits, [self.running[i] for i in live])
+        finished = []
+        for i, token in zip(live, tokens):
+            self.next_ids[i] = token
+            if self.running[i].accept(token, logits[i]):
+                finished.append(i)
+        if finished:
+            self._let_go(finished)
 
     def fail(self, message: str) -> None:
         """A forward failed: every request in the lane gets the error, and the lane empties."""
         for request in {id(r.request): r.request for r in self.rows()}.values():
             request.emit(("error", message))
         self.waiting.clear()
-        self.prefill, self.running, self.kv, self.next_ids = None, [], None, []
+        self.prefill, self.running, self.kv, self.next_ids, self.gone = None, [], None, [], set()
 

@@ -32,7 +32,7 @@ from pride.io import append_jsonl, make_dir, read_jsonl, read_jsonl_tolerant, wr
 from pride.models import load_chat, load_model_and_tokenizer
 from pride.online.judges import check_judge, check_judgement, make_judge
 from pride.online.pairs import make_pair
-from pride.online.samplers import make_sampler
+from pride.online.samplers import make_sampler, stream_samples
 from pride.identity import round_identity
 from pride.rundir import ITERATIONS, iteration_dir, model_dir, read_iteration, start_round, write_iteration
 from pride.train.stage import StageContext
@@ -42,18 +42,23 @@ from pride.train.stage import StageContext
 
 
 def resumable_map(acc, it_dir: Path, name: str, prompts: list[dict], chunk_size: int, work) -> list[dict]:
-    """Run `work(chunk_index, todo_prompts) -> rows` over this rank's prompts, chunk by chunk,
-    appending to `name.part-<rank>.jsonl`; return all rows in prompt order once every rank is done."""
+    """Run `work(todo_prompts) -> rows` (an iterable, one row per prompt, in any order) over this
+    rank's prompts not done yet, appending to `name.part-<rank>.jsonl` every `chunk_size` rows;
+    return all rows in prompt order once every rank is done."""
     final = it_dir / f"{name}.jsonl"
     if final.exists():
         return read_jsonl(final)
     part = it_dir / f"{name}.part-{acc.process_index}.jsonl"
     done = {r["prompt_id"] for r in read_jsonl_tolerant(part, repair=True)}
-    mine = prompts[acc.process_index::acc.num_processes]
-    for ci in range(0, len(mine), chunk_size):
-        todo = [p for p in mine[ci:ci + chunk_size] if p["prompt_id"] not in done]
-        if todo:
-            append_jsonl(part, work(ci // chunk_size, todo))
+    todo = [p for p in prompts[acc.process_index::acc.num_processes] if p["prompt_id"] not in done]
+    pending: list[dict] = []
+    for row in work(todo) if todo else []:
+        pending.append(row)
+        if len(pending) >= chunk_size:
+            append_jsonl(part, pending)
+            pending = []
+    if pending:
+        append_jsonl(part, pending)
     acc.wait_for_everyone()
     if acc.is_main_process:
         rows = {}
@@ -140,15 +145,14 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
     t = time.perf_counter()
     state: dict = {}
 
-    def generate(chunk: int, todo: list[dict]) -> list[dict]:
+    def generate(todo: list[dict]):
         if "sampler" not in state:
             state["sampler"] = make_sampler(s, model_ref, model_ref,
                                             lambda: load_model_and_tokenizer(sample_settings, seed=cfg.seed, device=acc.device),
                                             acc.device, cfg.seed)
         seeds = [[sample_seed(cfg.seed, n, p["prompt_id"], j) for j in range(k)] for p in todo]
-        outs = state["sampler"].sample([p["prompt"] for p in todo], seeds)
-        return [{"prompt_id": p["prompt_id"], "prompt": p["prompt"], "responses": rs, "seeds": ss}
-                for p, rs, ss in zip(todo, outs, seeds)]
+        for i, rs in stream_samples(state["sampler"], [p["prompt"] for p in todo], seeds, s.generation_batch_size):
+            yield {"prompt_id": todo[i]["prompt_id"], "prompt": todo[i]["prompt"], "responses": rs, "seeds": seeds[i]}
 
     generations = resumable_map(acc, it_dir, "generations", prompts, s.generation_batch_size, generate)
     if "sampler" in state:
@@ -158,7 +162,11 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
     t = time.perf_counter()
     by_id = {g["prompt_id"]: g for g in generations}
 
-    def score(chunk: int, todo: list[dict]) -> list[dict]:
+    def score(todo: list[dict]):
+        for start in range(0, len(todo), s.judge.batch_size):
+            yield from score_batch(todo[start:start + s.judge.batch_size])
+
+    def score_batch(todo: list[dict]) -> list[dict]:
         if "judge" not in state:
             fmt = load_chat(sample_settings)[1] if s.judge.prompt_format == "chat_template" else None
             state["judge"] = make_judge(s.judge, acc.device, fmt)

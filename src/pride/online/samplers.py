@@ -1,10 +1,13 @@
 """Samplers: K responses per prompt from the current policy, behind one interface.
 
-`sample(prompts, seeds) -> [[K responses], ...]` where `seeds[i][k]` seeds prompt i's sample k.
+`sample(prompts, seeds) -> [[K responses], ...]` where `seeds[i][k]` seeds prompt i's sample k;
+`stream_samples` gives (i, K responses) as each prompt is done.
 
 * `VllmSampler`: offline batched vLLM (GPU), one request per sample with its own seed.
-* `EngineSampler`: pride's own generation engine (`pride.engine`) in process: a
-  chunk of prompts batched together, sample k of prompt i drawn with its own seed.
+* `EngineSampler`: pride's own generation engine (`pride.engine`) in process: all prompts
+  of a call in one continuous batch (`generation_batch_size` x K samples at a time, a new
+  prompt's samples taking the slots of finished ones), sample k of prompt i drawn with its
+  own seed; `stream` hands each prompt back as soon as its K samples are done.
 * `OpenAISampler`: any OpenAI-compatible chat endpoint (`pride serve`, vLLM, sglang, ...),
   one request per sample with its seed; the API key comes from an environment variable.
 """
@@ -35,13 +38,41 @@ class EngineSampler:
         from pride.engine import Engine
 
         self.fmt, self.s = fmt, s
-        self.engine = Engine(model, tokenizer, max_batch_size=s.generation_batch_size * s.samples_per_prompt)
+        self.engine = Engine(model, tokenizer, max_batch_size=s.generation_batch_size * s.samples_per_prompt,
+                             offline=True)
 
     def sample(self, prompts: list[list[dict]], seeds: list[list[int]]) -> list[list[str]]:
-        texts = self.engine.complete([self.fmt.encode_prompt(m) for m in prompts], self.s.samples_per_prompt, seeds,
-                                     temperature=self.s.temperature, top_p=self.s.top_p,
-                                     max_tokens=self.s.max_new_tokens)
-        return [[t.strip() for t in answers] for answers in texts]
+        out = dict(self.stream(prompts, seeds))
+        return [out[i] for i in range(len(prompts))]
+
+    def stream(self, prompts: list[list[dict]], seeds: list[list[int]]):
+        """(i, K responses) for each prompt, as soon as its samples are done."""
+        from pride.engine import Request
+
+        k = self.s.samples_per_prompt
+        texts = [[""] * k for _ in prompts]
+        left, done = [k] * len(prompts), []
+
+        def collect(i):
+            def emit(event):
+                if event[0] == "delta":
+                    texts[i][event[1]] += event[2]
+                elif event[0] == "finish":
+                    left[i] -= 1
+                    if not left[i]:
+                        done.append(i)
+                elif event[0] == "error":
+                    raise RuntimeError(event[1])
+            return emit
+
+        batch = object()
+        requests = [Request(prompt_ids=self.fmt.encode_prompt(m), emit=collect(i), n=k, temperature=self.s.temperature,
+                            top_p=self.s.top_p, max_tokens=self.s.max_new_tokens, seeds=seeds[i], batch=batch)
+                    for i, m in enumerate(prompts)]
+        for _ in self.engine.steps(requests):
+            while done:
+                i = done.pop(0)
+                yield i, [t.strip() for t in texts[i]]
 
     def close(self) -> None:
         self.engine = None
@@ -94,6 +125,17 @@ class OpenAISampler:
 
     def close(self) -> None:
         pass
+
+
+def stream_samples(sampler: Sampler, prompts: list[list[dict]], seeds: list[list[int]], chunk_size: int):
+    """(i, K responses) per prompt as they are done: pride's engine streams them out of one
+    continuous batch; the other samplers answer `chunk_size` prompts at a time."""
+    if hasattr(sampler, "stream"):
+        yield from sampler.stream(prompts, seeds)
+        return
+    for start in range(0, len(prompts), chunk_size):
+        for j, texts in enumerate(sampler.sample(prompts[start:start + chunk_size], seeds[start:start + chunk_size])):
+            yield start + j, texts
 
 
 def make_sampler(s: OnlineSettings, model_dir: str, model_name: str, load, device, seed: int) -> Sampler:
