@@ -49,8 +49,33 @@ def line_of(text: str, pattern: str, path: str) -> str:
     raise SystemExit(f"{path}: no line matches {pattern!r}")
 
 
+def item_at(text: str, key: str, item, path: str) -> str:
+    """The line of `- item` in the YAML list under `key:` (the value's line, not the key's)."""
+    first = int(line_of(text, rf"^\s*{re.escape(key)}:", path).rsplit(":", 1)[1])
+    after = line_of("\n".join(text.splitlines()[first:]), rf"^\s*- {re.escape(str(item))}\s*$", path)
+    return f"{path}:{first + int(after.rsplit(':', 1)[1])}"
+
+
 def entries(row: dict) -> dict:
-    return {k: {"value": v, "source": s} for k, (v, s) in row.items()}
+    """(value, where) or (value, where, stated_as): the source's own spelling of a value pride
+    names otherwise ("bfloat16" for bf16, "hinge" for slic_dpo), which the cited line must hold."""
+    return {k: {"value": v[0], "source": v[1], **({"stated_as": v[2]} if len(v) > 2 else {})} for k, v in row.items()}
+
+
+def add_cited(table: dict, read) -> dict:
+    """Each entry's cited lines, as stored, so the test can check that they state the value
+    (`read(path)` gives a file's text at the recorded commit). Citations are `path:line`,
+    joined by " x " (a product of their values) or "; " (stated across those lines)."""
+    texts: dict = {}
+    for row in table["recipes"].values():
+        for e in row.values():
+            cited = []
+            for ref in re.split(r" x |; ", e["source"]):
+                path, line = ref.rsplit(":", 1)
+                texts.setdefault(path, read(path).splitlines())
+                cited.append(texts[path][int(line) - 1].strip())
+            e["cited"] = cited
+    return table
 
 
 def custompos(repo: Path) -> dict:
@@ -71,14 +96,16 @@ def custompos(repo: Path) -> dict:
             dataset = next(iter(src["dataset_mixer"]))
             row = {
                 "model.path": (src["model_name_or_path"], at("model_name_or_path")),
-                "model.dtype": ({"bfloat16": "bf16"}[src["torch_dtype"]], at("torch_dtype")),
+                "model.dtype": ({"bfloat16": "bf16"}[src["torch_dtype"]], at("torch_dtype"), src["torch_dtype"]),
                 "model.gradient_checkpointing": (src["gradient_checkpointing"], at("gradient_checkpointing")),
                 # no chat template: run_custom_po.py formats raw text (MT_TEMPLATE / SUMMARIZATION_TEMPLATE)
                 "model.chat_template": ("raw", line_of(run_src, r"^SUMMARIZATION_TEMPLATE =" if task == "summarization"
-                                                       else r"^MT_TEMPLATE =", run_py)),
+                                                       else r"^MT_TEMPLATE =", run_py),
+                                        "SUMMARIZATION_TEMPLATE =" if task == "summarization" else "MT_TEMPLATE ="),
                 "seed": (src["seed"], at("seed")),
                 "data.sources.0.path": (dataset, line_of(text, re.escape(dataset), path)),
-                "data.sources.0.split": (src["dataset_splits"][0], split_at(src["dataset_splits"][0])),
+                "data.sources.0.split": (src["dataset_splits"][0],
+                                         item_at(text, "dataset_splits", src["dataset_splits"][0], path)),
                 "train.optimizer": (src["optimizer_type"], at("optimizer_type")),
                 "train.learning_rate": (src["learning_rate"], at("learning_rate")),
                 "train.epochs": (src["num_train_epochs"], at("num_train_epochs")),
@@ -88,7 +115,7 @@ def custompos(repo: Path) -> dict:
                 "train.gradient_accumulation_steps": (src["gradient_accumulation_steps"],
                                                       at("gradient_accumulation_steps")),
                 "train.weight_decay": (0.05, line_of(config_src, r"weight_decay: .*default=0.05", cfg_py)),
-                "preference.loss_type": (loss, at("contrast_loss_type")),
+                "preference.loss_type": (loss, at("contrast_loss_type"), src["contrast_loss_type"]),
                 "preference.beta": (src["beta"], at("beta")),
                 "preference.nll_weight": (src["lambda_sft"], at("lambda_sft")),
                 "preference.max_length": (src["max_seq_length"], at("max_seq_length")),
@@ -105,14 +132,16 @@ def custompos(repo: Path) -> dict:
                 template = json.loads(f'"{template}"')  # the Python string's escapes (\\n)
                 row["data.sources.0.columns.prompt"] = (  # its Jinja fields are keys of example['info']
                     re.sub(r"\{\{ (\w+) \}\}", r"{info.\1}", template),
-                    line_of(run_src, r"^SUMMARIZATION_TEMPLATE =", run_py))
-                row["data.sources.0.subset"] = (src["dataset_configs"][0], at("dataset_configs"))
+                    line_of(run_src, r"^SUMMARIZATION_TEMPLATE =", run_py), "SUBREDDIT: r/{{ subreddit }}")
+                row["data.sources.0.subset"] = (src["dataset_configs"][0],
+                                                item_at(text, "dataset_configs", src["dataset_configs"][0], path))
                 row["data.sources.0.columns.chosen"] = ("summaries[choice].text",
                                                         line_of(run_src, r'example\["chosen"\] = example\["summaries"\]',
-                                                                run_py))
+                                                                run_py), 'example["summaries"][example["choice"]][\'text\']')
                 row["data.sources.0.columns.rejected"] = ("summaries[1-choice].text",
                                                           line_of(run_src, r'example\["rejected"\] = example\["summaries"\]',
-                                                                  run_py))
+                                                                  run_py),
+                                                          'example["summaries"][1 - example["choice"]][\'text\']')
             table["recipes"][f"customPOs-{ours}-{loss}"] = entries(row)
     return table
 
@@ -155,8 +184,8 @@ def sppo(repo: Path) -> dict:
         row = {
             "model.path": (model, at(script, r'MODEL="[^$]')),
             "online.iterations": (iterations, at(script, r"^iter_num=")),
-            "online.prompt_split": ("per_source", at(script, r'PROMPT=')),
-            **{f"data.sources.{i}.path": (prompt.replace("${i}", str(i + 1)), at(script, r'PROMPT='))
+            "online.prompt_split": ("per_source", at(script, r'PROMPT='), "${i}"),  # iteration i's own prompts
+            **{f"data.sources.{i}.path": (prompt.replace("${i}", str(i + 1)), at(script, r'PROMPT='), prompt)
                for i in range(iterations)},
             **{f"data.sources.{i}.split": ("train", at("scripts/generate.py", r'load_dataset\(args\.prompts, split="train"\)'))
                for i in range(iterations)},
@@ -165,11 +194,14 @@ def sppo(repo: Path) -> dict:
             "online.top_p": (0.9, at("scripts/generate.py", r"top_p=0\.9")),
             "online.max_new_tokens": (int(re.search(r"--maxlen (\d+)", files["scripts/generate.sh"]).group(1)),
                                       at("scripts/generate.sh", r"--maxlen \d+")),
-            "online.judge.type": ("pairrm", at("scripts/rank.py", r'loadranker\("llm-blender/PairRM"\)')),
+            "online.judge.type": ("pairrm", at("scripts/rank.py", r'loadranker\("llm-blender/PairRM"\)'), "llm-blender/PairRM"),
             # argmax / argmin over the scores even when all are equal: no prompt is dropped for a tie
-            "online.keep_ties": (True, at("scripts/compute_prob.py", r"maxmin = metrics\.apply\(lambda x: \[x\.argmax\(\), x\.argmin\(\)\]\)")),
-            "online.judge.prompt_format": ("chat_template", at("scripts/rank.py", r"apply_template\(data\[idx\]")),
-            "online.pairs": ("sppo", at("scripts/compute_prob.py", r"maxmin = .*argmax\(\), x\.argmin\(\)")),
+            "online.keep_ties": (True, at("scripts/compute_prob.py", r"maxmin = metrics\.apply\(lambda x: \[x\.argmax\(\), x\.argmin\(\)\]\)"),
+                                 "[x.argmax(), x.argmin()]"),
+            "online.judge.prompt_format": ("chat_template", at("scripts/rank.py", r"apply_template\(data\[idx\]"),
+                                           "apply_template("),
+            "online.pairs": ("sppo", at("scripts/compute_prob.py", r"maxmin = .*argmax\(\), x\.argmin\(\)"),
+                             "[x.argmax(), x.argmin()]"),
             "preference.loss_type": (shell("scripts/pipeline.sh", "LOSS_TYPE"), at("scripts/pipeline.sh", r"^LOSS_TYPE=")),
             "preference.beta": (float(shell("scripts/pipeline.sh", "BETA")), at("scripts/pipeline.sh", r"^BETA=")),
             "preference.max_length": cfg("max_length"),
@@ -222,9 +254,9 @@ def simpo(repo: Path) -> dict:
         "data.eval_sources.0.path": (dataset, at(dataset)),
         "data.eval_sources.0.split": (src["dataset_splits"][1], split_at(src["dataset_splits"][1])),
         "preference.loss_type": ("simpo", line_of(trainer, r"logits = pi_logratios - self\.gamma_beta_ratio",
-                                                  "scripts/simpo_trainer.py")),
+                                                  "scripts/simpo_trainer.py"), "pi_logratios - self.gamma_beta_ratio"),
         "preference.beta": (src["beta"], at("beta")),
-        "preference.gamma": (src["gamma_beta_ratio"] * src["beta"], at("gamma_beta_ratio")),
+        "preference.gamma": (src["gamma_beta_ratio"] * src["beta"], f"{at('gamma_beta_ratio')} x {at('beta')}"),
         "preference.max_length": (src["max_length"], at("max_length")),
         "preference.max_prompt_length": (src["max_prompt_length"], at("max_prompt_length")),
         "train.learning_rate": (src["learning_rate"], at("learning_rate")),
@@ -238,11 +270,12 @@ def simpo(repo: Path) -> dict:
             src["per_device_train_batch_size"] * src["gradient_accumulation_steps"] * gpus,
             f"{at('per_device_train_batch_size')} x {at('gradient_accumulation_steps')} x {launch_yaml}:"
             f"{line_of(show(repo, commit, launch_yaml), r'^num_processes:', launch_yaml).rsplit(':', 1)[1]}"),
-        "train.report_to": (src["report_to"], at("report_to")),
+        "train.report_to": (src["report_to"], item_at(config_text, "report_to", src["report_to"][0], config_yaml)),
         # the answer is rendered as its own assistant message: the header is part of the completion
         "preference.header_in_completion": (True, line_of(show(repo, commit, "scripts/run_simpo.py"),
                                                           r'example\["text_chosen"\] = tokenizer\.apply_chat_template'
-                                                          r'\(chosen_messages', "scripts/run_simpo.py")),
+                                                          r'\(chosen_messages', "scripts/run_simpo.py"),
+                                            "apply_chat_template(chosen_messages"),
         "train.eval_strategy": (src["evaluation_strategy"], at("evaluation_strategy")),
         "train.eval_steps": (src["eval_steps"], at("eval_steps")),
         "train.save_strategy": (src["save_strategy"], at("save_strategy")),
@@ -264,18 +297,22 @@ def llm_dpo(readme: Path) -> dict:
 
     common = {
         "model.path": ("allenai/tulu-2-13b", at(r"fine-tune \[tulu2-13b\]")),
-        "model.dtype": ("bf16", at(r"8 x A800 80G GPUs")),
+        # not stated: bf16 is the precision A800s train 13B models in (flash-attention 2 needs 16-bit)
+        "model.dtype": ("bf16", at(r"8 x A800 80G GPUs"), "8 x A800 80G GPUs"),
         "data.sources.0.path": ("HuggingFaceH4/ultrafeedback_binarized", at(r"61k \[ultrafeedback\]")),
-        "preference.loss_type": ("sigmoid", at(r"^- dpo beta:")),
+        "preference.loss_type": ("sigmoid", at(r"sigmoid at \$2 stands for dpo loss")),
         "preference.beta": (float(re.search(r"^- dpo beta: ([\d.]+)", text, re.M).group(1)), at(r"^- dpo beta:")),
         "preference.max_length": (int(re.search(r"^- max_length: (\d+)", text, re.M).group(1)), at(r"^- max_length:")),
         "train.learning_rate": (1e-6, at(r"^- learning_rate: 1e-06 \* sqrt\(Num_of_Nodes\)")),
-        "train.lr_scaling": ("sqrt_nodes", at(r"^- learning_rate: .*sqrt\(Num_of_Nodes\)")),
-        "train.micro_batch_size": (1, at(r"^- total_train_batch_size: 128 \* Num_of_Nodes")),
-        "train.gradient_accumulation_steps": (16, at(r"^- total_train_batch_size: 128 \* Num_of_Nodes")),
-        "train.optimizer": ("adamw", at(r"^- optimizer: AdamW with default values")),
-        "train.adam_beta1": (0.9, at(r"^- optimizer: AdamW with default values")),
-        "train.adam_beta2": (0.999, at(r"^- optimizer: AdamW with default values")),
+        "train.lr_scaling": ("sqrt_nodes", at(r"^- learning_rate: .*sqrt\(Num_of_Nodes\)"), "sqrt(Num_of_Nodes)"),
+        # 128 a node over its 8 GPUs: the split into micro-batch x accumulation is not stated
+        "train.micro_batch_size": (1, at(r"^- total_train_batch_size: 128 \* Num_of_Nodes"),
+                                   "total_train_batch_size: 128"),
+        "train.gradient_accumulation_steps": (16, at(r"^- total_train_batch_size: 128 \* Num_of_Nodes"),
+                                              "total_train_batch_size: 128"),
+        "train.optimizer": ("adamw", at(r"^- optimizer: AdamW with default values"), "AdamW"),
+        "train.adam_beta1": (0.9, at(r"^- optimizer: AdamW with default values"), "AdamW with default values"),
+        "train.adam_beta2": (0.999, at(r"^- optimizer: AdamW with default values"), "AdamW with default values"),
         "train.lr_scheduler": ("linear", at(r"^- lr_scheduler_type: linear")),
         "train.warmup_ratio": (0.1, at(r"^- lr_scheduler_warmup_ratio: 0\.1")),
         "train.weight_decay": (0.0, at(r"^- Weight Decay: 0\.0")),
@@ -316,11 +353,11 @@ def lion(repo: Path) -> dict:
             path = f"{cdir}/{stem}.yaml"
             src, at = hf_config(repo, commit, path)
 
-            def put(key, value, where):
-                row[f"{stage}:{key}"] = (value, where)
+            def put(key, value, where, *stated_as):
+                row[f"{stage}:{key}"] = (value, where, *stated_as)
 
             put("seed", src["seed"], at("seed"))
-            put("model.dtype", {"bfloat16": "bf16"}[src["torch_dtype"]], at("torch_dtype"))
+            put("model.dtype", {"bfloat16": "bf16"}[src["torch_dtype"]], at("torch_dtype"), src["torch_dtype"])
             put("train.learning_rate", float(src["learning_rate"]), at("learning_rate"))
             put("train.lr_scheduler", src["lr_scheduler_type"], at("lr_scheduler_type"))
             put("train.warmup_ratio", src["warmup_ratio"], at("warmup_ratio"))
@@ -336,7 +373,9 @@ def lion(repo: Path) -> dict:
             put("train.global_batch_size",
                 src["per_device_train_batch_size"] * src["gradient_accumulation_steps"] * int(gpus),
                 f"{at('per_device_train_batch_size')} x {at('gradient_accumulation_steps')} x {launcher}:{gpus_line}")
-            put("train.report_to", [r for r in src["report_to"] if r != "none"], at("report_to"))
+            (reporter,) = src["report_to"]
+            put("train.report_to", [r for r in src["report_to"] if r != "none"],
+                item_at(show(repo, commit, path), "report_to", reporter, path), *(["none"] if reporter == "none" else []))
             if "gradient_checkpointing" in src:
                 put("model.gradient_checkpointing", src["gradient_checkpointing"], at("gradient_checkpointing"))
             if src.get("wandb_project"):
@@ -345,8 +384,9 @@ def lion(repo: Path) -> dict:
                 put("model.path", src["model_name_or_path"], at("model_name_or_path"))
                 put("model.tokenizer", src["tokenizer_name_or_path"], at("tokenizer_name_or_path"))
                 assert src["assistant_bos"] == "<|im_start|>assistant\n", path
-                put("model.chat_template", "chatml", at("assistant_bos"))
-                put("data.train_on", "all_assistant" if src["mask_user_labels"] else "all", at("mask_user_labels"))
+                put("model.chat_template", "chatml", at("assistant_bos"), "<|im_start|>assistant")
+                put("data.train_on", "all_assistant" if src["mask_user_labels"] else "all", at("mask_user_labels"),
+                    f"mask_user_labels: {str(src['mask_user_labels']).lower()}")
                 for i, (name, frac) in enumerate(src["train_dataset_mixer"].items()):
                     put(f"data.sources.{i}.path", name, at(name))
                     put(f"data.sources.{i}.fraction", float(frac), at(name))
@@ -357,20 +397,22 @@ def lion(repo: Path) -> dict:
                 if src["mask_embed_grad"]:
                     cut = int(re.search(r"cutoff=(\d+)", hook).group(1))
                     keep = [cut, None] if "grad[:cutoff] = 0" in hook else [0, cut]
-                    put("train.mask_embed_grad", keep, line_of(hook, r"grad\[.*cutoff.*\] = 0", hook_py))
+                    put("train.mask_embed_grad", keep, f"{line_of(hook, r'cutoff=[0-9]+', hook_py)}; "
+                                                       f"{line_of(hook, r'grad.*cutoff.* = 0', hook_py)}")
                 continue
             put("preference.loss_type", "sigmoid", "lionalign/trainer/dpo_config.py:49")
             put("preference.beta", src["beta"], at("beta"))
             put("preference.max_length", src["max_length"], at("max_length"))
             put("preference.max_prompt_length", src["max_prompt_length"], at("max_prompt_length"))
             if src.get("mask_embed_grad") is False:
-                put("train.mask_embed_grad", None, at("mask_embed_grad"))
+                put("train.mask_embed_grad", None, at("mask_embed_grad"), "mask_embed_grad: false")
             elif "mask_embed_grad" not in src:  # DPOConfig's default (True): run_precompute_dpo.py masks then
                 default_py = "lionalign/trainer/dpo_config.py"
                 assert re.search(r"mask_embed_grad: Optional\[bool\] = True", show(repo, commit, default_py))
                 cut = int(re.search(r"cutoff=(\d+)", hook).group(1))
                 put("train.mask_embed_grad", [cut, None] if "grad[:cutoff] = 0" in hook else [0, cut],
-                    line_of(show(repo, commit, default_py), r"mask_embed_grad: Optional\[bool\] = True", default_py))
+                    f"{line_of(show(repo, commit, default_py), r'mask_embed_grad: Optional.bool. = True', default_py)}; "
+                    f"{line_of(hook, r'cutoff=[0-9]+', hook_py)}; {line_of(hook, r'grad.*cutoff.* = 0', hook_py)}")
             if stage == "dpo":
                 put("train.save_strategy", src["save_strategy"], at("save_strategy"))
                 if src["save_strategy"] == "steps":
@@ -391,7 +433,7 @@ def lion(repo: Path) -> dict:
 
             put("train.eval_strategy", arg("evaluation_strategy"), line_of(script, "--evaluation_strategy=", odpo_sh))
             assert arg("save_strategy") == "no", odpo_sh  # the command line overrides the config's "epoch"
-            put("train.save_steps", None, line_of(script, "--save_strategy=", odpo_sh))
+            put("train.save_steps", None, line_of(script, "--save_strategy=", odpo_sh), "--save_strategy=no")
             put("data.sources.0.path", arg("prompt_dataset"), line_of(script, "--prompt_dataset=", odpo_sh))
             put("data.sources.0.split", arg("prompt_dataset_split"), line_of(script, "--prompt_dataset_split=", odpo_sh))
             put("online.samples_per_prompt", int(arg("n_to_rank")), line_of(script, "--n_to_rank=", odpo_sh))
@@ -399,11 +441,14 @@ def lion(repo: Path) -> dict:
             put("online.max_new_tokens", int(re.search(r"default=(\d+), metadata=\{\"help\": \"The max tokens",
                                                         gen).group(1)),
                 line_of(gen, r"default=\d+, metadata=\{\"help\": \"The max tokens for generation", gen_py))
-            put("online.judge.type", "pairrm", line_of(gen, r'loadranker\("llm-blender/PairRM"', gen_py))
-            put("online.judge.prompt_format", "role_lines", line_of(gen, r"prompt_text = _format_single_chat", gen_py))
+            put("online.judge.type", "pairrm", line_of(gen, r'loadranker\("llm-blender/PairRM"', gen_py), "llm-blender/PairRM")
+            put("online.judge.prompt_format", "role_lines", line_of(gen, r"prompt_text = _format_single_chat", gen_py),
+                "_format_single_chat")
             put("online.judge.batch_size", int(arg("judge_batch_size")), line_of(script, "--judge_batch_size=", odpo_sh))
-            put("online.pairs", "best_worst", line_of(gen, r"worst_answer_idx = rank\.index\(max_rank\)", gen_py))
-            put("online.iterations", 1, line_of(script, r"^scripts/gen_preference_pairs\.py", odpo_sh))  # its one run
+            put("online.pairs", "best_worst", line_of(gen, r"worst_answer_idx = rank\.index\(max_rank\)", gen_py),
+                "worst_answer_idx = rank.index(max_rank)")
+            put("online.iterations", 1, line_of(script, r"^scripts/gen_preference_pairs\.py", odpo_sh),  # its one run
+                "scripts/gen_preference_pairs.py")
             put("data.eval_sources.0.path", "Columbia-NLP/DPO-UltraFeedback_binarized",
                 line_of(script, "--eval_dataset_splits=", odpo_sh))
             put("data.eval_sources.0.split", "test_prefs", line_of(script, "--eval_dataset_splits=", odpo_sh))
@@ -425,7 +470,7 @@ def lion(repo: Path) -> dict:
                 put("online.mix_offline.fraction", fractions[offline], in_mixer(offline))
                 put("online.pair_fraction", fractions[online], in_mixer(online))
             else:
-                put("online.mix_offline", None, line_of(script, "--train_dataset_mixer=", odpo_sh))
+                put("online.mix_offline", None, line_of(script, "--train_dataset_mixer=", odpo_sh), "--train_dataset_mixer=")
                 put("online.pair_fraction", 1.0, line_of(script, "--train_dataset_mixer=", odpo_sh))
         table["recipes"][ours] = entries(row)
     return table
@@ -445,6 +490,10 @@ def main() -> None:
         if where is None:
             continue
         table = make(where)
+        if name == "LLM_DPO":
+            add_cited(table, lambda path, text=where.read_text(): text)
+        else:
+            add_cited(table, lambda path, repo=where, commit=table["commit"]: show(repo, commit, path))
         out = OUT_DIR / f"{name}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(table, indent=1) + "\n")
