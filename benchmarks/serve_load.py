@@ -207,7 +207,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--servers", nargs="+", default=["plain generate", *SERVERS], choices=["plain generate", *SERVERS])
     ap.add_argument("--clients", nargs="+", type=int, default=[1, 8, 32, 64])
-    ap.add_argument("--per-client", type=int, default=8, help="requests per client at each level")
+    ap.add_argument("--per-client", type=int, default=6, help="requests per client at each level")
     ap.add_argument("--pride-args", default="", help="more `pride serve` flags, e.g. '--max-prefill-tokens 256'")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_load.json")
     args = ap.parse_args()
