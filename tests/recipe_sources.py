@@ -392,6 +392,10 @@ def lion(repo: Path) -> dict:
                     put(f"data.sources.{i}.fraction", float(frac), at(name))
                     put(f"data.sources.{i}.split", src["train_dataset_splits"], at("train_dataset_splits"))
                 put("train.max_length", src["max_seq_length"], at("max_seq_length"))
+                proc_py = "lionalign/data/sft_data_processor.py"  # run_sft.py's data_processor
+                put("train.packing", "split", line_of(show(repo, commit, proc_py),
+                                                      r"dataset\.map\(self\.batch_split_long_data", proc_py),
+                    "batch_split_long_data")
                 put("train.save_steps", src["save_steps"], at("save_steps"))
                 put("train.save_total_limit", src["save_total_limit"], at("save_total_limit"))
                 if src["mask_embed_grad"]:

@@ -107,7 +107,9 @@ class TrainSettings(Section):
         "auto", description="autocast dtype; auto: model.dtype when it is bf16/fp16 (precision=mixed), else none")
     max_length: int = Field(2048, gt=1, description="tokens per sample (and per packed row)")
     truncation: Literal["truncate", "drop"] = "truncate"
-    packing: bool = True
+    packing: bool | Literal["split"] = Field(
+        True, description="true: best-fit-decreasing rows of whole samples; split: the samples in order cut into "
+        "full rows, a sample cut at a row's end going on in the next (LionAlignment's SFT); false: a sample a row")
     logging_steps: int = Field(1, gt=0)
     eval_steps: int | None = Field(None, gt=0)
     eval_strategy: Literal["steps", "epoch"] = Field("steps", description="epoch: evaluate at the end of each "

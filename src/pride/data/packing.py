@@ -296,3 +296,31 @@ def collate(rows: list[list[Sample]], pad_id: int, flat: bool = False, layout: s
     return Batch(input_ids=ids, position_ids=pos, target_index=target_index, target_ids=flat_labels[target_index],
                  target_seq=flat_seg[target_index], **sequence_columns(samples), n_tokens=sum(len(s) for s in samples),
                  n_slots=ids.numel())
+
+
+def split_rows(samples: list[Sample], max_length: int, buffer: int = 1024) -> list[list[Sample]]:
+    """LionAlignment's SFT packing (`sft_data_processor.batch_split_long_data`): the samples, in
+    order and `buffer` at a time, concatenated and cut into rows of exactly `max_length`
+    tokens. A sample cut at a row's end goes on at the start of the next row as a segment of
+    its own (attention stays within a sample, as their cu_seqlens keep it; their positions run
+    on through the row where pride's restart per segment, the same under RoPE, which sees only
+    distances); its target across the cut is dropped (they shift labels within a row). What is
+    left of each `buffer` samples, less than a row, is dropped; so is a row with more than 90%
+    of its tokens untrained (their `filter_element`)."""
+    rows: list[list[Sample]] = []
+    for start in range(0, len(samples), buffer):
+        row: list[Sample] = []
+        room = max_length
+        for s in samples[start:start + buffer]:
+            at = 0
+            while at < len(s):
+                take = min(room, len(s) - at)
+                labels = s.labels[at:at + take]
+                if at + take < len(s):  # cut: the next token lies in the next row
+                    labels = labels[:-1] + [IGNORE]
+                row.append(Sample(s.input_ids[at:at + take], labels, seq=s.seq, example=s.example))
+                at, room = at + take, room - take
+                if room == 0:
+                    rows.append(row)
+                    row, room = [], max_length
+    return [r for r in rows if sum(len(s) - s.n_targets for s in r) <= 0.9 * max_length]

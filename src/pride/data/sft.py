@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pride.chat import ChatFormat
-from pride.data.packing import Sample, pack_bfd, shift_targets
+from pride.data.packing import Sample, pack_bfd, shift_targets, split_rows
 from pride.data.rows import Conversation, RowError
 from pride.errors import PrideError
 
@@ -46,15 +46,19 @@ def tokenize_conversations(convs: list[Conversation], fmt: ChatFormat, train_on:
     return samples, stats
 
 
-def build_rows(samples: list[Sample], max_length: int, packing: bool) -> tuple[list[list[Sample]], dict]:
-    """Pack with best-fit-decreasing (packing=True) or one sample per row."""
-    if packing:
+def build_rows(samples: list[Sample], max_length: int, packing: bool | str) -> tuple[list[list[Sample]], dict]:
+    """Pack with best-fit-decreasing (packing=True), cut the stream of samples into full rows as
+    LionAlignment does (packing="split", `packing.split_rows`), or one sample per row."""
+    if packing == "split":
+        rows = split_rows(samples, max_length)
+    elif packing:
         groups = pack_bfd([len(s) for s in samples], max_length)
         rows = [[samples[i] for i in g] for g in groups]
     else:
         rows = [[s] for s in samples]
-    tokens = sum(len(s) for s in samples)
-    stats = {"rows": len(rows), "tokens": tokens, "trained_tokens": sum(s.n_targets for s in samples)}
+    kept = [s for r in rows for s in r]
+    tokens = sum(len(s) for s in kept)
+    stats = {"rows": len(rows), "tokens": tokens, "trained_tokens": sum(s.n_targets for s in kept)}
     if packing and rows:
         stats["packing_efficiency"] = round(tokens / (len(rows) * max_length), 4)
     return rows, stats

@@ -26,7 +26,8 @@ class SftObjective:
 
 
 def prepare_sft_rows(cfg: Config, fmt, rows: list) -> tuple[list[list[Sample]], dict]:
-    samples, tok_stats = tokenize_conversations(rows, fmt, cfg.data.train_on, cfg.train.max_length,
+    split = cfg.train.packing == "split"  # a long sample goes on over rows: nothing to truncate
+    samples, tok_stats = tokenize_conversations(rows, fmt, cfg.data.train_on, 2**62 if split else cfg.train.max_length,
                                                 cfg.train.truncation, cfg.data.on_bad_row)
     packed, pack_stats = build_rows(samples, cfg.train.max_length, cfg.train.packing)
     return packed, {**tok_stats, **pack_stats}
