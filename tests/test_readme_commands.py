@@ -64,8 +64,8 @@ TINY = {
         None, ["--mode", "single"], 0),
     "pride eval score arena-hard model_judgment/gpt-4-1106-preview/*.jsonl [--version v2|v0.1] [--baseline gpt-4-0314] "
     "[--answers model_answer/*.jsonl]": (None, ["--version", "v0.1", "--rounds", "10"], 0),
-    "pride serve runs/demo/sft/model --port 8000 [--api-key-env MY_KEY] [--max-batch-size 8] [--max-model-len N] "
-    "[--max-tokens 4096]": (None, ["--api-key-env", "MY_KEY", "--max-batch-size", "8", "--max-tokens", "64"], 0),
+    "pride serve runs/demo/sft/model --port 8000 [--api-key-env MY_KEY] [--max-batch-size 64] [--max-model-len N] "
+    "[--max-tokens 4096]": (None, ["--api-key-env", "MY_KEY", "--max-batch-size", "64", "--max-tokens", "64"], 0),
     "pride data inspect examples/configs/inspect.yaml -n 3": (None, [], 0),
     "pride data inspect my.yaml --export rows.jsonl": (SFT_YAML, [], 0),
 }
