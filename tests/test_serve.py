@@ -301,8 +301,10 @@ def test_sigterm_under_load_stops_within_the_shutdown_timeout_and_exits_0(tmp_pa
             lines = stream.iter_lines()
             assert next(lines).startswith("data:")
             assert next(line for line in lines if line.startswith("data:"))  # generating
-            while httpx.get(base + "/health").json()["running"] < 8:
+            deadline = time.monotonic() + 60
+            while httpx.get(base + "/health").json()["running"] < 8 and time.monotonic() < deadline:
                 time.sleep(0.05)
+            assert httpx.get(base + "/health").json()["running"] == 8
             t = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)

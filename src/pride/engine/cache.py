@@ -62,10 +62,6 @@ class KV:
         if len(keep) < self.rows:
             self.rebuild(keep)
 
-    def merge(self, other: KV) -> None:
-        """Take in the rows of `other` (after ours), both left-padded to the longer one."""
-        self.rebuild(list(range(self.rows)), other)
-
     def rebuild(self, keep: list[int], other: KV | None = None) -> None:
         """Rows `keep` of ours, then every row of `other`, right-aligned in one new buffer per
         layer with room to grow: one copy of what stays, whatever leaves or joins; the columns

@@ -100,23 +100,38 @@ class Engine:
 
     def complete(self, prompts: list[list[int]], n: int, seeds: list[list[int]] | None = None,
                  temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 256) -> list[list[str]]:
-        """n texts per prompt, all prompts in one lane (max_batch_size rows at a time), choice k
-        of prompt i sampled with seeds[i][k]. For in-process callers: online sampling, the demo."""
+        """n texts per prompt (see `answers`), in prompt order."""
+        done = dict(self.answers(prompts, n, seeds, temperature, top_p, max_tokens))
+        return [done[i] for i in range(len(prompts))]
+
+    def answers(self, prompts: list[list[int]], n: int, seeds: list[list[int]] | None = None,
+                temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 256):
+        """(i, n texts) for each prompt as soon as its n choices are done; all prompts in one lane
+        (max_batch_size rows at a time), choice k of prompt i sampled with seeds[i][k]. For
+        in-process callers: online sampling, the demo."""
         texts = [[""] * n for _ in prompts]
+        left, done = [n] * len(prompts), []
 
         def collect(i):
             def emit(event):
                 if event[0] == "delta":
                     texts[i][event[1]] += event[2]
+                elif event[0] == "finish":
+                    left[i] -= 1
+                    if not left[i]:
+                        done.append(i)
                 elif event[0] == "error":
                     raise RuntimeError(event[1])
             return emit
 
         batch = object()
-        self.generate([Request(prompt_ids=ids, emit=collect(i), n=n, temperature=temperature, top_p=top_p,
-                               max_tokens=max_tokens, seeds=seeds[i] if seeds else None, batch=batch)
-                       for i, ids in enumerate(prompts)])
-        return texts
+        requests = [Request(prompt_ids=ids, emit=collect(i), n=n, temperature=temperature, top_p=top_p,
+                            max_tokens=max_tokens, seeds=seeds[i] if seeds else None, batch=batch)
+                    for i, ids in enumerate(prompts)]
+        for _ in self.steps(requests):
+            while done:
+                i = done.pop(0)
+                yield i, texts[i]
 
     # -- the worker -------------------------------------------------------------------
 

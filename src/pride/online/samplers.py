@@ -47,32 +47,10 @@ class EngineSampler:
 
     def stream(self, prompts: list[list[dict]], seeds: list[list[int]]):
         """(i, K responses) for each prompt, as soon as its samples are done."""
-        from pride.engine import Request
-
-        k = self.s.samples_per_prompt
-        texts = [[""] * k for _ in prompts]
-        left, done = [k] * len(prompts), []
-
-        def collect(i):
-            def emit(event):
-                if event[0] == "delta":
-                    texts[i][event[1]] += event[2]
-                elif event[0] == "finish":
-                    left[i] -= 1
-                    if not left[i]:
-                        done.append(i)
-                elif event[0] == "error":
-                    raise RuntimeError(event[1])
-            return emit
-
-        batch = object()
-        requests = [Request(prompt_ids=self.fmt.encode_prompt(m), emit=collect(i), n=k, temperature=self.s.temperature,
-                            top_p=self.s.top_p, max_tokens=self.s.max_new_tokens, seeds=seeds[i], batch=batch)
-                    for i, m in enumerate(prompts)]
-        for _ in self.engine.steps(requests):
-            while done:
-                i = done.pop(0)
-                yield i, [t.strip() for t in texts[i]]
+        for i, texts in self.engine.answers([self.fmt.encode_prompt(m) for m in prompts], self.s.samples_per_prompt,
+                                            seeds, temperature=self.s.temperature, top_p=self.s.top_p,
+                                            max_tokens=self.s.max_new_tokens):
+            yield i, [t.strip() for t in texts]
 
     def close(self) -> None:
         self.engine = None

@@ -177,7 +177,6 @@ class Inbox:
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop, self.items, self.lock = loop, [], threading.Lock()
         self.ready = asyncio.Event()
-        self.checked_at = loop.time()  # last disconnect check
 
     def put(self, event: tuple) -> None:  # engine thread
         with self.lock:
@@ -276,6 +275,7 @@ def create_app(engine: Engine, fmt, model_name: str, api_key: str | None, contex
             return StreamingResponse(stream(request, req, events, shape, rid, created, len(ids), usage),
                                      media_type="text/event-stream")
         choices = [{"text": "", "logprobs": [], "finish": None, "tokens": 0} for _ in range(body.n)]
+        checked = loop.time()  # the last disconnect check
         while not all(c["finish"] for c in choices):
             # woken by the engine's events, or every DISCONNECT_CHECK_S while tokens flow or stall
             for event in await events.take(timeout=DISCONNECT_CHECK_S) or []:
@@ -286,8 +286,8 @@ def create_app(engine: Engine, fmt, model_name: str, api_key: str | None, contex
                     choices[event[1]]["logprobs"] += event[3]
                 elif event[0] == "finish":
                     choices[event[1]].update(finish=event[2], tokens=event[3])
-            if events.checked_at + DISCONNECT_CHECK_S <= loop.time():
-                events.checked_at = loop.time()
+            if checked + DISCONNECT_CHECK_S <= loop.time():
+                checked = loop.time()
                 if await request.is_disconnected():
                     req.cancelled.set()
                     return error(499, "client disconnected")
