@@ -48,15 +48,36 @@ def answer_text(rng: random.Random, verbose: float) -> str:
 
 
 def build(seed: int = 0):
-    """(questions, answers {model: {uid: text}}, judgments rows in the v2 layout)."""
-    rng = random.Random(seed)
-    uids = [f"q{i:03d}" for i in range(N_QUESTIONS)]
-    questions = [{"uid": u, "category": "arena-hard-v0.1", "cluster": "c", "prompt": f"Question {u}?"} for u in uids]
-    answers = {BASELINE: {u: answer_text(rng, 0.5) for u in uids}}
-    answers[MODELS[0]] = {u: answer_text(rng, 0.9) for u in uids}
-    answers[MODELS[1]] = {u: answer_text(rng, 0.1) for u in uids}
+    """(questions, answers {model: {uid: text}}, judgments rows in the v2 layout), one category."""
+    return _build(random.Random(seed), {"arena-hard-v0.1": (BASELINE, N_QUESTIONS, "q")})
+
+
+# arena-hard-v2.0's two categories, each with its own baseline (utils/judge_utils.py)
+V2_CATEGORIES = {"hard_prompt": ("o3-mini-2025-01-31", 50, "h"), "creative_writing": ("gemini-2.0-flash-001", 30, "c")}
+
+
+def build_v2_categories(seed: int = 1):
+    """The same, on a v2.0-like set: hard_prompt and creative_writing questions, each judged
+    against its category's baseline, the models' biases differing by category."""
+    return _build(random.Random(seed), V2_CATEGORIES)
+
+
+def _build(rng: random.Random, categories: dict):
+    questions, answers, judgments = [], {}, []
+    for category, (baseline, n, prefix) in categories.items():
+        uids = [f"{prefix}{i:03d}" for i in range(n)]
+        questions += [{"uid": u, "category": category, "cluster": "c", "prompt": f"Question {u}?"} for u in uids]
+        answers.setdefault(baseline, {}).update({u: answer_text(rng, 0.5) for u in uids})
+        answers.setdefault(MODELS[0], {}).update({u: answer_text(rng, 0.9) for u in uids})
+        answers.setdefault(MODELS[1], {}).update({u: answer_text(rng, 0.1) for u in uids})
+        shift = 0.1 * (len(judgments) > 0)  # a later category favours the second model a little more
+        judgments += _judgments(rng, uids, category, baseline, (0.65 - shift, 0.35 + shift))
+    return questions, answers, judgments
+
+
+def _judgments(rng: random.Random, uids: list[str], category: str, baseline: str, biases: tuple) -> list[dict]:
     judgments = []
-    for m, bias in zip(MODELS, (0.65, 0.35)):
+    for m, bias in zip(MODELS, biases):
         for u in uids:
             games = []
             for g in range(2):
@@ -73,9 +94,9 @@ def build(seed: int = 0):
                 else:
                     label = "A>>B" if strength > 0.75 else rng.choice(["A>B", "B<A"]) if g else "A>B"
                 games.append({"score": label})
-            judgments.append({"uid": u, "category": "arena-hard-v0.1", "judge": "gpt-4-1106-preview", "model": m,
-                              "baseline": BASELINE, "games": games})
-    return questions, answers, judgments
+            judgments.append({"uid": u, "category": category, "judge": "gpt-4-1106-preview", "model": m,
+                              "baseline": baseline, "games": games})
+    return judgments
 
 
 def v01_judgments(judgments):

@@ -1,5 +1,7 @@
 """Regenerate tests/data/arena_hard_official.json: the official arena-hard-auto code's results
-on the inputs of tests/arena_hard_inputs.py (v2 = HEAD, v0.1 = commit 0489bf3).
+on the inputs of tests/arena_hard_inputs.py (v2 = HEAD, v0.1 = commit 0489bf3); for v2 also
+a two-category set (hard_prompt, creative_writing), scored a category at a time as its
+`show_result.py --category` does, and the judge requests its `pairwise_judgment` builds.
 
     python tests/arena_hard_reference.py --repo /path/to/arena-hard-auto (a clone: its git directory)
 
@@ -28,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.arena_hard_inputs import BASELINE, JUDGMENT_TEXTS, build, v01_judgments  # noqa: E402
+from tests.arena_hard_inputs import BASELINE, JUDGMENT_TEXTS, build, build_v2_categories, v01_judgments  # noqa: E402
 
 V2_COMMIT, V01_COMMIT = "HEAD", "0489bf3"
 OUT = Path(__file__).parent / "data" / "arena_hard_official.json"
@@ -89,45 +91,114 @@ def write_answers(amd, encoder, answers: dict, out_dir: Path, make_row, column: 
         write_jsonl(out_dir / f"{model.split('/')[-1]}.jsonl", df.to_dict("records"))
 
 
-def run_v2(repo: str, work: Path) -> dict:
+V2_ANSWER = lambda u, model, t: {"uid": u, "model": model, "messages": [  # noqa: E731
+    {"role": "user", "content": "q"}, {"role": "assistant", "content": {"answer": t}}]}
+
+
+def v2_code(repo: str, work: Path) -> Path:
     code = work / "v2"
     git_files(repo, V2_COMMIT, ["show_result.py", "utils/judge_utils.py", "utils/math_utils.py",
-                                "utils/add_markdown_info.py", "gen_judgment.py"], code)
-    questions, answers, judgments = build()
-    data = work / "v2data" / "data" / "arena-hard-v0.1"
-    write_jsonl(data / "model_judgment" / "gpt-4-1106-preview" / "all.jsonl", judgments)
-    sys.path.insert(0, str(code))
-    import pandas as pd
-    from utils import add_markdown_info as amd  # noqa: E402
+                                "utils/add_markdown_info.py", "gen_judgment.py", "config/arena-hard-v2.0.yaml"], code)
+    return code
 
-    write_answers(amd, tiktoken_encoding("o200k_base"), answers, data / "model_answer",
-                  lambda u, model, t: {"uid": u, "model": model, "messages": [
-                      {"role": "user", "content": "q"}, {"role": "assistant", "content": {"answer": t}}]},
-                  "messages", "metadata")
-    os.chdir(work / "v2data")
-    import show_result  # noqa: E402
+
+@contextlib.contextmanager
+def v2_imported(code: Path, data_root: Path):
+    """show_result (and its utils) imported from the official files, run inside `data_root`."""
+    sys.path.insert(0, str(code))
+    here = os.getcwd()
+    os.chdir(data_root)
+    try:
+        import show_result  # noqa: E402
+
+        yield show_result
+    finally:
+        os.chdir(here)
+        sys.path.remove(str(code))
+        for mod in [m for m in sys.modules if m == "show_result" or m == "utils" or m.startswith("utils.")]:
+            del sys.modules[mod]
+
+
+def v2_leaderboards(show_result, bench: str, categories: list[str]) -> dict:
+    """{category: {"scores": ..., "style": ...}} as `show_result.py -c CATEGORY [-f length markdown]`
+    prints them (the unrounded numbers), numpy seeded with 42 before each bootstrap."""
+    import pandas as pd
 
     captured = []
     show_result.format_confidence_interval = lambda mean, lower, upper, baseline=None: captured.append(
         {r["model"]: {"score": r["scores"] * 100, "ci_lower": r["lower"] * 100, "ci_upper": r["upper"] * 100}
          for r in mean.merge(lower, on="model").merge(upper, on="model").to_dict("records")}) or pd.DataFrame()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        battles = show_result.load_judgments(["gpt-4-1106-preview"], "arena-hard-v0.1")
-        np.random.seed(42)
-        show_result.print_leaderboard(battles.copy(), "arena-hard-v0.1")
-        np.random.seed(42)
-        show_result.print_leaderboard_with_style_features(battles.copy(), "arena-hard-v0.1", "arena-hard-v0.1",
-                                                          ["length", "markdown"])
+    out = {}
+    for category in categories:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            battles = show_result.load_judgments(["gpt-4-1106-preview"], bench)
+            battles = battles[battles.category == category].reset_index(drop=True)  # its __main__'s filter
+            np.random.seed(42)
+            show_result.print_leaderboard(battles.copy(), category)
+            np.random.seed(42)
+            show_result.print_leaderboard_with_style_features(battles.copy(), bench, category, ["length", "markdown"])
+        baseline = show_result.JUDGE_SETTINGS[category]["baseline"]
+        out[category] = {"scores": captured[-2], "style": {m: v for m, v in captured[-1].items() if m != baseline}}
+    return out
+
+
+def write_v2_data(code: Path, root: Path, bench: str, answers: dict, judgments: list) -> Path:
+    data = root / "data" / bench
+    write_jsonl(data / "model_judgment" / "gpt-4-1106-preview" / "all.jsonl", judgments)
+    sys.path.insert(0, str(code))
+    from utils import add_markdown_info as amd  # noqa: E402
+
+    write_answers(amd, tiktoken_encoding("o200k_base"), answers, data / "model_answer", V2_ANSWER, "messages",
+                  "metadata")
+    sys.path.remove(str(code))
+    for mod in [m for m in sys.modules if m == "utils" or m.startswith("utils.")]:
+        del sys.modules[mod]
+    return data
+
+
+def run_v2(repo: str, work: Path) -> dict:
+    code = v2_code(repo, work)
+    questions, answers, judgments = build()
+    data = write_v2_data(code, work / "v2data", "arena-hard-v0.1", answers, judgments)
+    with v2_imported(code, work / "v2data") as show_result:
+        board = v2_leaderboards(show_result, "arena-hard-v0.1", ["arena-hard-v0.1"])["arena-hard-v0.1"]
     get_score = function_from((code / "gen_judgment.py").read_text(), "get_score")
     patterns = [r"\[\[([AB<>=]+)\]\]", r"\[([AB<>=]+)\]"]
-    metadata = {m: json.loads(json.dumps(df_meta)) for m, df_meta in (
-        (m, {r["uid"]: r["metadata"] for r in map(json.loads, (data / "model_answer" / f"{m.split('/')[-1]}.jsonl")
-                                                   .read_text().splitlines())}) for m in answers)}
-    sys.path.remove(str(code))
-    for mod in [m for m in sys.modules if m == "show_result" or m == "utils" or m.startswith("utils.")]:
-        del sys.modules[mod]
-    return {"scores": captured[0], "style": {m: v for m, v in captured[1].items() if m != BASELINE},
+    metadata = {m: {r["uid"]: r["metadata"] for r in map(json.loads, (data / "model_answer" / f"{m.split('/')[-1]}.jsonl")
+                                                          .read_text().splitlines())} for m in answers}
+    return {"scores": board["scores"], "style": board["style"],
             "labels": [get_score(t, patterns) for t in JUDGMENT_TEXTS], "metadata": metadata}
+
+
+def run_v2_categories(repo: str, work: Path) -> dict:
+    """The two-category set: each category's leaderboards, and the judge requests of one question
+    per category (both games) as gen_judgment's pairwise_judgment sends them."""
+    import yaml
+
+    code = v2_code(repo, work)
+    questions, answers, judgments = build_v2_categories()
+    write_v2_data(code, work / "v2cat", "arena-hard-v2.0", answers, judgments)
+    with v2_imported(code, work / "v2cat") as show_result:
+        boards = v2_leaderboards(show_result, "arena-hard-v2.0", ["hard_prompt", "creative_writing"])
+        settings = show_result.JUDGE_SETTINGS
+    sent = []
+    scope = {"JUDGE_SETTINGS": settings, "get_endpoint": lambda endpoints: None,
+             "registered_api_completion": {"openai": lambda **kw: sent.append(
+                 {"messages": kw["messages"], "temperature": kw["temperature"], "max_tokens": kw["max_tokens"]})}}
+    tree = ast.parse((code / "gen_judgment.py").read_text())
+    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "pairwise_judgment")
+    exec(compile(ast.Module(body=[node], type_ignores=[]), "pairwise_judgment", "exec"), scope)
+    configs = yaml.safe_load((code / "config" / "arena-hard-v2.0.yaml").read_text())
+    requests = {}
+    for category in ("hard_prompt", "creative_writing"):
+        q = next(q for q in questions if q["category"] == category)
+        base = V2_ANSWER(q["uid"], settings[category]["baseline"], answers[settings[category]["baseline"]][q["uid"]])
+        mine = V2_ANSWER(q["uid"], "model-x", answers["model-x"][q["uid"]])
+        for a, b in ((base, mine), (mine, base)):  # judgment(): round 1, then round 2 with the answers swapped
+            scope["pairwise_judgment"](question=q, baseline=a, answer=b, reference=None, configs=configs,
+                                       settings={"api_type": "openai", "endpoints": None})
+        requests[q["uid"]] = sent[-2:]
+    return {"categories": boards, "requests": requests}
 
 
 def run_v01(repo: str, work: Path) -> dict:
@@ -188,7 +259,8 @@ def main() -> None:
     args = ap.parse_args()
     here = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
-        result = {"v2": run_v2(args.repo, Path(tmp)), "v0.1": run_v01(args.repo, Path(tmp))}
+        result = {"v2": run_v2(args.repo, Path(tmp)), "v2_categories": run_v2_categories(args.repo, Path(tmp)),
+                  "v0.1": run_v01(args.repo, Path(tmp))}
     os.chdir(here)
     commit = subprocess.run(["git", "-C", args.repo, "rev-parse", V2_COMMIT], capture_output=True, text=True).stdout
     result["source"] = {"repository": "lmarena/arena-hard-auto", "v2": commit.strip(), "v0.1": V01_COMMIT}

@@ -1,5 +1,6 @@
 """Arena-Hard scores equal the official arena-hard-auto code, v2 and v0.1, with and without
-style control (issue 11). The official results on these inputs are in
+style control (issue 11), and v2's categories are judged and scored apart as its code does
+(issue 25). The official results on these inputs are in
 tests/data/arena_hard_official.json, produced by tests/arena_hard_reference.py from a clone
 of lmarena/arena-hard-auto (its docstring says how to regenerate them)."""
 
@@ -10,14 +11,14 @@ import pytest
 
 from pride.eval import arena_hard
 from pride.eval.arena_hard import parse_label_v01, parse_label_v2, score_files, style_metadata
-from tests.arena_hard_inputs import BASELINE, JUDGMENT_TEXTS, build, v01_judgments
+from tests.arena_hard_inputs import BASELINE, JUDGMENT_TEXTS, V2_CATEGORIES, build, build_v2_categories, v01_judgments
 
 OFFICIAL = json.loads((Path(__file__).parent / "data" / "arena_hard_official.json").read_text())
 
 
-def write_inputs(tmp_path, layout):
+def write_inputs(tmp_path, layout, inputs=build):
     """Judgments in one file; answers per model without metadata (pride computes it from the text)."""
-    questions, answers, judgments = build()
+    questions, answers, judgments = inputs()
     rows = judgments if layout == "v2" else v01_judgments(judgments)
     judged = tmp_path / "judgments.jsonl"
     judged.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -40,7 +41,8 @@ def write_inputs(tmp_path, layout):
 @pytest.mark.parametrize("style", [False, True])
 def test_scores_equal_the_official_show_result(tmp_path, version, style):
     judged, answers = write_inputs(tmp_path, version)
-    got = score_files([judged], BASELINE, rounds=100, version_name=version, answer_files=answers if style else None)
+    (got,) = score_files([judged], BASELINE, rounds=100, version_name=version,
+                         answer_files=answers if style else None).values()
     want = OFFICIAL[version]["style" if style else "scores"]
     assert set(got) == set(want)
     for model, numbers in want.items():
@@ -75,9 +77,59 @@ def test_label_parsing_equals_the_official_get_score():
     assert [list(parse_label_v01(t)) for t in JUDGMENT_TEXTS] == OFFICIAL["v0.1"]["labels"]
 
 
+@pytest.mark.parametrize("style", [False, True])
+def test_v2_categories_are_scored_apart_as_the_official_show_result(tmp_path, style):
+    """hard_prompt against o3-mini and creative_writing against gemini-2.0-flash-001, a table
+    each, equal to `show_result.py --category C` run once per category; the baselines come
+    from the judgments, as nobody names one."""
+    judged, answers = write_inputs(tmp_path, "v2", build_v2_categories)
+    got = score_files([judged], None, rounds=100, answer_files=answers if style else None)
+    want = OFFICIAL["v2_categories"]["categories"]
+    assert list(got) == list(V2_CATEGORIES) and set(want) == set(V2_CATEGORIES)
+    for category, tables in want.items():
+        assert set(got[category]) == set(tables["style" if style else "scores"])
+        for model, numbers in tables["style" if style else "scores"].items():
+            assert got[category][model]["baseline"] == V2_CATEGORIES[category][0]
+            for key in ("score", "ci_lower", "ci_upper"):
+                assert got[category][model][key] == pytest.approx(numbers[key], abs=TOLERANCE["v2", style]), \
+                    (category, model, key)
+
+
+def test_v2_judge_requests_equal_the_official_pairwise_judgment():
+    """Each question goes to the judge with its category's system prompt and baseline, both
+    orders, as gen_judgment.py's pairwise_judgment sends them (max_tokens and temperature of
+    config/arena-hard-v2.0.yaml)."""
+    questions, answers, _ = build_v2_categories()
+    for uid, official in OFFICIAL["v2_categories"]["requests"].items():
+        (q,) = [{"id": x["uid"], "prompt": x["prompt"], "category": x["category"], "layout": "v2", "raw": x}
+                for x in questions if x["uid"] == uid]
+        judge = Judge(["[[A>B]]", "[[B>A]]"])
+        (row,) = arena_hard.judge(judge, [q], answers["model-x"], answers, "model-x", arena_hard.VERSIONS["v2"])
+        assert [{"messages": m, **p} for m, p in judge.seen] == official, uid
+        assert row["baseline"] == V2_CATEGORIES[q["category"]][0] and row["category"] == q["category"]
+
+
+def test_v2_question_of_an_unknown_category_needs_a_baseline():
+    q = [{"id": "q1", "prompt": "P", "layout": "v2", "category": "poetry"}]
+    with pytest.raises(arena_hard.PrideError, match="category 'poetry' has no official baseline"):
+        arena_hard.judge(Judge([]), q, {"q1": "a"}, {}, "m", arena_hard.VERSIONS["v2"])
+    (row,) = arena_hard.judge(Judge(["[[A=B]]", "[[A=B]]"]), q, {"q1": "a"}, {"base": {"q1": "b"}}, "m",
+                              arena_hard.VERSIONS["v2"], baseline="base")
+    assert row["baseline"] == "base" and [g["score"] for g in row["games"]] == ["A=B", "A=B"]
+
+
+def test_v2_a_category_judged_against_two_baselines_is_refused(tmp_path):
+    path = tmp_path / "j.jsonl"
+    rows = [{"uid": f"q{i}", "model": "m", "category": "hard_prompt", "baseline": b,
+             "games": [{"score": "A>B"}, {"score": "B>A"}]} for i, b in enumerate(["o3-mini-2025-01-31", "gpt-4-0314"])]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(arena_hard.PrideError, match="hard_prompt: judgments against different baselines"):
+        score_files([path], rounds=10)
+
+
 def test_v2_drops_questions_with_an_unparsed_game_and_reports_it(tmp_path):
     judged, _ = write_inputs(tmp_path, "v2")
-    got = score_files([judged], BASELINE, rounds=10)
+    (got,) = score_files([judged], BASELINE, rounds=10).values()
     rows = [json.loads(x) for x in judged.read_text().splitlines()]
     for model, result in got.items():  # per model, not the total repeated on every row
         dropped = sum(any(g["score"] is None for g in r["games"]) for r in rows if r["model"].split("/")[-1] == model)
@@ -94,7 +146,7 @@ def test_v2_an_unknown_label_drops_its_question_and_says_which(tmp_path):
             for m in ("one", "two") for i, (a, b) in enumerate(games)]
     rows[5]["games"][1]["score"] = "A>>>B"  # model two, question q1
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    got = score_files([path], "gpt-4-0314", rounds=10)
+    (got,) = score_files([path], "gpt-4-0314", rounds=10).values()
     assert got["one"]["dropped_questions"] == 0 and "unknown_labels" not in got["one"]
     assert got["two"]["dropped_questions"] == 1 and got["two"]["unknown_labels"] == ["q1: A>>>B"]
     assert got["two"]["battles"] == got["one"]["battles"] - 6  # q1's 6 scores (two games, strong verdicts)
@@ -114,7 +166,7 @@ class Judge:
 def test_v01_judge_asks_again_once_when_no_label():
     q = [{"id": "q1", "prompt": "P", "layout": "v2", "category": "arena-hard-v0.1"}]
     judge = Judge(["thinking...", "[[B>A]]", "[[A>B]] and [[B>A]]"])
-    (row,) = arena_hard.judge(judge, q, {"q1": "model answer"}, {"q1": "base answer"}, "m", BASELINE,
+    (row,) = arena_hard.judge(judge, q, {"q1": "model answer"}, {BASELINE: {"q1": "base answer"}}, "m",
                               arena_hard.VERSIONS["v0.1"])
     assert [g["score"] for g in row["games"]] == ["B>A", None]  # retried once; two distinct labels give none
     assert judge.seen[1][0][-1] == {"role": "user", "content": arena_hard.RETRY}

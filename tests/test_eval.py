@@ -78,7 +78,7 @@ def judgments(wins_strong, wins, ties, losses, losses_strong, model="m"):
 
 def test_bradley_terry_two_models_closed_form_and_bootstrap():
     js = judgments(wins_strong=3, wins=5, ties=4, losses=6, losses_strong=2)
-    result = arena_hard.score(js, "base", rounds=50, seed=7, version_name="v0.1")["m"]
+    result = arena_hard.score(js, "base", rounds=50, seed=7, version_name="v0.1")["arena-hard-v0.1"]["m"]
     # Worked out independently: with two players the BT win probability is the weighted win share,
     # strong verdicts counting 3 battles and ties half a win.
     W, T, N = 3 * 3 + 5, 4, 3 * 3 + 5 + 4 + 6 + 2 * 3
@@ -176,14 +176,52 @@ def test_arena_hard_answer_files_follow_official_format():
     for r in records[:3]:
         assert set(official) <= set(r) and r["messages"][1]["content"]["answer"].startswith("An")
         assert r["metadata"]["header_count"]["h1"] == 1 and r["metadata"]["bold_count"]["**"] == 1
-    js = arena_hard.judge(EchoClient("My final verdict is [[B>A]]"), qs[:4], {q["id"]: "x" for q in qs[:4]}, baseline,
-                          "pride-model", "gpt-4-0314", v2)
+    js = arena_hard.judge(EchoClient("My final verdict is [[B>A]]"), qs[:4], {q["id"]: "x" for q in qs[:4]},
+                          {"gpt-4-0314": baseline}, "pride-model", v2)
     assert [g["score"] for g in js[0]["games"]] == ["B>A", "B>A"]  # one win, one loss: both orders judged
     # v0.1: the full-data fit, a logistic fit stopped at tol 1e-8, not at the exact 50.0
-    assert arena_hard.score(js, "gpt-4-0314", rounds=10, version_name="v0.1")["pride-model"]["score"] == \
+    assert arena_hard.score(js, "gpt-4-0314", rounds=10, version_name="v0.1")["arena-hard-v0.1"]["pride-model"]["score"] == \
         pytest.approx(50.0, abs=1e-3)
-    v2_result = arena_hard.score(js, "gpt-4-0314", rounds=10)["pride-model"]  # v2: mean of bootstrap means
+    v2_result = arena_hard.score(js, rounds=10)["arena-hard-v0.1"]["pride-model"]  # v2: mean of bootstrap means
     assert v2_result["ci_lower"] <= 50.0 <= v2_result["ci_upper"]
+
+
+def test_arena_hard_run_on_a_v2_set_judges_each_category_against_its_baseline(tmp_path):
+    """`pride eval`'s arena_hard on a hard_prompt + creative_writing set: both official baselines
+    read, each question judged with its category's prompt, a table per category, the headline
+    hard_prompt's."""
+    from pride.config import Config
+    from pride.eval.run import aggregate, run_arena_hard
+    from pride.eval.report import write_report
+    from tests.arena_hard_inputs import V2_CATEGORIES
+
+    root = tmp_path / "data" / "arena_hard_v2.0"
+    (root / "model_answer").mkdir(parents=True)
+    qs = [{"uid": f"{c[0]}{i}", "category": c, "prompt": f"{c} {i}?"} for c in V2_CATEGORIES for i in range(3)]
+    (root / "question.jsonl").write_text("".join(json.dumps(q) + "\n" for q in qs))
+    for c, (base, _, _) in V2_CATEGORIES.items():
+        (root / "model_answer" / f"{base}.jsonl").write_text("".join(json.dumps(
+            {"uid": q["uid"], "model": base, "messages": [{"role": "user", "content": q["prompt"]},
+                                                          {"role": "assistant", "content": {"answer": f"by {base}"}}]})
+            + "\n" for q in qs if q["category"] == c))
+    cfg = Config.model_validate({"model": {"path": "tiny:llama"}, "eval": {
+        "data_dir": str(tmp_path / "data"), "arena_hard_set": "arena_hard_v2.0", "bootstrap_rounds": 10,
+        "judge": {"url": "http://127.0.0.1:1", "model": "judge"}}})
+    judge = EchoClient("[[B>A]]")  # game 1 the model wins, game 2 the baseline: one each
+    result = run_arena_hard(cfg, EchoClient("mine"), judge, "mine", tmp_path / "out", seed=0)
+    assert list(result["categories"]) == ["hard_prompt", "creative_writing"] and result["category"] == "hard_prompt"
+    assert result["score"] == result["categories"]["hard_prompt"]["score"]
+    for table in result["categories"].values():  # one win and one loss per question: 50% within the interval
+        assert table["ci_lower"] < 50.0 < table["ci_upper"] and table["battles"] == 6
+    assert {c: t["baseline"] for c, t in result["categories"].items()} == {c: b for c, (b, _, _) in V2_CATEGORIES.items()}
+    for messages, _ in judge.calls:
+        category = next(q["category"] for q in qs if f"\n{q['prompt']}\n" in messages[1]["content"])
+        assert messages[0]["content"] == arena_hard.CATEGORIES[category][1]
+        assert f"by {V2_CATEGORIES[category][0]}" in messages[1]["content"]
+    write_report(tmp_path / "report", {"mine": {"arena_hard": aggregate("arena_hard", [result, result])}})
+    hard, creative = (result["categories"][c]["score"] for c in V2_CATEGORIES)
+    assert f"mine Arena-Hard shows hard_prompt; each category: hard_prompt {hard:.2f}, creative_writing " \
+        f"{creative:.2f}" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_open_llm_v2_normalisation():

@@ -295,7 +295,8 @@ class EvalSettings(Section):
     mt_bench_baseline: str = Field("gpt-3.5-turbo", description="pairwise-baseline: mt_bench/model_answer/<name>.jsonl")
     arena_hard_version: Literal["v2", "v0.1"] = Field("v2", description="whose official code scores and parses")
     arena_hard_set: str = Field("arena_hard_v0.1", description="folder of the question set in data_dir")
-    arena_hard_baseline: str = "gpt-4-0314"
+    arena_hard_baseline: str | None = Field(None, description="one baseline for every question; default: each "
+                                            "category's official one (v2), gpt-4-0314 (v0.1)")
     task_metrics: TaskMetricsSettings = Field(default_factory=TaskMetricsSettings)
     bootstrap_rounds: int = Field(100, gt=0)
     style_control: bool = False

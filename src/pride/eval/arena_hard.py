@@ -2,7 +2,11 @@
 
 Two versions of lmarena/arena-hard-auto, each followed step by step (`eval.arena_hard_version`):
 
-* **v2** (arena-hard-auto 2.0, the default): labels parsed from the upper-cased judgment
+* **v2** (arena-hard-auto 2.0, the default): each question judged against its category's
+  baseline with its category's system prompt (`utils/judge_utils.py`: hard_prompt, coding and
+  math against o3-mini, creative_writing against gemini-2.0-flash-001 with a prompt that does
+  not ask the judge to answer first), and scored a category at a time, one table each, as
+  `show_result.py --category` does; labels parsed from the upper-cased judgment
   with `\\[\\[([AB<>=]+)\\]\\]`, else `\\[([AB<>=]+)\\]`, the last match winning; a question
   with an unparsed game is dropped; each game gives the model's scores (strong verdicts
   three times); the score is the mean of 100 bootstrap means (resampled per model), the
@@ -16,7 +20,7 @@ Two versions of lmarena/arena-hard-auto, each followed step by step (`eval.arena
   (scale 400, baseline at 1000) as the win rate against the baseline, with the 2.5% and
   97.5% percentiles of 100 bootstrap samples. Style control: ratings with length and
   markdown-count differences as covariates (sklearn's default L2 fit, as the original).
-  Token lengths are cl100k (gpt-3.5-turbo) counts.
+  Token lengths are cl100k (gpt-3.5-turbo) counts. v0.1 has one category and one baseline.
 
 Both draw their bootstrap from numpy's RandomState seeded with `seed` (42, the seed v0.1
 sets; v2's own script does not seed, so it matches when seeded the same way). Markdown
@@ -57,6 +61,11 @@ SYSTEM = (
     "slightly better: [[B>A]]\n5. Assistant B is significantly better: [[B>>A]]\n\nExample output: \"My final "
     "verdict is tie: [[A=B]]\"."
 )
+# v2's creative_writing prompt: SYSTEM without "Begin your evaluation by generating your own answer ..."
+CREATIVE_SYSTEM = SYSTEM.replace(
+    "\n\nBegin your evaluation by generating your own answer to the prompt. You must provide your answers before "
+    "judging any answers.\n\nWhen evaluating the assistants' answers, compare both assistants' answers with your "
+    "answer.", "\n\nWhen evaluating the assistants' answers, compare both assistants' answers.")
 TEMPLATE = ("<|User Prompt|>\n{question}\n\n<|The Start of Assistant A's Answer|>\n{answer_a}\n"
             "<|The End of Assistant A's Answer|>\n\n<|The Start of Assistant B's Answer|>\n{answer_b}\n"
             "<|The End of Assistant B's Answer|>")
@@ -77,6 +86,27 @@ VERSIONS = {"v2": Version("v2", "o3-mini-2025-01-31", 16000, "o200k_base", (5.0,
 # v2's label_to_score: the model's score of a label read with the model as B (weight 3 for strong)
 V2_LABEL_SCORE = {"A>B": [1], "A>>B": [1] * 3, "A=B": [0.5], "A<<B": [0] * 3, "A<B": [0], "B>A": [0],
                   "B>>A": [0] * 3, "B=A": [0.5], "B<<A": [1] * 3, "B<A": [1]}
+
+
+# v2's JUDGE_SETTINGS (utils/judge_utils.py): each question category's baseline and judge system prompt
+CATEGORIES = {"hard_prompt": ("o3-mini-2025-01-31", SYSTEM), "coding": ("o3-mini-2025-01-31", SYSTEM),
+              "math": ("o3-mini-2025-01-31", SYSTEM), "creative_writing": ("gemini-2.0-flash-001", CREATIVE_SYSTEM),
+              "arena-hard-v0.1": ("gpt-4-0314", SYSTEM)}
+V01_TABLE = "arena-hard-v0.1"  # v0.1 scores every judgment in one table
+UNCATEGORIZED = "uncategorized"  # v2 judgments without a category
+
+
+def judge_setting(category: str | None, v: Version, baseline: str | None = None) -> tuple[str, str]:
+    """(baseline, system prompt) for a question of `category`; `baseline` overrides the official one."""
+    if v.name != "v2":
+        return baseline or v.baseline, SYSTEM
+    if category in CATEGORIES:
+        official, system = CATEGORIES[category]
+        return baseline or official, system
+    if baseline:
+        return baseline, SYSTEM
+    raise PrideError(f"Arena-Hard v2: question category {category!r} has no official baseline "
+                     f"({', '.join(CATEGORIES)}); set eval.arena_hard_baseline to judge every question against one")
 
 
 def version(name: str) -> Version:
@@ -176,14 +206,20 @@ def parse_label_v2(judgment: str) -> str | None:
     return None
 
 
-def judge(client, questions: list[dict], answers: dict, baseline: dict, model: str, baseline_name: str,
-          v: Version, max_tokens: int | None = None) -> list[dict]:
-    """Two games per question: (A=baseline, B=model) then (A=model, B=baseline), in v's record layout."""
+def judge(client, questions: list[dict], answers: dict, baselines: dict, model: str, v: Version,
+          baseline: str | None = None, max_tokens: int | None = None) -> list[dict]:
+    """Two games per question: (A=baseline, B=model) then (A=model, B=baseline), in v's record layout.
+    `baselines`: baseline name -> question id -> answer; each question's baseline and system prompt
+    are its category's (`judge_setting`)."""
     out = []
     for q in questions:
+        baseline_name, system = judge_setting(q.get("category"), v, baseline)
+        base = baselines[baseline_name].get(q["id"])
+        if base is None:
+            raise PrideError(f"Arena-Hard: the baseline {baseline_name} has no answer to question {q['id']}")
         games = []
-        for a, b in ((baseline[q["id"]], answers[q["id"]]), (answers[q["id"]], baseline[q["id"]])):
-            messages = [{"role": "system", "content": SYSTEM},
+        for a, b in ((base, answers[q["id"]]), (answers[q["id"]], base)):
+            messages = [{"role": "system", "content": system},
                         {"role": "user", "content": TEMPLATE.format(question=q["prompt"], answer_a=a, answer_b=b)}]
             params = dict(temperature=0, max_tokens=max_tokens or v.judge_max_tokens)
             if v.name == "v2":
@@ -439,24 +475,56 @@ def _fit_bt_lbfgs(features, outcomes):
     return logits.detach()
 
 
-def score(judgments: list[dict], baseline: str, rounds: int = 100, seed: int = 42, version_name: str = "v2",
-          meta: dict | None = None) -> dict:
-    """Per model: score (%) and the bootstrap interval of `version_name`; `meta` (model -> question ->
-    style metadata) turns style control on."""
-    fn = score_v2 if version(version_name).name == "v2" else score_v01
-    out = fn(judgments, baseline, rounds, seed, meta)
-    if not out:
-        return {m: {"score": None, "ci_lower": None, "ci_upper": None, "battles": 0,
-                    "note": "no judgment had a usable verdict"} for m in sorted({j["model"] for j in judgments})}
-    for m in out:
-        out[m].update(version=version_name, bootstrap_rounds=rounds, style_control=meta is not None)
+def tables(judgments: list[dict], version_name: str = "v2", baseline: str | None = None) -> dict:
+    """{table: (baseline, judgments)}: v2 a table per question category, as `show_result.py
+    --category` scores one category at a time; v0.1 one table. A table's baseline is `baseline`,
+    else the one its judgments name (what was judged), else the category's official one."""
+    v = version(version_name)
+    groups: dict = {}
+    for j in judgments:
+        key = (j.get("category") or UNCATEGORIZED) if v.name == "v2" else V01_TABLE
+        groups.setdefault(key, []).append(j)
+    out = {}
+    for key, rows in groups.items():
+        named = {j["baseline"] for j in rows if isinstance(j.get("baseline"), str)}
+        if baseline is None and len(named) > 1:
+            raise PrideError(f"Arena-Hard {key}: judgments against different baselines ({', '.join(sorted(named))}); "
+                             "score them apart, or name one with --baseline")
+        official = CATEGORIES.get(key, (v.baseline,))[0] if v.name == "v2" else v.baseline
+        out[key] = (baseline or next(iter(named), official), rows)
     return out
 
 
-def check_judgment(where: str, j: dict, baseline: str | None) -> tuple:
+def headline_table(keys: list[str]) -> str:
+    """The table a one-number summary reports: hard_prompt (show_result.py's default category)
+    when scored, else the first."""
+    return "hard_prompt" if "hard_prompt" in keys else keys[0]
+
+
+def score(judgments: list[dict], baseline: str | None = None, rounds: int = 100, seed: int = 42,
+          version_name: str = "v2", meta: dict | None = None) -> dict:
+    """{table: {model: score (%) and the bootstrap interval of `version_name`}}, a table per
+    category (`tables`); `meta` (model -> question -> style metadata) turns style control on."""
+    fn = score_v2 if version(version_name).name == "v2" else score_v01
+    out = {}
+    for key, (base, rows) in tables(judgments, version_name, baseline).items():
+        table = fn(rows, base, rounds, seed, meta)
+        if not table:
+            table = {m: {"score": None, "ci_lower": None, "ci_upper": None, "battles": 0,
+                         "note": "no judgment had a usable verdict"} for m in sorted({j["model"] for j in rows})}
+        for m in table:
+            table[m].update(baseline=base, version=version_name, bootstrap_rounds=rounds, style_control=meta is not None)
+        out[key] = table
+    return out
+
+
+def check_judgment(where: str, j: dict) -> tuple:
     if not isinstance(j.get("model"), str) or _qid(j) is None:
         raise PrideError(f"{where}: expected an arena-hard judgment with 'model' and 'uid' (or 'question_id')")
     check_key(where, j, "uid" if "uid" in j else "question_id")
+    for key in ("category", "baseline"):
+        if j.get(key) is not None and not isinstance(j[key], str):
+            raise PrideError(f"{where}: field '{key}': expected a string, got {type(j[key]).__name__}")
     games = j.get("games")
     if not isinstance(games, list) or not all(g is None or isinstance(g, dict) for g in games):
         raise PrideError(f"{where}: field 'games': expected a list of game objects, got {type(games).__name__}")
@@ -464,8 +532,6 @@ def check_judgment(where: str, j: dict, baseline: str | None) -> tuple:
         label = (g or {}).get("score")
         if label is not None and not isinstance(label, str):
             raise PrideError(f"{where}: field 'games[{k}].score': expected a label like 'A>B' or null, got {label!r}")
-    if baseline is not None and j["model"].split("/")[-1] == baseline.split("/")[-1]:
-        raise PrideError(f"{where}: {j['model']!r} is the baseline: a model scored against itself")
     return j["model"], _qid(j)
 
 
@@ -483,26 +549,33 @@ def style_meta_from_files(answer_files: list[Path], v: Version) -> dict:
 
 def score_files(paths: list[Path], baseline: str | None = None, rounds: int = 100, version_name: str = "v2",
                 answer_files: list[Path] | None = None, seed: int = 42) -> dict:
-    """`pride eval score arena-hard FILE...`: judgment files -> scores (style control with answer files)."""
+    """`pride eval score arena-hard FILE...`: judgment files -> {table: {model: scores}} (a table per
+    v2 category; style control with answer files)."""
     if rounds < 1:
         raise PrideError(f"--rounds {rounds}: at least one bootstrap round")
     v = version(version_name)
     rows = read_objects(paths, "judgments")
-    baseline = baseline or next((j["baseline"] for _, j in rows if isinstance(j.get("baseline"), str)), v.baseline)
     seen: dict = {}
     for where, j in rows:
-        key = check_judgment(where, j, baseline)
+        key = check_judgment(where, j)
         if key in seen:  # the official code would count the question twice
             raise PrideError(f"{where}: {key[0]} on question {key[1]} was already judged at {seen[key]}")
         seen[key] = where
     judgments = [j for _, j in rows]
+    groups = tables(judgments, v.name, baseline)
+    where_of = {id(j): where for where, j in rows}
+    for base, group in groups.values():
+        for j in group:
+            if j["model"].split("/")[-1] == base.split("/")[-1]:
+                raise PrideError(f"{where_of[id(j)]}: {j['model']!r} is the baseline: a model scored against itself")
     meta = style_meta_from_files(answer_files, v) if answer_files else None
     if meta is not None:
-        for m in {j["model"].split("/")[-1] for j in judgments} | {baseline}:
-            if m not in meta:
-                raise PrideError(f"style control: no answer file for {m!r} among --answers")
+        for base, group in groups.values():
+            for m in {j["model"].split("/")[-1] for j in group} | {base}:
+                if m not in meta:
+                    raise PrideError(f"style control: no answer file for {m!r} among --answers")
     return score(judgments, baseline, rounds, seed, v.name, meta)
 
 
-__all__ = ["VERSIONS", "judge", "score", "score_files", "load_questions", "load_answers", "answer_record",
+__all__ = ["VERSIONS", "CATEGORIES", "judge", "judge_setting", "tables", "headline_table", "score", "score_files", "load_questions", "load_answers", "answer_record",
            "style_metadata", "parse_label_v01", "parse_label_v2"]

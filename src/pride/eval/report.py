@@ -46,6 +46,11 @@ def write_report(out_dir: Path, scores: dict) -> None:
     lines += ["", "Mean over runs (± standard deviation when several); Arena-Hard with its bootstrap interval "
               "(v2: 5%-95%, v0.1: 2.5%-97.5%); - where a number could not be computed (the run's note says why).", ""]
     for model, res in scores.items():
+        tables = res.get("arena_hard", {}).get("mean", {}).get("categories", {})
+        if len(tables) > 1:  # v2 scores each category against its own baseline: never pooled
+            each = ", ".join(f"{c} {t['score']:.2f}" if t.get("score") is not None else f"{c} -" for c, t in tables.items())
+            lines.append(f"- {model} Arena-Hard shows {res['arena_hard']['mean']['category']}; each category: {each}")
+    for model, res in scores.items():
         for b in benches:
             if b in res and len(res[b]["runs"]) > 1:
                 each = ", ".join("-" if h is None else f"{h:.2f}" for h in (headline(b, r) for r in res[b]["runs"]))

@@ -144,13 +144,18 @@ def run_alpaca_eval(cfg: Config, answerer: ChatClient, judge: ChatClient, name: 
 
 
 def run_arena_hard(cfg: Config, answerer: ChatClient, judge: ChatClient, name: str, out: Path, seed: int) -> dict:
+    """Answer, judge each question against its category's baseline, score a table per category.
+    The result's top-level numbers are the headline table's (`arena_hard.headline_table`);
+    `categories` holds every table."""
     ev = cfg.eval
     v = arena_hard.version(ev.arena_hard_version)
     root = _data_dir(cfg) / ev.arena_hard_set
-    base = ev.arena_hard_baseline
     questions = arena_hard.load_questions(_first(root / "question.jsonl"))[: ev.max_questions]
-    _, baseline, baseline_meta = arena_hard.load_answers(_first(root / "model_answer" / f"{base}.jsonl",
-                                                                root / f"{base}.jsonl"))
+    needed = dict.fromkeys(arena_hard.judge_setting(q.get("category"), v, ev.arena_hard_baseline)[0] for q in questions)
+    baselines, baseline_meta = {}, {}
+    for base in needed:  # every baseline is read before the first answer is generated
+        _, baselines[base], baseline_meta[base] = arena_hard.load_answers(
+            _first(root / "model_answer" / f"{base}.jsonl", root / f"{base}.jsonl"))
     gen = generation(cfg, "arena_hard")
 
     def answer(q: dict) -> str:
@@ -162,15 +167,19 @@ def run_arena_hard(cfg: Config, answerer: ChatClient, judge: ChatClient, name: s
     records = [arena_hard.answer_record(q, name, t, v) for q, t in zip(questions, texts)]
     write_jsonl(out / "model_answer" / f"{name}.jsonl", records)
     judgments = [j for chunk in map_concurrently(
-        lambda q: arena_hard.judge(judge, [q], answers, baseline, name, base, v), questions, ev.judge_concurrency)
-        for j in chunk]
+        lambda q: arena_hard.judge(judge, [q], answers, baselines, name, v, ev.arena_hard_baseline), questions,
+        ev.judge_concurrency) for j in chunk]
     write_jsonl(out / "model_judgment" / ev.judge.model / f"{name}.jsonl", judgments)
     meta = None
     if ev.style_control:
-        own = {r.get("uid", r.get("question_id")): r.get("metadata", r.get("conv_metadata")) for r in records}
-        meta = {name: own, base: {q: baseline_meta[q] or arena_hard.style_metadata(t, v.encoding)
-                                  for q, t in baseline.items()}}
-    return arena_hard.score(judgments, base, ev.bootstrap_rounds, seed=42, version_name=v.name, meta=meta)[name]
+        meta = {name: {r.get("uid", r.get("question_id")): r.get("metadata", r.get("conv_metadata")) for r in records}}
+        for base, texts_of in baselines.items():
+            meta[base] = {q: baseline_meta[base][q] or arena_hard.style_metadata(t, v.encoding)
+                          for q, t in texts_of.items()}
+    per_table = {key: table[name] for key, table in
+                 arena_hard.score(judgments, ev.arena_hard_baseline, ev.bootstrap_rounds, 42, v.name, meta).items()}
+    head = arena_hard.headline_table(list(per_table))
+    return {**per_table[head], "category": head, "categories": per_table}
 
 
 def run_task_metrics(cfg: Config, answerer: ChatClient, judge: ChatClient | None, name: str, out: Path,
@@ -266,11 +275,24 @@ def run_eval(cfg: Config, console: Console | None = None) -> dict:
 def aggregate(bench: str, runs: list[dict]) -> dict:
     heads = [headline(bench, r) for r in runs]
     heads = [h for h in heads if h is not None]
-    mean = {k: statistics.fmean(r[k] for r in runs) for k, v in runs[0].items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and all(isinstance(r.get(k), (int, float)) for r in runs)}
-    mean.update({k: v for k, v in runs[0].items() if k not in mean and not isinstance(v, (int, float))})
-    return {"mean": mean, "runs": runs, "headline_mean": statistics.fmean(heads) if heads else None,
+    return {"mean": _mean(runs), "runs": runs, "headline_mean": statistics.fmean(heads) if heads else None,
             "headline_std": statistics.stdev(heads) if len(heads) > 1 else 0.0}
+
+
+def _mean(runs: list[dict]) -> dict:
+    """Numbers averaged over runs, nested tables (Arena-Hard's categories) likewise; the rest from run 0."""
+    def number(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    out = {}
+    for k, v in runs[0].items():
+        if number(v) and all(number(r.get(k)) for r in runs):
+            out[k] = statistics.fmean(r[k] for r in runs)
+        elif isinstance(v, dict) and all(isinstance(r.get(k), dict) for r in runs):
+            out[k] = _mean([r[k] for r in runs])
+        elif not number(v):
+            out[k] = v
+    return out
 
 
 def _log_trackers(cfg: Config, scores: dict) -> None:
