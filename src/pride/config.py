@@ -300,7 +300,9 @@ class EvalSettings(Section):
     task_metrics: TaskMetricsSettings = Field(default_factory=TaskMetricsSettings)
     bootstrap_rounds: int = Field(100, gt=0)
     style_control: bool = False
-    open_llm_tasks: list[str] | None = None
+    open_llm_tasks: list[str] | None = Field(None, description="lm-eval tasks instead of the suite's")
+    open_llm_include_path: str | None = Field(None, description="a folder of lm-eval task YAMLs (local tasks)")
+    open_llm_batch_size: int | Literal["auto"] = "auto"
     open_llm_limit: int | None = Field(None, gt=0)
     report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
 

@@ -4,13 +4,17 @@ v1: ARC-challenge (25-shot), HellaSwag (10), MMLU (5), TruthfulQA-mc2 (0), Winog
 GSM8K (5), averaged raw. v2: IFEval, BBH, GPQA, MATH-hard, MuSR, MMLU-Pro with the
 leaderboard's normalisation: each score rescaled so the random baseline is 0 and a
 perfect score 100, (s - r) / (1 - r) * 100 (per subtask where chance differs), floored at 0.
-Local dataset files work through lm-eval's own task configs (`HF_DATASETS_OFFLINE=1`
-with the files in the datasets cache, or task YAMLs pointing at local paths).
+Offline, `include_path` names a folder of lm-eval task YAMLs over local files (`dataset_path:
+json` with `dataset_kwargs.data_files`), run by name in `tasks`. pride calls lm-eval as its
+CLI does (`lm_eval --model hf --tasks ... --include_path ... --num_fewshot N`), so each task's
+metrics equal the CLI's on the same model (tests/test_open_llm.py runs both).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
+from pathlib import Path
 
 from pride.errors import PrideError
 
@@ -56,32 +60,61 @@ def v2_summary(subtask_scores: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def run(model_dir: str, suite: str, tasks: list[str] | None = None, batch_size: int | str = "auto",
-        limit: int | None = None, device: str | None = None) -> dict:
+def run(model_dir: str, suite: str, tasks: list[str] | None = None, include_path: str | None = None,
+        batch_size: int | str = "auto", limit: int | None = None, device: str | None = None) -> dict:
+    """lm-eval on a model directory. `tasks` replaces the suite's; v1 runs each task with its
+    leaderboard shot count (a task of its own with its YAML's), v2 with the leaderboard's chat
+    template and multi-turn few-shot. Returns each task's headline metric (0-1), the suite's
+    average, and `lm_eval`: every metric as lm-eval reports it."""
     if importlib.util.find_spec("lm_eval") is None:
         raise PrideError("open_llm benchmarks need lm-eval: pip install lm-eval")
+    from pride.models import is_tiny
+
+    if is_tiny(model_dir):
+        raise PrideError(f"{suite}: lm-eval loads a model directory, not {model_dir}; save the model first")
+    if include_path is not None and not Path(include_path).is_dir():
+        raise PrideError(f"eval.open_llm_include_path: {include_path} is not a folder of lm-eval task YAMLs")
     import lm_eval
+    from lm_eval.tasks import TaskManager
 
-    model_args = f"pretrained={model_dir},dtype=auto,trust_remote_code=False"
-    results: dict = {}
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # a quiet console: lm-eval logs every step at INFO
+    manager = TaskManager(include_path=include_path)
+    chosen = tasks or (list(V1) if suite == "open_llm_v1" else V2)
+    unknown = [t for t in chosen if t not in manager.all_tasks]
+    if unknown:
+        where = f" or in {include_path}" if include_path else " (eval.open_llm_include_path adds a folder of YAMLs)"
+        raise PrideError(f"eval.open_llm_tasks: {', '.join(unknown)}: no such lm-eval task in its registry{where}")
+    common = dict(model="hf", model_args=f"pretrained={model_dir},dtype=auto,trust_remote_code=False",
+                  batch_size=batch_size, limit=limit, task_manager=manager,
+                  # the CLI's default: "cuda:0", which lm-eval turns into the CPU where CUDA is absent
+                  # (its library default, "cuda", does not)
+                  device=device or "cuda:0")
     if suite == "open_llm_v1":
-        for task, shots in V1.items():
-            if tasks and task not in tasks:
-                continue
-            r = lm_eval.simple_evaluate(model="hf", model_args=model_args, tasks=[task], num_fewshot=shots,
-                                        batch_size=batch_size, limit=limit, device=device)
-            results[task] = _headline(r["results"][task])
-        results["average"] = sum(results.values()) / len(results) * 100 if results else None
-        return results
-    r = lm_eval.simple_evaluate(model="hf", model_args=model_args, tasks=tasks or V2, batch_size=batch_size,
-                                limit=limit, device=device, apply_chat_template=True, fewshot_as_multiturn=True)
-    raw = {k.replace("leaderboard_", ""): _headline(v) for k, v in r["results"].items()}
-    return {"raw": raw, **v2_summary(raw)}
+        metrics = {}
+        for task in chosen:
+            r = lm_eval.simple_evaluate(tasks=[task], num_fewshot=V1.get(task), **common)
+            metrics.update(r["results"])
+        heads = {task: _headline(metrics[task]) for task in chosen}
+        out = {**heads, "average": None, "lm_eval": metrics}
+        missing = [t for t, v in heads.items() if v is None]
+        if missing:  # an average over perplexities and accuracies would mean nothing
+            out["note"] = (f"no average: {', '.join(missing)} report none of {', '.join(HEADLINE_METRICS)} "
+                           "(their metrics are under lm_eval)")
+        else:
+            out["average"] = sum(heads.values()) / len(heads) * 100
+        return out
+    r = lm_eval.simple_evaluate(tasks=chosen, apply_chat_template=True, fewshot_as_multiturn=True, **common)
+    raw = {k.replace("leaderboard_", ""): h for k, v in r["results"].items() if (h := _headline(v)) is not None}
+    return {"raw": raw, **v2_summary(raw), "lm_eval": r["results"]}
 
 
-def _headline(metrics: dict) -> float:
-    for key in ("acc_norm,none", "acc,none", "exact_match,strict-match", "exact_match,none",
-                "prompt_level_strict_acc,none", "mc2,none"):
-        if key in metrics:
-            return float(metrics[key])
-    return float(next(v for k, v in metrics.items() if isinstance(v, (int, float)) and "stderr" not in k))
+# the leaderboards' metric per task, first present wins (ARC/HellaSwag/BBH/GPQA/MuSR acc_norm, MMLU,
+# Winogrande, MMLU-Pro acc, GSM8K strict exact match, MATH exact match, IFEval prompt-level strict, TruthfulQA mc2)
+HEADLINE_METRICS = ("acc_norm,none", "acc,none", "exact_match,strict-match", "exact_match,none",
+                    "prompt_level_strict_acc,none", "mc2,none")
+
+
+def _headline(metrics: dict) -> float | None:
+    """The task's leaderboard metric (a fraction), None for a task with none of them (perplexity, ...)."""
+    key = next((k for k in HEADLINE_METRICS if k in metrics), None)
+    return None if key is None else float(metrics[key])

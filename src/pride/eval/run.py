@@ -259,7 +259,8 @@ def run_eval(cfg: Config, console: Console | None = None) -> dict:
                 for b in ev.benchmarks:
                     if b.startswith("open_llm"):
                         console.print(f"[bold]{name}[/] run {r}: {b} (lm-eval)")
-                        per_bench[b].append(open_llm.run(ref, b, ev.open_llm_tasks, limit=ev.open_llm_limit))
+                        per_bench[b].append(open_llm.run(ref, b, ev.open_llm_tasks, ev.open_llm_include_path,
+                                                         ev.open_llm_batch_size, limit=ev.open_llm_limit))
             scores[name] = per_bench
     for r, answers in sorted(pending.items()):
         console.print(f"MT-Bench pairwise-all, run {r}: {len(answers)} models")
