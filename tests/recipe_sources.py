@@ -83,6 +83,9 @@ def custompos(repo: Path) -> dict:
     cfg_py, run_py, trainer_py = "algorithms/custom_po_config.py", "algorithms/run_custom_po.py", \
         "algorithms/custom_po_trainer.py"
     config_src, run_src, trainer_src = (show(repo, commit, p) for p in (cfg_py, run_py, trainer_py))
+    launch_yaml = "accelerate_configs/deepspeed_zero3.yaml"  # README.md's training commands use it
+    launch = show(repo, commit, launch_yaml)
+    gpus, gpus_at = yaml.safe_load(launch)["num_processes"], line_of(launch, r"^num_processes:", launch_yaml)
     table = {"repository": "martimfasantos/CustomPOs-for-SLMs", "commit": commit, "recipes": {}}
     for model_dir, task, stem, ours in SETTINGS:
         for method, loss in METHODS.items():
@@ -112,8 +115,10 @@ def custompos(repo: Path) -> dict:
                 "train.lr_scheduler": (src["lr_scheduler_type"], at("lr_scheduler_type")),
                 "train.warmup_ratio": (src["warmup_ratio"], at("warmup_ratio")),
                 "train.micro_batch_size": (src["per_device_train_batch_size"], at("per_device_train_batch_size")),
-                "train.gradient_accumulation_steps": (src["gradient_accumulation_steps"],
-                                                      at("gradient_accumulation_steps")),
+                # the global batch: per device x accumulation x the processes of the README's launch config
+                "train.global_batch_size": (
+                    src["per_device_train_batch_size"] * src["gradient_accumulation_steps"] * gpus,
+                    f"{at('per_device_train_batch_size')} x {at('gradient_accumulation_steps')} x {gpus_at}"),
                 "train.weight_decay": (0.05, line_of(config_src, r"weight_decay: .*default=0.05", cfg_py)),
                 "preference.loss_type": (loss, at("contrast_loss_type"), src["contrast_loss_type"]),
                 "preference.beta": (src["beta"], at("beta")),
@@ -171,6 +176,10 @@ def sppo(repo: Path) -> dict:
     def cfg(key):
         return config[key], at("recipes/uclaml-sppo/config_full.yaml", rf"^{key}:")
 
+    launch_yaml = "recipes/accelerate_configs/deepspeed_zero3.yaml"  # pipeline.sh: accelerate launch --config_file
+    assert f"--config_file {launch_yaml}" in files["scripts/pipeline.sh"]
+    launch = show(repo, commit, launch_yaml)
+    gpus, gpus_at = yaml.safe_load(launch)["num_processes"], line_of(launch, r"^num_processes:", launch_yaml)
     table = {"repository": "uclaml/SPPO", "commit": commit, "recipes": {}}
     for script, ours in SPPO_RUNS.items():
         files[script] = text = show(repo, commit, script)
@@ -210,7 +219,10 @@ def sppo(repo: Path) -> dict:
                                     at("scripts/pipeline.sh", r"^LEARNING_RATE=")),
             "train.optimizer": (shell("scripts/pipeline.sh", "OPTIM"), at("scripts/pipeline.sh", r"^OPTIM=")),
             "train.micro_batch_size": pipeline("batch_size", "BATCH_SIZE"),
-            "train.gradient_accumulation_steps": pipeline("accumulate", "ACCUMULATE"),
+            # the global batch: per device x accumulation x the processes of pipeline.sh's launch config
+            "train.global_batch_size": (
+                pipeline("batch_size", "BATCH_SIZE")[0] * pipeline("accumulate", "ACCUMULATE")[0] * gpus,
+                f"{pipeline('batch_size', 'BATCH_SIZE')[1]} x {pipeline('accumulate', 'ACCUMULATE')[1]} x {gpus_at}"),
             "train.epochs": (float(flags["num"]), at(script, "scripts/pipeline.sh")),
             "train.lr_scheduler": cfg("lr_scheduler_type"),
             "train.warmup_ratio": cfg("warmup_ratio"),
