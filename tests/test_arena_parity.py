@@ -137,9 +137,9 @@ def test_v2_drops_questions_with_an_unparsed_game_and_reports_it(tmp_path):
     assert sum(m["dropped_questions"] for m in got.values()) > 0
 
 
-def test_v2_an_unknown_label_drops_its_question_and_says_which(tmp_path):
+def test_v2_an_unknown_label_drops_its_question_and_says_which(tmp_path, capsys):
     """The official code crashes on a label such as A>>>B; pride drops that question for that model
-    only, counts it, and names it."""
+    only, counts it, names it, and warns."""
     path = tmp_path / "j.jsonl"
     games = [("A>B", "B>A"), ("B>>A", "A<<B"), ("A=B", "A=B"), ("B>A", "A>B")]
     rows = [{"uid": f"q{i}", "model": m, "games": [{"score": a}, {"score": b}]}
@@ -150,6 +150,8 @@ def test_v2_an_unknown_label_drops_its_question_and_says_which(tmp_path):
     assert got["one"]["dropped_questions"] == 0 and "unknown_labels" not in got["one"]
     assert got["two"]["dropped_questions"] == 1 and got["two"]["unknown_labels"] == ["q1: A>>>B"]
     assert got["two"]["battles"] == got["one"]["battles"] - 6  # q1's 6 scores (two games, strong verdicts)
+    assert capsys.readouterr().err == ("warning: arena-hard uncategorized: two: 1 question(s) dropped for a label "
+                                       "that is no verdict (q1: A>>>B)\n")
 
 
 class Judge:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -501,14 +502,23 @@ def headline_table(keys: list[str]) -> str:
     return "hard_prompt" if "hard_prompt" in keys else keys[0]
 
 
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def score(judgments: list[dict], baseline: str | None = None, rounds: int = 100, seed: int = 42,
-          version_name: str = "v2", meta: dict | None = None) -> dict:
+          version_name: str = "v2", meta: dict | None = None, warn=_stderr) -> dict:
     """{table: {model: score (%) and the bootstrap interval of `version_name`}}, a table per
-    category (`tables`); `meta` (model -> question -> style metadata) turns style control on."""
+    category (`tables`); `meta` (model -> question -> style metadata) turns style control on.
+    A label no verdict has is warned about with its question (the official code stops on it)."""
     fn = score_v2 if version(version_name).name == "v2" else score_v01
     out = {}
     for key, (base, rows) in tables(judgments, version_name, baseline).items():
         table = fn(rows, base, rounds, seed, meta)
+        for m, row in table.items():
+            if row.get("unknown_labels"):
+                warn(f"warning: arena-hard {key}: {m}: {len(row['unknown_labels'])} question(s) dropped for a label "
+                     f"that is no verdict ({', '.join(row['unknown_labels'])})")
         if not table:
             table = {m: {"score": None, "ci_lower": None, "ci_upper": None, "battles": 0,
                          "note": "no judgment had a usable verdict"} for m in sorted({j["model"] for j in rows})}
