@@ -94,6 +94,29 @@ class KV:
             a.slab = (slab[0], slab[1])
             a.keys, a.values = slab[0][:, :, :width], slab[1][:, :, :width]
 
+    def place(self, slots: list[int], other: KV) -> bool:
+        """Every row of `other` written into rows `slots` of ours (rows that finished), in place:
+        a copy of the joining rows alone, where `rebuild` copies the whole batch. Only when
+        they fit our columns (right-aligned, left-padded with zeros); False, untouched, if not."""
+        width, theirs_w = self.mask.shape[1], other.mask.shape[1]
+        if theirs_w > width or len(slots) != other.rows or len(other.cache.layers) != len(self.cache.layers):
+            return False
+        idx = torch.tensor(slots, dtype=torch.long, device=self.mask.device)
+        self.mask[idx] = 0
+        self.mask[idx, width - theirs_w:] = other.mask
+        for a, b in zip(self.cache.layers, other.cache.layers):
+            if not a.is_initialized:
+                continue
+            for ours_t, their_t in ((a.keys, b.keys), (a.values, b.values)):
+                ours_t[idx] = 0
+                ours_t[idx, :, width - theirs_w:] = their_t
+        return True
+
+    def unused_columns(self, rows: list[int]) -> int:
+        """Leading columns none of `rows` uses (those `rebuild(rows)` drops)."""
+        used = self.mask[rows].any(0).nonzero()
+        return int(used[0]) if len(used) else self.mask.shape[1]
+
     def extend(self, columns: int) -> None:
         """Room in the mask for `columns` tokens about to be fed to every row."""
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.rows, columns)], dim=1)

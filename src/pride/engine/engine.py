@@ -32,12 +32,13 @@ class Engine:
                  offline: bool = False):
         """`offline`: in-process callers that want throughput, not a quick first token (online
         sampling, the demo): prompts are prefilled OFFLINE_PREFILL_TOKENS a step, and new rows
-        wait until a quarter of the batch is free, so they join in fewer, larger merges."""
+        wait until a sixteenth of the batch is free, so they are prefilled a few at a time (a
+        forward's fixed cost shared) and take the finished rows' places in the cache."""
         self.model, self.tok = model.eval(), tokenizer
         self.device = next(model.parameters()).device
         self.max_batch_size = max_batch_size
         self.prefill_tokens = OFFLINE_PREFILL_TOKENS if offline else prefill_tokens
-        self.admit_min = max(1, max_batch_size // 4) if offline else 1
+        self.admit_min = max(1, max_batch_size // 16) if offline else 1
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         eos = model.generation_config.eos_token_id
         self.stop_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}

@@ -6,9 +6,11 @@ Each `step` of a lane:
    has room (`max_rows`) and their prompts fit the step's budget (`prefill_tokens`);
 3. feeds the prefill one chunk (at most `prefill_tokens` tokens: a prompt longer than that is
    fed over several steps), so running rows never wait for more than a chunk; when the
-   prompts are in, each new row samples its first token and joins the running batch (its
-   KV cache merged in);
-4. decodes one token for every running row; a row that finishes leaves the batch at once.
+   prompts are in, each new row samples its first token and joins the running batch: its KV
+   cache written into a finished row's place when one is free and it fits the columns (a
+   copy of the new rows alone), else merged in by one copy of the batch;
+4. decodes one token for every running row; a row that finishes leaves the batch at once (its
+   place kept for the next joining row while rows wait).
 
 So a new request starts at the next step unless a burst is ahead of it in the budget, and a
 slot freed by a finished row is taken at the next step (vLLM's scheduler does the same per
@@ -126,19 +128,24 @@ class Lane:
             self._let_go(cancelled)
 
     def _let_go(self, rows: list[int]) -> None:
-        """Rows that finished or were cancelled. Their slots are free at once; their cache rows
-        go when a quarter of the batch has gone, or when no waiting row will take the slots (each
-        removal copies the whole cache: measured, removing on every finish while new rows came in
-        cost more than decoding the finished rows meanwhile)."""
+        """Rows that finished or were cancelled. Their slots are free at once; joining rows take
+        their places in the cache; the cache drops them when a quarter of the batch has gone, or
+        when no waiting row will take their places (each removal copies the whole cache:
+        measured, removing on every finish while new rows came in cost more than decoding the
+        finished rows meanwhile)."""
         self.gone.update(rows)
         if len(self.gone) == len(self.running):
             self.running, self.next_ids, self.kv, self.gone = [], [], None, set()
         elif 4 * len(self.gone) >= len(self.running) or not (self.waiting or self.prefill):  # no one takes the slots
-            keep = self._live()
-            self.running = [self.running[i] for i in keep]
-            self.next_ids = [self.next_ids[i] for i in keep]
-            self.kv.select(keep)
-            self.gone = set()
+            self._compact()
+
+    def _compact(self) -> None:
+        """The finished rows out of the cache, and the columns no remaining row uses."""
+        keep = self._live()
+        self.running = [self.running[i] for i in keep]
+        self.next_ids = [self.next_ids[i] for i in keep]
+        self.kv.rebuild(keep)
+        self.gone = set()
 
     def _prefill_chunk(self) -> None:
         p = self.prefill
@@ -155,6 +162,14 @@ class Lane:
         if not keep:
             return
         p.kv.select(keep)
+        slots = sorted(self.gone)[:len(keep)]
+        if self.kv is not None and len(slots) == len(keep) and self.kv.place(slots, p.kv):
+            for slot, i in zip(slots, keep):  # the new rows took finished rows' places
+                self.running[slot], self.next_ids[slot] = p.rows[i], tokens[i]
+                self.gone.discard(slot)
+            if 2 * self.kv.unused_columns(self._live()) > self.kv.mask.shape[1]:  # in place, columns only grow
+                self._compact()
+            return
         live = self._live()
         if self.kv is None:
             self.kv = p.kv
