@@ -69,8 +69,9 @@ def test_open_llm_suite_equals_the_lm_eval_cli(tmp_path):
     (cli_file,) = (tmp_path / "cli").rglob("results_*.json")
     cli = json.loads(cli_file.read_text())["results"]
     (run,) = json.loads((tmp_path / "out" / "scores.json").read_text())["model"]["open_llm_v1"]["runs"]
-    # The same lm-eval code on the same model, CPU and batch size (1: no padding): the two runs
-    # are bit-identical, so every metric is compared exactly, perplexities included.
+    # The same lm-eval code on the same model, CPU, thread count (torch's default in both
+    # processes) and batch size (1: no padding), both run here and now: the two runs are
+    # bit-identical on any CPU, so every metric is compared exactly, perplexities included.
     assert set(cli) == set(tasks) and run["lm_eval"] == cli
     assert cli["local_ppl"]["bits_per_byte,none"] > 0 and 0 < cli["local_arc"]["acc,none"] < 1
     assert (run["local_arc"], run["local_gsm"]) == (cli["local_arc"]["acc_norm,none"],

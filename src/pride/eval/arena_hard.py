@@ -97,15 +97,19 @@ V01_TABLE = "arena-hard-v0.1"  # v0.1 scores every judgment in one table
 UNCATEGORIZED = "uncategorized"  # v2 judgments without a category
 
 
+def official_baseline(category: str | None, v: Version) -> str | None:
+    """The baseline the official code of `v` judges a `category` question against (None: it has none)."""
+    if v.name != "v2":
+        return v.baseline
+    return CATEGORIES[category][0] if category in CATEGORIES else None
+
+
 def judge_setting(category: str | None, v: Version, baseline: str | None = None) -> tuple[str, str]:
     """(baseline, system prompt) for a question of `category`; `baseline` overrides the official one."""
-    if v.name != "v2":
-        return baseline or v.baseline, SYSTEM
-    if category in CATEGORIES:
-        official, system = CATEGORIES[category]
-        return baseline or official, system
-    if baseline:
-        return baseline, SYSTEM
+    system = CATEGORIES[category][1] if v.name == "v2" and category in CATEGORIES else SYSTEM
+    chosen = baseline or official_baseline(category, v)
+    if chosen:
+        return chosen, system
     raise PrideError(f"Arena-Hard v2: question category {category!r} has no official baseline "
                      f"({', '.join(CATEGORIES)}); set eval.arena_hard_baseline to judge every question against one")
 
@@ -491,8 +495,7 @@ def tables(judgments: list[dict], version_name: str = "v2", baseline: str | None
         if baseline is None and len(named) > 1:
             raise PrideError(f"Arena-Hard {key}: judgments against different baselines ({', '.join(sorted(named))}); "
                              "score them apart, or name one with --baseline")
-        official = CATEGORIES.get(key, (v.baseline,))[0] if v.name == "v2" else v.baseline
-        out[key] = (baseline or next(iter(named), official), rows)
+        out[key] = (baseline or next(iter(named), None) or official_baseline(key, v) or v.baseline, rows)
     return out
 
 
@@ -511,9 +514,15 @@ def score(judgments: list[dict], baseline: str | None = None, rounds: int = 100,
     """{table: {model: score (%) and the bootstrap interval of `version_name`}}, a table per
     category (`tables`); `meta` (model -> question -> style metadata) turns style control on.
     A label no verdict has is warned about with its question (the official code stops on it)."""
+    return score_tables(tables(judgments, version_name, baseline), rounds, seed, version_name, meta, warn)
+
+
+def score_tables(groups: dict, rounds: int = 100, seed: int = 42, version_name: str = "v2", meta: dict | None = None,
+                 warn=_stderr) -> dict:
+    """`score` of groups already made by `tables`."""
     fn = score_v2 if version(version_name).name == "v2" else score_v01
     out = {}
-    for key, (base, rows) in tables(judgments, version_name, baseline).items():
+    for key, (base, rows) in groups.items():
         table = fn(rows, base, rounds, seed, meta)
         for m, row in table.items():
             if row.get("unknown_labels"):
@@ -584,8 +593,9 @@ def score_files(paths: list[Path], baseline: str | None = None, rounds: int = 10
             for m in {j["model"].split("/")[-1] for j in group} | {base}:
                 if m not in meta:
                     raise PrideError(f"style control: no answer file for {m!r} among --answers")
-    return score(judgments, baseline, rounds, seed, v.name, meta)
+    return score_tables(groups, rounds, seed, v.name, meta)
 
 
-__all__ = ["VERSIONS", "CATEGORIES", "judge", "judge_setting", "tables", "headline_table", "score", "score_files", "load_questions", "load_answers", "answer_record",
+__all__ = ["VERSIONS", "CATEGORIES", "judge", "judge_setting", "tables", "headline_table", "score", "score_tables",
+           "score_files", "load_questions", "load_answers", "answer_record",
            "style_metadata", "parse_label_v01", "parse_label_v2"]
