@@ -195,7 +195,8 @@ def test_llm_judge_and_openai_sampler(fake_server, monkeypatch):
     (out,) = judge.judge([[{"role": "user", "content": "q"}]], [["a", "abc", "ab"]])
     assert out.matrix == [[0, -1, -1], [1, 0, 1], [1, -1, 0]] and out.scores.index(max(out.scores)) == 1
     assert set(FakeOpenAI.auth) == {"Bearer sk-test"}
-    sampler = OpenAISampler(OnlineSettings(sampler="openai", sampler_url=fake_server, samples_per_prompt=3), "m")
+    sampler = OpenAISampler(OnlineSettings(sampler="openai", sampler_url=fake_server, samples_per_prompt=3),
+                            [fake_server], "m")
     assert sampler.sample([[{"role": "user", "content": "q"}]], [[7000, 7001, 7002]]) == [["answer 7000", "answer 7001", "answer 7002"]]
 
 

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+import torch
 import uvicorn
 
 from pride.config import ModelSettings
@@ -381,3 +382,74 @@ def model_with_only_letters(m, tok):
     head.bias.data[allowed] = 0.0
     m.lm_head = head
     return m
+
+
+def saved_tiny(path, arch="llama", seed=0):
+    m, tok, _ = load_model_and_tokenizer(ModelSettings(path=f"tiny:{arch}"), seed=seed)
+    m.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def greedy_ids(model_dir, prompt_ids, n):
+    """The greedy continuation of the directory's model, loaded directly (no server)."""
+    m, _, _ = load_model_and_tokenizer(ModelSettings(path=str(model_dir)))
+    out = m.generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False, min_new_tokens=n)
+    return out[0, len(prompt_ids):].tolist()
+
+
+def test_update_weights_from_disk_swaps_between_requests_and_says_what_it_serves(tmp_path):
+    """sglang's reload routes: a request sent before the reload finishes on the old weights, the next
+    one runs on the new ones (greedy text equal to the new directory's model loaded directly),
+    `/get_model_info` and `/v1/models` name the directory; another architecture or a missing
+    directory is refused and the last good weights serve on; with a key the routes need it."""
+    from pride.serve.app import weights_loader
+
+    old, new = saved_tiny(tmp_path / "old", seed=0), saved_tiny(tmp_path / "new", seed=1)
+    other = saved_tiny(tmp_path / "gemma", arch="gemma")
+    m, tok, fmt = load_model_and_tokenizer(ModelSettings(path=str(old)))
+    engine = Engine(m, tok, max_batch_size=8)
+    server, base = start(create_app(engine, fmt, "tiny", None, 4096, 4096, model_path=str(old),
+                                    load_weights=weights_loader(m, tok)))
+    key_server, key_base = start(create_app(engine, fmt, "tiny", "k", 4096, 4096, model_path=str(old),
+                                            load_weights=weights_loader(m, tok)))
+    client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=120)
+    prompt = list(tok("the")["input_ids"])
+
+    def greedy_text(n):
+        r = client.completions.create(model="tiny", prompt="the", max_tokens=n, temperature=0,
+                                      extra_body={"ignore_eos": True})
+        return r.choices[0].text
+
+    def expected(model_dir, n):
+        return tok.decode(greedy_ids(model_dir, prompt, n), skip_special_tokens=True)
+
+    def reload(path):
+        return httpx.post(base + "/update_weights_from_disk", json={"model_path": str(path)}, timeout=120)
+
+    try:
+        assert httpx.get(base + "/get_model_info").json()["model_path"] == str(old)
+        with ThreadPoolExecutor(2) as pool:
+            running = pool.submit(greedy_text, 400)
+            time.sleep(0.3)  # the long request is decoding when the reload arrives
+            reloaded = pool.submit(reload, new)
+            long_text = running.result()
+            assert reloaded.result().json() == {"success": True, "message": f"loaded {new}", "num_paused_requests": 0}
+        assert long_text == expected(old, 400)  # sent before the reload: never saw the new weights
+        after = greedy_text(24)
+        assert after == expected(new, 24) and after != expected(old, 24)
+        info = httpx.get(base + "/get_model_info").json()
+        assert info["model_path"] == str(new) and info["weight_version"] == "1"
+        assert httpx.get(base + "/v1/models").json()["data"][0]["root"] == str(new)
+        bad = reload(other)
+        assert bad.status_code == 400 and not bad.json()["success"]
+        assert bad.json()["message"].startswith(f"{other}: ") and "start a server for it instead" in bad.json()["message"]
+        missing = reload(tmp_path / "nope")
+        assert missing.status_code == 400 and str(tmp_path / "nope") in missing.json()["message"]
+        assert httpx.get(base + "/get_model_info").json()["model_path"] == str(new)  # still the last good one
+        assert greedy_text(24) == after
+        assert httpx.post(key_base + "/update_weights_from_disk", json={"model_path": str(old)}).status_code == 401
+        assert httpx.get(key_base + "/get_model_info").status_code == 401
+    finally:
+        server.should_exit = key_server.should_exit = True
+        engine.stop()

@@ -22,15 +22,23 @@ from pride.errors import PrideError
 
 class ChatClient:
     def __init__(self, base_url: str, model: str, api_key_env: str | None = None, cache_path: str | Path | None = None,
-                 max_retries: int = 5, requests_per_second: float | None = None, timeout: float = 600):
+                 max_retries: int = 5, requests_per_second: float | None = None, timeout: float = 600,
+                 connections: int | None = None):
+        """`connections`: how many requests this client may have in flight at once (threads
+        sharing it); httpx's default pool keeps 100 connections and 20 alive."""
+        import httpx
         import openai
 
         self.url = base_url.rstrip("/")
         self.model = model
         key = os.environ.get(api_key_env, "") if api_key_env else ""
         # servers without a key ignore the header; the client insists on some value
+        http = None
+        if connections:
+            http = openai.DefaultHttpxClient(limits=httpx.Limits(max_connections=connections,
+                                                                 max_keepalive_connections=connections))
         self.client = openai.OpenAI(base_url=self.url, api_key=key or "no-key", max_retries=max_retries,
-                                    timeout=timeout)
+                                    timeout=timeout, http_client=http)
         self.max_retries = max_retries
         self.interval = 1.0 / requests_per_second if requests_per_second else 0.0
         self._last = 0.0

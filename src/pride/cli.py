@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds running requests get to finish after SIGTERM or Ctrl-C")
     srv.add_argument("--threads", type=_ranged(1), default=None,
                      help="CPU threads for generation (torch.set_num_threads; on a shared machine 1 can be fastest)")
+    srv.add_argument("--strict-seeds", action="store_true",
+                     help="run each seeded request in a batch of its own: its text then does not depend on what "
+                          "else runs, not even through padding (default: seeded requests batch with the others)")
     run = sub.add_parser("run", help="run the stages a recipe lists (sft, dpo, online, sppo, eval)")
     run.add_argument("config", help="recipe YAML (see recipes/)")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="shared key=value, or STAGE.key=value")
@@ -153,7 +156,8 @@ def _dispatch(args, parser) -> int:
         serve(args.model, host=args.host, port=args.port, api_key_env=args.api_key_env, model_name=args.model_name,
               max_batch_size=args.max_batch_size, max_prefill_tokens=args.max_prefill_tokens,
               max_model_len=args.max_model_len, max_tokens=args.max_tokens,
-              max_body_bytes=args.max_body_bytes, shutdown_timeout=args.shutdown_timeout, threads=args.threads)
+              max_body_bytes=args.max_body_bytes, shutdown_timeout=args.shutdown_timeout, threads=args.threads,
+              strict_seeds=args.strict_seeds)
         return 0
     if args.command == "eval":
         return _eval(args)

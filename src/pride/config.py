@@ -178,9 +178,12 @@ class JudgeSettings(Section):
     type: Literal["function", "reward_model", "pairrm", "llm"] = "function"
     function: str | None = Field(None, description="module:function(prompt, response) -> float")
     path: str | None = Field(None, description="reward model or PairRM-hf directory")
-    url: str | None = Field(None, description="OpenAI-compatible base URL (llm judge)")
+    url: str | list[str] | None = Field(None, description="OpenAI-compatible base URL of the llm judge, or a list "
+                                                          "of them (prompts spread over them)")
     model: str | None = Field(None, description="model name at that endpoint")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
+    concurrency: int = Field(16, gt=0, description="llm judge: requests in flight per process (every ordered pair "
+                                                   "of every prompt of a batch_size batch is one request)")
     batch_size: int = Field(16, gt=0)
     max_length: int = Field(2048, gt=0, description="tokens per judged input (reward model)")
     prompt_format: Literal["user_text", "chat_template", "role_lines"] = Field(
@@ -197,12 +200,23 @@ class OnlineSettings(Section):
     temperature: float = Field(0.8, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(256, gt=0)
-    sampler: Literal["auto", "vllm", "transformers", "openai"] = "auto"
+    sampler: Literal["auto", "vllm", "transformers", "openai", "server"] = Field(
+        "auto", description="auto: vllm on a GPU with vLLM installed, else transformers (pride's engine in process); "
+                            "server: a generation server on each round's model (per node); openai: running servers "
+                            "(sampler_url), told to load each round's model")
     tensor_parallel_size: int = Field(1, gt=0, description="GPUs one vLLM sampler shards the model over "
                                                            "(vLLM's tensor_parallel_size)")
-    sampler_url: str | None = Field(None, description="OpenAI-compatible base URL (sampler=openai)")
+    server: Literal["auto", "vllm", "sglang", "pride"] = Field(
+        "auto", description="sampler=server: which server (auto: vLLM or sglang when installed on a GPU, else "
+                            "pride serve)")
+    server_args: list[str] = Field(default_factory=list, description="sampler=server: extra flags for the server "
+                                                                     "(e.g. [--data-parallel-size, '8'])")
+    sampler_url: str | list[str] | None = Field(None, description="sampler=openai: OpenAI-compatible base URL, or a "
+                                                                  "list of them (prompts spread over them)")
     sampler_model: str | None = None
     sampler_api_key_env: str = "OPENAI_API_KEY"
+    sampler_concurrency: int = Field(32, gt=0, description="sampler=openai or server: requests in flight per "
+                                                           "process (one request per sample)")
     generation_batch_size: int = Field(16, gt=0, description="prompts generated at a time (x K samples); answers are saved every this many prompts")
     pairs: Literal["best_worst", "sppo"] = "best_worst"
     keep_ties: bool = Field(False, description="keep prompts whose answers tie or are identical, as SPPO's "
@@ -219,6 +233,27 @@ class OnlineSettings(Section):
     mix_fraction: float | None = Field(None, ge=0, lt=1, description="instead of mix_offline's own fraction: as many "
                                                                      "offline pairs as make this share of the round")
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
+
+    @model_validator(mode="after")
+    def _sampler_settings_used(self):
+        """A sampler setting another sampler ignores is an error, not a setting that silently does nothing."""
+        if self.sampler_url and self.sampler != "openai":
+            raise ValueError(f"online.sampler_url is for sampler=openai (this is sampler={self.sampler})")
+        if self.sampler == "openai" and not self.sampler_url:
+            raise ValueError("online.sampler=openai needs online.sampler_url (an OpenAI-compatible base URL, or a "
+                             "list of them)")
+        if self.sampler != "server" and (self.server_args or self.server != "auto"):
+            raise ValueError(f"online.server and online.server_args are for sampler=server (this is "
+                             f"sampler={self.sampler})")
+        return self
+
+    def sampler_urls(self) -> list[str]:
+        return urls(self.sampler_url)
+
+
+def urls(value: str | list[str] | None) -> list[str]:
+    """A URL setting as a list (one URL or several)."""
+    return [value] if isinstance(value, str) else list(value or [])
 
 
 class EvalJudgeSettings(Section):
@@ -453,8 +488,10 @@ def describe_error(err: dict, root: type[BaseModel]) -> str:
     if kind == "missing":
         return f"missing required key '{key}'"
     shown = err.get("input")
-    shown = json.dumps(shown) if isinstance(shown, (str, int, float, bool)) or shown is None else type(shown).__name__
     message = err["msg"].removeprefix("Value error, ")
+    if isinstance(shown, dict):  # a section's own check across its keys: its message names them
+        return message
+    shown = json.dumps(shown) if isinstance(shown, (str, int, float, bool)) or shown is None else type(shown).__name__
     return f"key '{key}': {message} (got {shown})"
 
 

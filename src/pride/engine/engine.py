@@ -1,14 +1,16 @@
 """The engine: one model, a worker thread, and the lanes it steps in turn.
 
 Requests wait in a queue; the worker puts their rows into lanes (`Request.lane_key`): every
-unseeded request shares one lane, whatever its sampling settings; a seeded request has a lane
-of its own, so its output does not depend on its neighbours; in-process callers batch theirs
-on purpose (`batch`). The worker steps every lane in turn, one token each (`scheduler.Lane`),
+request shares one lane, whatever its sampling settings and seed (with `strict_seeds` a seeded
+request has a lane of its own, so not even its padding depends on its neighbours); in-process
+callers batch theirs on purpose (`batch`). The worker steps every lane in turn, one token each (`scheduler.Lane`),
 so a long generation holds no other back, and new requests join a running batch at the
 next step. Every sampling row draws from its own `torch.Generator` (choice k of a request
 seeded s: seed s + k, or the request's `seeds[k]`); the global RNG is never touched.
 In-process callers (online sampling, the demo) call `generate` or `complete`, which run
-requests to the end in the calling thread.
+requests to the end in the calling thread. A server loads new weights with `swap`: the
+requests queued before it finish on the old weights, those after it start on the new ones,
+and no sequence mixes the two.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from __future__ import annotations
 import inspect
 import queue
 import threading
+from collections import deque
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -25,15 +30,24 @@ from pride.engine.requests import Request
 from pride.engine.scheduler import OFFLINE_PREFILL_TOKENS, PREFILL_TOKENS, Lane
 
 
+@dataclass
+class Swap:
+    """New weights for the worker to load once the requests queued before them are done."""
+
+    state: dict
+    done: Callable[[str | None], None]  # called from the worker: None, or why it failed
+
+
 class Engine:
     """Continuous batching for one model, in a background thread (or the caller's, `generate`)."""
 
     def __init__(self, model, tokenizer, max_batch_size: int = 64, prefill_tokens: int = PREFILL_TOKENS,
-                 offline: bool = False):
+                 offline: bool = False, strict_seeds: bool = False):
         """`offline`: in-process callers that want throughput, not a quick first token (online
         sampling, the demo): prompts are prefilled OFFLINE_PREFILL_TOKENS a step, and new rows
         wait until a sixteenth of the batch is free, so they are prefilled a few at a time (a
-        forward's fixed cost shared) and take the finished rows' places in the cache."""
+        forward's fixed cost shared) and take the finished rows' places in the cache.
+        `strict_seeds`: a seeded request runs alone (see `Request.lane_key`)."""
         self.model, self.tok = model.eval(), tokenizer
         self.device = next(model.parameters()).device
         self.max_batch_size = max_batch_size
@@ -43,7 +57,9 @@ class Engine:
         eos = model.generation_config.eos_token_id
         self.stop_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
         self.stop_ids.discard(None)
-        self.queue: queue.Queue[Request | None] = queue.Queue()
+        self.strict_seeds = strict_seeds
+        self.queue: queue.Queue[Request | Swap | None] = queue.Queue()
+        self.held: deque[Request | Swap] = deque()  # taken from the queue, behind a swap not yet done
         self.lanes: dict[object, Lane] = {}
         self.thread: threading.Thread | None = None
         self.stopping = threading.Event()
@@ -60,6 +76,11 @@ class Engine:
             self.thread.start()
         self.queue.put(request)
 
+    def swap(self, state: dict, done: Callable[[str | None], None]) -> None:
+        """Load `state` (a state dict of this model's shape) between steps, once every request
+        submitted before it has finished; requests submitted after it wait for it."""
+        self.submit(Swap(state, done))
+
     def stop(self, timeout: float = 10.0) -> None:
         """Cancel what runs, end the worker thread and wait for it: a process must not exit while
         the thread is inside a forward pass (libtorch then aborts the process)."""
@@ -70,6 +91,9 @@ class Engine:
         self.queue.put(None)  # wakes a worker waiting for work
         if self.thread is not None:
             self.thread.join(timeout)
+        for item in self.held:
+            if isinstance(item, Swap):
+                item.done("the server is stopping")
 
     @property
     def running(self) -> int:
@@ -79,7 +103,7 @@ class Engine:
     @property
     def waiting(self) -> int:
         """Requests not yet admitted, and rows waiting for a slot."""
-        return self.queue.qsize() + sum(len(lane.waiting) for lane in list(self.lanes.values()))
+        return self.queue.qsize() + len(self.held) + sum(len(lane.waiting) for lane in list(self.lanes.values()))
 
     def generate(self, requests: list[Request]) -> None:
         """Run these requests to the end in the calling thread (no worker, no queue)."""
@@ -140,7 +164,7 @@ class Engine:
         for req in requests:
             if req.cancelled.is_set():
                 continue
-            key = req.lane_key()
+            key = req.lane_key(self.strict_seeds)
             if key not in lanes:
                 lanes[key] = Lane(self._forward, self.max_batch_size, self.pad, self.device, self.prefill_tokens,
                                   self.admit_min)
@@ -149,7 +173,11 @@ class Engine:
     def _loop(self) -> None:
         decode_attention(self.model).__enter__()  # the worker's model only generates (pride serve)
         while not self.stopping.is_set():
-            self._admit(block=not self.lanes)
+            if self.held and not self.lanes:  # a swap waits at the front, and everything before it is done
+                self._load(self.held.popleft())
+                self._release()
+            if not self.held:
+                self._admit(block=not self.lanes)
             for key, lane in list(self.lanes.items()):
                 try:
                     lane.step()
@@ -166,12 +194,29 @@ class Engine:
                 new.append(self.queue.get_nowait())
         except queue.Empty:
             pass
-        new = [r for r in new if r is not None]  # None: stop() woke the worker
+        self.held.extend(r for r in new if r is not None)  # None: stop() woke the worker
+        self._release()
+
+    def _release(self) -> None:
+        """Place the held requests up to the first swap (which waits for the lanes to drain)."""
+        new = []
+        while self.held and not isinstance(self.held[0], Swap):
+            new.append(self.held.popleft())
         try:
             self._place(new, self.lanes)
         except Exception as e:  # noqa: BLE001 - these requests get the error; the worker keeps serving
             for r in new:
                 r.emit(("error", f"{type(e).__name__}: {e}"))
+
+    def _load(self, swap: Swap) -> None:
+        """The new weights, copied into the model's own tensors (its device and dtype kept)."""
+        try:
+            with torch.no_grad():
+                self.model.load_state_dict(swap.state, strict=True)
+        except Exception as e:  # noqa: BLE001 - the caller is told; the old weights keep serving
+            swap.done(f"{type(e).__name__}: {e}")
+            return
+        swap.done(None)
 
     def _forward(self, ids: torch.Tensor, kv: KV, positions: torch.Tensor) -> torch.Tensor:
         """Logits [rows, vocab] of the token after the last of `ids` (fed on top of the cache)."""

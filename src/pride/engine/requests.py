@@ -42,13 +42,15 @@ class Request:
         seed = self.seeds[k] if self.seeds is not None else None if self.seed is None else self.seed + k
         return None if seed is None else seed % 2**64
 
-    def lane_key(self):
-        """Which rows may share a batch with this request's. A seeded request runs in a lane of its
-        own: batched kernels round differently with other rows beside it, and a seeded sample
-        must not depend on what else runs. In-process callers batch theirs on purpose (`batch`)."""
+    def lane_key(self, strict_seeds: bool = False):
+        """Which rows may share a batch with this request's. Every request shares one lane, seeded
+        or not, each sampling row drawing from its own generator (as vLLM does): its draws do not
+        depend on its neighbours, though batched kernels may round its logits differently beside
+        them. `strict_seeds` gives a seeded request a lane of its own, so not even that changes
+        its text. In-process callers batch theirs on purpose (`batch`)."""
         if self.batch is not None:
             return ("batch", id(self.batch))
-        if self.seed is not None or self.seeds is not None:
+        if strict_seeds and (self.seed is not None or self.seeds is not None):
             return ("seeded", id(self))
         return "shared"
 

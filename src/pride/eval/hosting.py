@@ -26,7 +26,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_command(kind: str, model_ref: str, name: str, port: int) -> list[str]:
+def server_command(kind: str, model_ref: str, name: str, port: int, extra_args: list[str] = ()) -> list[str]:
+    return _command(kind, model_ref, name, port) + list(extra_args)
+
+
+def _command(kind: str, model_ref: str, name: str, port: int) -> list[str]:
     if kind == "auto":
         kind = gpu_server() or "pride"
     if kind == "vllm":
@@ -39,14 +43,27 @@ def server_command(kind: str, model_ref: str, name: str, port: int) -> list[str]
             "--model-name", name]
 
 
+def die_with_parent() -> None:
+    """In the server's process before it starts (Linux): SIGTERM when the process that started it
+    dies, even by kill -9, so no server is left holding its port and its GPU memory."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the parent's own cleanup is all there is
+        pass
+
+
 @contextmanager
-def hosted(model_ref: str, name: str, kind: str, log_path: Path, timeout: float = 900):
-    """Yield the base URL (`http://127.0.0.1:PORT/v1`) of a freshly started server."""
+def hosted(model_ref: str, name: str, kind: str, log_path: Path, timeout: float = 900, extra_args: list[str] = ()):
+    """Yield the base URL (`http://127.0.0.1:PORT/v1`) of a freshly started server (`extra_args`
+    go to its command line)."""
     port = free_port()
-    cmd = server_command(kind, model_ref, name, port)
+    cmd = server_command(kind, model_ref, name, port, extra_args)
     make_dir(log_path.parent)
     log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     base = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + timeout

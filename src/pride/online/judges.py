@@ -24,6 +24,7 @@ from pride.errors import PrideError
 class Judgement:
     scores: list[float]
     matrix: list[list[float]] | None = None
+    verdicts: list[list[float | None]] | None = None  # llm judge: V[i][j], i shown as A against j as B
 
 
 class Judge(Protocol):
@@ -150,26 +151,41 @@ VERDICT = re.compile(r"\[\[([ABC])\]\]")
 
 
 class LLMJudge:
-    """Any OpenAI-compatible chat endpoint; every ordered pair is judged, so both orders count."""
+    """OpenAI-compatible chat endpoints; every ordered pair is judged, so both orders count. The
+    K x (K-1) requests of a batch's prompts go out `concurrency` at a time (prompt p to server
+    p mod the servers' count); each verdict is kept by its ordered pair, so the result does not
+    depend on the order in which they come back."""
 
     def __init__(self, s: JudgeSettings):
         from pride.chat_client import ChatClient
+        from pride.config import urls
 
-        self.client = ChatClient(s.url, s.model, s.api_key_env)
+        self.clients = [ChatClient(u, s.model, s.api_key_env, connections=s.concurrency) for u in urls(s.url)]
+        self.concurrency = s.concurrency
 
-    def verdict(self, question: str, a: str, b: str) -> float:
-        text = self.client.text([{"role": "user", "content": PAIRWISE_PROMPT.format(question=question, a=a, b=b)}],
-                                temperature=0, max_tokens=1024)
+    def verdict(self, question: str, a: str, b: str, server: int = 0) -> float:
+        text = self.clients[server % len(self.clients)].text(
+            [{"role": "user", "content": PAIRWISE_PROMPT.format(question=question, a=a, b=b)}], temperature=0,
+            max_tokens=1024)
         found = VERDICT.findall(text)
         return {"A": 1.0, "B": -1.0}.get(found[-1], 0.0) if found else 0.0
 
     def judge(self, prompts, candidates):
+        from pride.chat_client import map_concurrently
+
+        pairs = [(p, i, j) for p, cands in enumerate(candidates) for i in range(len(cands))
+                 for j in range(len(cands)) if i != j]
+        questions = [prompt_text(p) for p in prompts]
+        found = map_concurrently(lambda t: self.verdict(questions[t[0]], candidates[t[0]][t[1]],
+                                                        candidates[t[0]][t[2]], server=t[0]),
+                                 pairs, self.concurrency)
+        v = dict(zip(pairs, found))
         out = []
-        for p, cands in zip(prompts, candidates):
-            q, k = prompt_text(p), len(cands)
-            v = {(i, j): self.verdict(q, cands[i], cands[j]) for i in range(k) for j in range(k) if i != j}
-            m = [[0.0 if i == j else (v[i, j] - v[j, i]) / 2 for j in range(k)] for i in range(k)]
-            out.append(Judgement(row_scores(m), m))
+        for p, cands in enumerate(candidates):
+            k = len(cands)
+            m = [[0.0 if i == j else (v[p, i, j] - v[p, j, i]) / 2 for j in range(k)] for i in range(k)]
+            verdicts = [[None if i == j else v[p, i, j] for j in range(k)] for i in range(k)]
+            out.append(Judgement(row_scores(m), m, verdicts))
         return out
 
 
@@ -190,6 +206,26 @@ def check_judge(s: JudgeSettings) -> None:
         FunctionJudge(s.function)
     if s.type == "llm" and (not s.url or not s.model):
         raise PrideError("online.judge.type=llm needs online.judge.url and online.judge.model")
+    if s.type == "llm":
+        check_reachable(s)
+
+
+def check_reachable(s: JudgeSettings) -> None:
+    """An llm judge's servers answer before any sampling (GET /models, with the key), so a closed
+    port or a wrong address stops the run now, not after a round of samples."""
+    import httpx
+
+    from pride.config import urls
+    from pride.online.policy_servers import auth_headers
+
+    for url in urls(s.url):
+        try:
+            r = httpx.get(url.rstrip("/") + "/models", headers=auth_headers(s.api_key_env), timeout=30)
+        except httpx.HTTPError as e:
+            raise PrideError(f"online.judge.url {url}: the judge does not answer ({e})") from None
+        if r.status_code in (401, 403):
+            raise PrideError(f"online.judge.url {url}: GET /models answered HTTP {r.status_code}: the key in "
+                             f"${s.api_key_env} is not accepted")
 
 
 def make_judge(s: JudgeSettings, device, fmt=None) -> Judge:

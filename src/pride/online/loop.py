@@ -20,11 +20,12 @@ from __future__ import annotations
 import hashlib
 import statistics
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from rich.table import Table
 
-from pride.config import Config, DataSettings, SourceSettings
+from pride.config import Config, DataSettings, SourceSettings, urls as urls_of
 from pride.data import Conversation, load_rows, read_rows
 from pride.data.rows import normalize
 from pride.errors import PrideError
@@ -32,7 +33,8 @@ from pride.io import append_jsonl, make_dir, read_jsonl, read_jsonl_tolerant, wr
 from pride.models import load_chat, load_model_and_tokenizer
 from pride.online.judges import check_judge, check_judgement, make_judge
 from pride.online.pairs import make_pair
-from pride.online.samplers import make_sampler, stream_samples
+from pride.online.policy_servers import check_reloadable, check_serving, round_servers
+from pride.online.samplers import make_sampler, sampler_kind, stream_samples
 from pride.identity import round_identity
 from pride.rundir import ITERATIONS, iteration_dir, model_dir, read_iteration, start_round, write_iteration
 from pride.train.stage import StageContext
@@ -147,16 +149,19 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
 
     def generate(todo: list[dict]):
         if "sampler" not in state:
-            state["sampler"] = make_sampler(s, model_ref, model_ref,
+            state["sampler"] = make_sampler(s, model_ref,
                                             lambda: load_model_and_tokenizer(sample_settings, seed=cfg.seed, device=acc.device),
-                                            acc.device, cfg.seed)
+                                            acc.device, cfg.seed, state.get("urls"))
         seeds = [[sample_seed(cfg.seed, n, p["prompt_id"], j) for j in range(k)] for p in todo]
         for i, rs in stream_samples(state["sampler"], [p["prompt"] for p in todo], seeds, s.generation_batch_size):
             yield {"prompt_id": todo[i]["prompt_id"], "prompt": todo[i]["prompt"], "responses": rs, "seeds": seeds[i]}
 
-    generations = resumable_map(acc, it_dir, "generations", prompts, s.generation_batch_size, generate)
-    if "sampler" in state:
-        state.pop("sampler").close()
+    served = sampler_kind(s) in ("openai", "server") and not (it_dir / "generations.jsonl").exists()
+    with round_servers(acc, s, model_ref, it_dir) if served else nullcontext() as urls:
+        state["urls"] = urls
+        generations = resumable_map(acc, it_dir, "generations", prompts, s.generation_batch_size, generate)
+        if "sampler" in state:
+            state.pop("sampler").close()
     timing["sample_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -170,13 +175,15 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
         if "judge" not in state:
             fmt = load_chat(sample_settings)[1] if s.judge.prompt_format == "chat_template" else None
             state["judge"] = make_judge(s.judge, acc.device, fmt)
+            if judges_with_policy(s):  # self-rewarding: the judge must be this round's model too
+                check_serving(urls_of(s.judge.url), model_ref, s.judge.api_key_env)
         gens = [by_id[p["prompt_id"]] for p in todo]
         judged = state["judge"].judge([g["prompt"] for g in gens], [g["responses"] for g in gens])
         for g, j in zip(gens, judged):
             check_judgement(j, len(g["responses"]), f"{it_dir / 'scores'}: prompt {g['prompt_id']} "
                                                     f"({s.judge.type} judge)")
-        return [{"prompt_id": g["prompt_id"], "scores": j.scores, **({"matrix": j.matrix} if j.matrix else {})}
-                for g, j in zip(gens, judged)]
+        return [{"prompt_id": g["prompt_id"], "scores": j.scores, **({"matrix": j.matrix} if j.matrix else {}),
+                 **({"verdicts": j.verdicts} if j.verdicts else {})} for g, j in zip(gens, judged)]
 
     scores = resumable_map(acc, it_dir, "scores", prompts, s.judge.batch_size, score)
     state.pop("judge", None)
@@ -215,6 +222,26 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
     return summary
 
 
+def judges_with_policy(s) -> bool:
+    """An llm judge at one of the policy's own servers (sampler=openai): it judges with the round's
+    model, so it must serve that round's model when it judges."""
+    return (s.judge.type == "llm" and s.sampler == "openai" and s.iterations > 1
+            and bool(set(urls_of(s.judge.url)) & set(s.sampler_urls())))
+
+
+def check_sampler_launch(cfg: Config, processes: int) -> None:
+    """What a sampler cannot do, said before any work."""
+    s = cfg.online
+    kind = sampler_kind(s)
+    if kind == "vllm" and processes > 1:
+        raise PrideError(f"online.sampler=vllm runs vLLM inside one process; this launch has {processes}. Launch "
+                         f"the stage as one process, or use online.sampler=server (a vLLM server per node, "
+                         f"online.server_args for its flags)")
+    if (kind == "server" or kind == "openai" and s.iterations > 1) and cfg.model.path.startswith("tiny:"):
+        raise PrideError(f"model.path={cfg.model.path}: a tiny: model exists only inside this process; a "
+                         f"{kind} sampler must load a directory (save it first), or use online.sampler=transformers")
+
+
 def round_data(pairs: list[dict], path: Path, s, cfg: Config) -> tuple[DataSettings, dict]:
     """What a round trains on: the share `pair_fraction` of its pairs (all are written to `path`),
     plus `online.mix_offline` rows: that source's own fraction of them, or with `mix_fraction`
@@ -243,7 +270,9 @@ def run_online(cfg: Config) -> list[dict]:
                              f"sampler over the GPUs itself; launch this stage as one process, not "
                              f"{ctx.acc.num_processes}")
         prompts = load_prompts(cfg)
+        check_sampler_launch(cfg, ctx.acc.num_processes)
         check_judge(cfg.online.judge)  # before any sampling: a bad judge or mix file stops now, not after round 1
+        check_reloadable(cfg.online)  # and a server that would sample a stale policy in round 2
         if cfg.online.mix_offline is not None:
             read_rows(cfg.online.mix_offline, "preference", cfg.data.on_bad_row, {})
         model_ref, previous = cfg.model.path, ""

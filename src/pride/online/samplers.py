@@ -8,8 +8,10 @@
   of a call in one continuous batch (`generation_batch_size` x K samples at a time, a new
   prompt's samples taking the slots of finished ones), sample k of prompt i drawn with its
   own seed; `stream` hands each prompt back as soon as its K samples are done.
-* `OpenAISampler`: any OpenAI-compatible chat endpoint (`pride serve`, vLLM, sglang, ...),
-  one request per sample with its seed; the API key comes from an environment variable.
+* `OpenAISampler`: OpenAI-compatible chat endpoints (`pride serve`, vLLM, sglang, ...), one
+  request per sample with its seed, `sampler_concurrency` of them in flight, a prompt's samples
+  on one server and the prompts spread over the servers; the API key comes from an
+  environment variable. `pride.online.policy_servers` makes sure they serve the round's model.
 """
 
 from __future__ import annotations
@@ -83,26 +85,67 @@ class VllmSampler:
 
 
 class OpenAISampler:
-    def __init__(self, s: OnlineSettings, model_name: str):
-        if not s.sampler_url:
-            raise PrideError("online.sampler=openai needs online.sampler_url (an OpenAI-compatible base URL)")
+    """Sample j of prompt i is one request with seed seeds[i][j], sent to server i mod the servers'
+    count; `sampler_concurrency` requests in flight (each with the client's retries). What comes
+    back does not depend on the concurrency: every request carries its own seed."""
+
+    def __init__(self, s: OnlineSettings, urls: list[str], model_name: str | None = None):
         from pride.chat_client import ChatClient
 
+        if not urls:
+            raise PrideError("online.sampler=openai needs online.sampler_url (an OpenAI-compatible base URL)")
         self.s = s
-        self.client = ChatClient(s.sampler_url, s.sampler_model or model_name, s.sampler_api_key_env)
+        key_env = s.sampler_api_key_env
+        self.clients = [ChatClient(u, model_name or s.sampler_model or served_name(u, key_env), key_env,
+                                   connections=s.sampler_concurrency) for u in urls]
 
     def sample(self, prompts: list[list[dict]], seeds: list[list[int]]) -> list[list[str]]:
-        out = []
-        for messages, prompt_seeds in zip(prompts, seeds):
-            answers = []
-            for j in range(self.s.samples_per_prompt):
-                answers.append(self.client.text(messages, temperature=self.s.temperature, top_p=self.s.top_p,
-                                                max_tokens=self.s.max_new_tokens, seed=prompt_seeds[j]).strip())
-            out.append(answers)
-        return out
+        out = dict(self.stream(prompts, seeds))
+        return [out[i] for i in range(len(prompts))]
+
+    def stream(self, prompts: list[list[dict]], seeds: list[list[int]]):
+        """(i, K responses) for each prompt as soon as its K requests are answered."""
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        k = self.s.samples_per_prompt
+        texts: list[list[str]] = [[""] * k for _ in prompts]
+        left = [k] * len(prompts)
+
+        def one(i: int, j: int) -> tuple[int, int, str]:
+            client = self.clients[i % len(self.clients)]
+            return i, j, client.text(prompts[i], temperature=self.s.temperature, top_p=self.s.top_p,
+                                     max_tokens=self.s.max_new_tokens, seed=seeds[i][j]).strip()
+
+        with ThreadPoolExecutor(max_workers=self.s.sampler_concurrency, thread_name_prefix="pride-sample") as pool:
+            futures = [pool.submit(one, i, j) for i in range(len(prompts)) for j in range(k)]
+            try:
+                for future in as_completed(futures):
+                    i, j, text = future.result()
+                    texts[i][j] = text
+                    left[i] -= 1
+                    if not left[i]:
+                        yield i, texts[i]
+            finally:  # an error (after the client's retries), or the caller stopped: send no more
+                for future in futures:
+                    future.cancel()
 
     def close(self) -> None:
         pass
+
+
+def served_name(url: str, api_key_env: str | None) -> str:
+    """The first model a server lists (`online.sampler_model` unset): the name it answers to,
+    whichever directory it was told to load."""
+    import httpx
+
+    from pride.online.policy_servers import auth_headers
+
+    try:
+        r = httpx.get(url.rstrip("/") + "/models", headers=auth_headers(api_key_env), timeout=30)
+        return r.json()["data"][0]["id"]
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise PrideError(f"{url}: cannot read the served model's name from GET /models ({e!r}); set "
+                         "online.sampler_model") from None
 
 
 def stream_samples(sampler: Sampler, prompts: list[list[dict]], seeds: list[list[int]], chunk_size: int):
@@ -116,16 +159,21 @@ def stream_samples(sampler: Sampler, prompts: list[list[dict]], seeds: list[list
             yield start + j, texts
 
 
-def make_sampler(s: OnlineSettings, model_dir: str, model_name: str, load, device, seed: int) -> Sampler:
-    """auto: vLLM when installed and on a GPU, else pride's engine. `load()` gives (model, tok, fmt)."""
-    kind = s.sampler
-    if kind == "auto":
-        kind = "vllm" if gpu_server() == "vllm" else "transformers"
+def sampler_kind(s: OnlineSettings) -> str:
+    """auto: vLLM when installed and on a GPU, else pride's engine (transformers)."""
+    if s.sampler == "auto":
+        return "vllm" if gpu_server() == "vllm" else "transformers"
+    return s.sampler
+
+
+def make_sampler(s: OnlineSettings, model_dir: str, load, device, seed: int, urls: list[str] | None = None) -> Sampler:
+    """`load()` gives (model, tok, fmt); `urls`: the servers of the openai and server samplers."""
+    kind = sampler_kind(s)
     if s.tensor_parallel_size > 1 and kind != "vllm":
         raise PrideError(f"online.tensor_parallel_size={s.tensor_parallel_size} shards a vLLM sampler; "
                          f"the {kind} sampler cannot (set online.sampler=vllm)")
-    if kind == "openai":
-        return OpenAISampler(s, model_name)
+    if kind in ("openai", "server"):
+        return OpenAISampler(s, urls or [], "policy" if kind == "server" else None)
     model, tok, fmt = load()
     if kind == "vllm":
         if importlib.util.find_spec("vllm") is None:

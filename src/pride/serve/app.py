@@ -1,7 +1,11 @@
 """`pride serve`: an OpenAI-compatible server (FastAPI + uvicorn) over the batching engine.
 
 Routes: `POST /v1/chat/completions` and `POST /v1/completions` (with `stream`: server-sent
-events in OpenAI's chunk format, ending with `data: [DONE]`), `GET /v1/models`, `GET /health`.
+events in OpenAI's chunk format, ending with `data: [DONE]`), `GET /v1/models`, `GET /health`,
+and sglang's weight reload: `POST /update_weights_from_disk` (`{"model_path": DIR}`) loads a
+directory of the same architecture between decode steps (requests sent before it finish on
+the old weights) and `GET /get_model_info` says which directory is served (online rounds
+check it before sampling).
 Request bodies are pydantic models: an invalid field is a 400 with OpenAI's error shape
 naming it. `max_tokens` defaults to what the context leaves, capped by `--max-tokens`; a
 prompt that does not fit the context is a 400 (a text too long for any tokenization of it
@@ -96,6 +100,12 @@ class CompletionRequest(Sampling):
     logprobs: int | None = Field(None, ge=0, le=20)
 
 
+class UpdateWeights(Body):
+    """sglang's body (its other fields, load_format and so on, are ignored)."""
+
+    model_path: str = Field(min_length=1)
+
+
 def error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}},
                         status_code=status)
@@ -155,11 +165,14 @@ class ApiKey:
         self.app, self.expected = app, f"Bearer {key}".encode()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+        if scope["type"] == "http" and (scope["path"].startswith("/v1") or scope["path"] in GUARDED):
             given = dict(scope.get("headers") or []).get(b"authorization", b"")
             if not secrets.compare_digest(given, self.expected):
                 return await error(401, "invalid or missing API key", "authentication_error")(scope, receive, send)
         await self.app(scope, receive, send)
+
+
+GUARDED = ("/update_weights_from_disk", "/get_model_info")  # beside /v1/*: need the API key when one is set
 
 
 def max_chars_per_token(tokenizer) -> int:
@@ -201,7 +214,9 @@ class Inbox:
 
 
 def create_app(engine: Engine, fmt, model_name: str, api_key: str | None, context: int, max_tokens: int,
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = MAX_BODY_BYTES, model_path: str | None = None, load_weights=None) -> FastAPI:
+    """`load_weights(path) -> state dict` (checked against the served model, a PrideError naming
+    the problem otherwise) serves `/update_weights_from_disk`; without it that route says no."""
     from concurrent.futures import ThreadPoolExecutor
 
     app = FastAPI(title="pride serve", docs_url=None, redoc_url=None, openapi_url=None)
@@ -237,10 +252,39 @@ def create_app(engine: Engine, fmt, model_name: str, api_key: str | None, contex
     async def health():
         return {"status": "ok", "running": engine.running, "waiting": engine.waiting}
 
+    served = {"model_path": model_path or model_name, "weight_version": 0}
+
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "pride",
-                                            "max_model_len": context}]}
+                                            "root": served["model_path"], "max_model_len": context}]}
+
+    @app.get("/get_model_info")
+    async def model_info():
+        return {"model_path": served["model_path"], "tokenizer_path": served["model_path"], "is_generation": True,
+                "weight_version": str(served["weight_version"])}
+
+    @app.post("/update_weights_from_disk")
+    async def update_weights(body: UpdateWeights):
+        def refused(message: str) -> JSONResponse:
+            return JSONResponse({"success": False, "message": message, "num_paused_requests": 0}, status_code=400)
+
+        if load_weights is None:
+            return refused("this server was started without a way to load weights")
+        loop = asyncio.get_running_loop()
+        try:
+            state = await loop.run_in_executor(None, load_weights, body.model_path)
+        except PrideError as e:
+            return refused(str(e))
+        except Exception as e:  # noqa: BLE001 - a directory transformers cannot load: the old weights serve on
+            return refused(f"{body.model_path}: cannot load ({type(e).__name__}: {e})")
+        loaded = loop.create_future()
+        engine.swap(state, lambda problem: loop.call_soon_threadsafe(loaded.set_result, problem))
+        if (problem := await loaded) is not None:
+            return refused(problem)
+        served["model_path"], served["weight_version"] = body.model_path, served["weight_version"] + 1
+        print(f"pride serve: now serving {body.model_path}", flush=True)
+        return {"success": True, "message": f"loaded {body.model_path}", "num_paused_requests": 0}
 
     def check_model(body: Sampling) -> JSONResponse | None:
         if body.model and body.model != model_name:
@@ -404,7 +448,7 @@ def serve(model_ref: str, host: str = "127.0.0.1", port: int = 8000, api_key_env
           model_name: str | None = None, max_batch_size: int = 64, max_prefill_tokens: int = 512,
           max_model_len: int | None = None,
           max_tokens: int = 4096, max_body_bytes: int = MAX_BODY_BYTES, shutdown_timeout: float = 5.0,
-          threads: int | None = None) -> None:
+          threads: int | None = None, strict_seeds: bool = False) -> None:
     """Load the model and serve until interrupted. SIGTERM or Ctrl-C: no new connections, running
     requests get `shutdown_timeout` seconds to finish and are cancelled after, exit 0."""
     import torch
@@ -424,8 +468,10 @@ def serve(model_ref: str, host: str = "127.0.0.1", port: int = 8000, api_key_env
     model.to(device)
     context = max_model_len or getattr(model.config, "max_position_embeddings", None) or 4096
     name = model_name or model_ref.rstrip("/").split("/")[-1]
-    engine = Engine(model, tok, max_batch_size, max_prefill_tokens)
-    app = create_app(engine, fmt, name, api_key, context, max_tokens, max_body_bytes)
+    engine = Engine(model, tok, max_batch_size, max_prefill_tokens, strict_seeds=strict_seeds)
+
+    app = create_app(engine, fmt, name, api_key, context, max_tokens, max_body_bytes, model_ref,
+                     weights_loader(model, tok))
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -444,6 +490,37 @@ def serve(model_ref: str, host: str = "127.0.0.1", port: int = 8000, api_key_env
         server.run(sockets=[sock])
     finally:
         engine.stop()
+
+
+def weights_loader(model, tok):
+    """`path -> state dict` for `/update_weights_from_disk`: the directory loaded on the CPU and
+    checked against the served model (the engine copies it into the model's own tensors)."""
+    from pride.config import ModelSettings
+    from pride.models import load_model_and_tokenizer
+
+    def load(path: str) -> dict:
+        new, new_tok, _ = load_model_and_tokenizer(ModelSettings(path=path), device="cpu")
+        return same_shape_state(model, tok, new, new_tok, path)
+
+    return load
+
+
+def same_shape_state(model, tok, new, new_tok, path: str) -> dict:
+    """`new`'s state dict when it can replace `model`'s in place (same tensors, same tokenizer),
+    else a PrideError that names the first difference."""
+    state, own = new.state_dict(), model.state_dict()
+    if set(state) != set(own):
+        extra, missing = sorted(set(state) - set(own)), sorted(set(own) - set(state))
+        raise PrideError(f"{path}: not the served architecture (tensors {(extra or missing)[:3]} "
+                         f"{'not in' if extra else 'missing from'} it); start a server for it instead")
+    for key, tensor in own.items():
+        if state[key].shape != tensor.shape:
+            raise PrideError(f"{path}: {key} has shape {tuple(state[key].shape)}, the served model "
+                             f"{tuple(tensor.shape)}; start a server for it instead")
+    if new_tok.get_vocab() != tok.get_vocab() or new_tok.chat_template != tok.chat_template:
+        raise PrideError(f"{path}: its tokenizer or chat template differs from the served one; start a server "
+                         "for it instead")
+    return state
 
 
 def _server_class():
