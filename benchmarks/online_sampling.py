@@ -25,6 +25,21 @@ free) and the ~5M-parameter Llama of serve_load.py (a row's own compute weighs m
 Writes benchmarks/results/online_sampling.json and prints the table of BENCHMARKS.md, and each
 engine's forwards counted in one more (untimed) run: decode steps and the row-columns their
 attention covered.
+
+    python benchmarks/online_sampling.py --servers
+
+One round's sampling and judging through servers (issue 33), in one run on one machine, for
+each of the two models above saved to a directory: a round of `SERVER_PROMPTS` prompts x K=4 seeded samples at
+temperature 1, at most 64 new tokens, drawn (1) by the engine in process (`EngineSampler`),
+(2) with `sampler: server` (`round_servers` starts `pride serve` on the directory; its start-up
+is counted, and given apart), (3) with `sampler: openai` against a running `pride serve` at 1
+and at 32 requests in flight; then the LLM judge (`LLMJudge`: every ordered pair of the K
+answers, 12 requests a prompt of 700-1000 tokens) against a `pride serve` judge on the same
+model, greedy, its answers capped at 256 tokens by `--max-tokens` (a judge writes its
+reasons before the verdict; the random model never stops by itself) and prompts prefilled
+8192 tokens a step (`--max-prefill-tokens`, a throughput server's setting, as vLLM's
+max_num_batched_tokens), at 1 and 32 in flight. Prompts per second
+for each. Writes benchmarks/results/online_servers.json and prints the table.
 """
 
 from __future__ import annotations
@@ -32,6 +47,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import platform
+import os
 import subprocess
 import sys
 import time
@@ -156,5 +172,122 @@ def main() -> None:
                 print(f"  {label}: {r['forwards']}")
 
 
+SERVER_PROMPTS, SERVER_K, SERVER_NEW, JUDGED = 64, 4, 64, 8
+JUDGE_SERVER = ["--max-tokens", "256", "--max-prefill-tokens", "8192"]
+
+
+class _Ranks:
+    """One process's Accelerator, as far as `round_servers` asks."""
+
+    is_main_process = is_local_main_process = True
+    process_index, num_processes = 0, 1
+
+    def wait_for_everyone(self):
+        pass
+
+
+def servers() -> None:
+    import tempfile
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from serve_load import SHAPE
+
+    from pride.tiny import tiny_model, tiny_tokenizer
+
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="pride-online-servers-"))
+    tok = tiny_tokenizer("llama")
+    every = {}
+    for size, overrides in (("tiny:llama (the demo's)", {}), ("~5M Llama (serve_load.py)", SHAPE)):
+        model_dir = tmp / str(len(every))
+        model = tiny_model("llama", seed=0, overrides=overrides, tokenizer=tok)
+        model.save_pretrained(model_dir)
+        tok.save_pretrained(model_dir)
+        print(f"{size}: {sum(p.numel() for p in model.parameters())} parameters", flush=True)
+        every[size] = server_round_figures(model_dir, tmp)
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "torch": torch.__version__, "prompts": SERVER_PROMPTS,
+            "samples_per_prompt": SERVER_K, "max_new_tokens": SERVER_NEW, "judged_prompts": JUDGED,
+            "judge_server_flags": JUDGE_SERVER,
+            "threads": "1 (this process, and each server's --threads 1)"}
+    out = ROOT / "benchmarks" / "results" / "online_servers.json"
+    out.write_text(json.dumps({"meta": meta, "results": every}, indent=1) + "\n")
+    print("| model | phase | seconds | prompts | prompts/s |")
+    print("|---|---|---|---|---|")
+    for size, figures in every.items():
+        for label, r in figures.items():
+            if isinstance(r, dict) and "seconds" in r:
+                print(f"| {size} | {label} | {r['seconds']:.1f} | {r['prompts']} | {r['prompts_per_s']:.2f} |")
+    for size, figures in every.items():
+        print(f"{size}: server start-up {figures['server start-up s']:.1f} s; " +
+              "; ".join(f"{k}: {v:.1f}x" for k, v in figures["ratios"].items()))
+
+
+def server_round_figures(model_dir: Path, tmp: Path) -> dict:
+    from contextlib import contextmanager
+
+    from pride.config import JudgeSettings, ModelSettings, OnlineSettings
+    from pride.eval.hosting import hosted
+    from pride.models import load_model_and_tokenizer
+    from pride.online.judges import LLMJudge
+    from pride.online.policy_servers import round_servers
+    from pride.online.samplers import EngineSampler, OpenAISampler
+
+    prompts = [[{"role": "user", "content": f"Prompt {i}: say something about {i * 37}."}] for i in range(SERVER_PROMPTS)]
+    seeds = [[1000 * i + k for k in range(SERVER_K)] for i in range(SERVER_PROMPTS)]
+
+    def settings(**kw):
+        return OnlineSettings(samples_per_prompt=SERVER_K, temperature=1.0, max_new_tokens=SERVER_NEW, **kw)
+
+    @contextmanager
+    def pride_serve(name, *flags):
+        with hosted(str(model_dir), name, "pride", model_dir / f"{name}.log", extra_args=["--threads", "1", *flags]) as url:
+            yield url
+
+    results = {}
+
+    def timed(label, fn, prompts_done):
+        start = time.perf_counter()
+        out = fn()
+        seconds = time.perf_counter() - start
+        results[label] = {"seconds": round(seconds, 2), "prompts": prompts_done,
+                          "prompts_per_s": round(prompts_done / seconds, 2)}
+        print(f"{label}: {seconds:.1f} s, {prompts_done / seconds:.2f} prompts/s", flush=True)
+        return out
+
+    model, tok, fmt = load_model_and_tokenizer(ModelSettings(path=str(model_dir)))
+    in_process = EngineSampler(model, tok, fmt, settings())
+    in_process.sample(prompts[:2], seeds[:2])  # warm-up
+    samples = timed("sampler: transformers (the engine in process)", lambda: in_process.sample(prompts, seeds),
+                    SERVER_PROMPTS)
+
+    def server_round():
+        start = time.perf_counter()
+        with round_servers(_Ranks(), settings(sampler="server", server="pride", server_args=["--threads", "1"]),
+                           str(model_dir), model_dir) as urls:
+            results["server start-up s"] = round(time.perf_counter() - start, 2)
+            return OpenAISampler(settings(sampler="server"), urls, "policy").sample(prompts, seeds)
+
+    timed("sampler: server (pride serve started for the round)", server_round, SERVER_PROMPTS)
+    with pride_serve("policy") as url:
+        for c in (1, 32):
+            sampler = OpenAISampler(settings(sampler="openai", sampler_url=url, sampler_concurrency=c), [url])
+            timed(f"sampler: openai, {c} in flight (a running pride serve)", lambda: sampler.sample(prompts, seeds),
+                  SERVER_PROMPTS)
+    with pride_serve("judge", *JUDGE_SERVER) as url:
+        for c in (1, 32):
+            judge = LLMJudge(JudgeSettings(type="llm", url=url, model="judge", concurrency=c))
+            timed(f"llm judge, {c} in flight (a pride serve judge)",
+                  lambda: judge.judge(prompts[:JUDGED], samples[:JUDGED]), JUDGED)
+    results["ratios"] = {
+        "sampler: openai, 32 / 1 in flight": results["sampler: openai, 32 in flight (a running pride serve)"]
+        ["prompts_per_s"] / results["sampler: openai, 1 in flight (a running pride serve)"]["prompts_per_s"],
+        "llm judge, 32 / 1 in flight": results["llm judge, 32 in flight (a pride serve judge)"]["prompts_per_s"]
+        / results["llm judge, 1 in flight (a pride serve judge)"]["prompts_per_s"]}
+    return results
+
+
 if __name__ == "__main__":
-    main()
+    servers() if "--servers" in sys.argv[1:] else main()

@@ -156,7 +156,9 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
         for i, rs in stream_samples(state["sampler"], [p["prompt"] for p in todo], seeds, s.generation_batch_size):
             yield {"prompt_id": todo[i]["prompt_id"], "prompt": todo[i]["prompt"], "responses": rs, "seeds": seeds[i]}
 
-    served = sampler_kind(s) in ("openai", "server") and not (it_dir / "generations.jsonl").exists()
+    kind, sampled = sampler_kind(s), (it_dir / "generations.jsonl").exists()
+    judge_waits = judges_with_policy(s) and not (it_dir / "scores.jsonl").exists()  # it reads what the servers serve
+    served = (kind == "server" and not sampled) or (kind == "openai" and (not sampled or judge_waits))
     with round_servers(acc, s, model_ref, it_dir) if served else nullcontext() as urls:
         state["urls"] = urls
         generations = resumable_map(acc, it_dir, "generations", prompts, s.generation_batch_size, generate)

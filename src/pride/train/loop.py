@@ -188,7 +188,8 @@ def warmup_steps(ratio: float, total_steps: int) -> int:
 # Settings that do not change what is trained: a run may resume with other values for these.
 RESUMABLE_KEYS = ("output_dir", "eval", "train.resume", "train.logging_steps", "train.eval_steps", "train.eval_strategy",
                   "train.save_steps", "train.save_strategy", "train.save_total_limit", "train.report_to",
-                  "data.on_bad_row")
+                  "data.on_bad_row", "online.sampler_url", "online.sampler_concurrency", "online.judge.url",
+                  "online.judge.concurrency")
 
 
 def run_identity(cfg) -> dict:
