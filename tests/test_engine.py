@@ -117,3 +117,37 @@ def test_text_decoded_token_by_token_equals_the_tokenizers_decode(name):
         expected = tok.decode(ids, skip_special_tokens=True)
         assert text_decoder(tok)(ids) == expected
         assert "".join(e[2] for e in events if e[0] == "delta") == row.text == expected
+
+
+def test_a_prompts_n_choices_share_one_prefill_and_each_gets_its_own_sequences_logprobs(monkeypatch):
+    """n=4 sampled choices of one prompt (seeded, as online rounds ask for K): the prompt is fed
+    once (every prefill forward has one row), its cache copied into the 4 rows; each choice's
+    logprobs still equal one plain forward of its own sequence, and the choices differ."""
+    from pride.engine import Request
+    from pride.engine.requests import Row
+
+    model, tok, fmt = load_model_and_tokenizer(ModelSettings(path="tiny:llama"), seed=0)
+    engine = Engine(model, tok, max_batch_size=8, prefill_tokens=16)  # the prompt goes in several chunks
+    prompt = fmt.encode_prompt([{"role": "user", "content": "word " * 12}])
+    prefill_rows, taken = [], {}
+    forward, accept = model.forward, Row.accept
+
+    def counting(*args, **kwargs):
+        if kwargs["input_ids"].shape[1] > 1:
+            prefill_rows.append(kwargs["input_ids"].shape[0])
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", counting)
+    monkeypatch.setattr(Row, "accept", lambda row, tid, logits: (taken.setdefault(row.copies[0], []).append(tid),
+                                                                 accept(row, tid, logits))[1])
+    events = []
+    engine.generate([Request(prompt_ids=prompt, emit=events.append, n=4, temperature=1.0, max_tokens=10,
+                             logprobs=True, ignore_eos=True, seeds=[11, 12, 13, 14])])
+    assert len(prefill_rows) > 1 and set(prefill_rows) == {1}
+    assert len({tuple(t) for t in taken.values()}) > 1
+    for k in range(4):
+        logps = torch.tensor([x["logprob"] for e in events if e[0] == "delta" and e[1] == k for x in e[3]])
+        with torch.no_grad():
+            alone = forward(input_ids=torch.tensor([prompt + taken[k]])).logits[0, len(prompt) - 1:-1].log_softmax(-1)
+        # as in the test above: cached, chunked kernels against one plain forward, fp32
+        torch.testing.assert_close(logps, alone[torch.arange(10), taken[k]], atol=1e-4, rtol=0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import queue
+import sys
 import threading
 from collections import deque
 from contextlib import contextmanager
@@ -63,14 +64,21 @@ class Engine:
         self.lanes: dict[object, Lane] = {}
         self.thread: threading.Thread | None = None
         self.stopping = threading.Event()
+        self.stop_message = "the server is stopping"
+        self.abort_message: str | None = None  # set from another thread: the worker fails everything with it
+        self.dead: str | None = None  # why the worker thread died, if it did
+        self.counts = (0, 0)  # (running, waiting in lanes), written by the worker after each step
+        self.log = lambda message: print(f"pride serve: {message}", file=sys.stderr, flush=True)
         self.unseeded = torch.Generator(device=self.device)
         self.unseeded.seed()  # unseeded requests: fresh randomness, still not the global RNG
         # transformers 5.24 renamed the KV cache argument and output `past_key_values` -> `cache`
         # (the old name goes in 5.40); earlier versions know only the old one
         self.cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
-    def submit(self, request: Request) -> None:
+    def submit(self, request: Request | Swap) -> None:
         """Queue a request for the worker thread (started on first use)."""
+        if self.dead is not None:
+            return fail(request, f"the engine has stopped: {self.dead}", 503)
         if self.thread is None:
             self.thread = threading.Thread(target=self._loop, name="pride-engine", daemon=True)
             self.thread.start()
@@ -82,28 +90,31 @@ class Engine:
         self.submit(Swap(state, done))
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Cancel what runs, end the worker thread and wait for it: a process must not exit while
-        the thread is inside a forward pass (libtorch then aborts the process)."""
+        """End the worker thread and wait for it: a process must not exit while the thread is
+        inside a forward pass (libtorch then aborts the process). What still runs or waits gets
+        an error (503); the worker, which alone touches the lanes, sends it."""
         self.stopping.set()
-        for lane in list(self.lanes.values()):
-            for row in lane.rows():
-                row.request.cancelled.set()
         self.queue.put(None)  # wakes a worker waiting for work
         if self.thread is not None:
             self.thread.join(timeout)
-        for item in self.held:
-            if isinstance(item, Swap):
-                item.done("the server is stopping")
+        else:
+            self._fail_all(self.stop_message)
+
+    def abort(self, message: str) -> None:
+        """Every request queued or running now gets `message` (503) at the next step; the engine
+        serves on (a server's graceful shutdown, before its deadline)."""
+        self.abort_message = message
+        self.queue.put(None)
 
     @property
     def running(self) -> int:
-        """Sequences being generated now."""
-        return sum(lane.active for lane in list(self.lanes.values()))
+        """Sequences being generated now (as of the worker's last step)."""
+        return self.counts[0]
 
     @property
     def waiting(self) -> int:
         """Requests not yet admitted, and rows waiting for a slot."""
-        return self.queue.qsize() + len(self.held) + sum(len(lane.waiting) for lane in list(self.lanes.values()))
+        return self.queue.qsize() + self.counts[1]
 
     def generate(self, requests: list[Request]) -> None:
         """Run these requests to the end in the calling thread (no worker, no queue)."""
@@ -171,20 +182,48 @@ class Engine:
             lanes[key].add(req.rows(self.tok, self.stop_ids, self.unseeded, self.device))
 
     def _loop(self) -> None:
-        decode_attention(self.model).__enter__()  # the worker's model only generates (pride serve)
-        while not self.stopping.is_set():
-            if self.held and not self.lanes:  # a swap waits at the front, and everything before it is done
-                self._load(self.held.popleft())
-                self._release()
-            if not self.held:
-                self._admit(block=not self.lanes)
-            for key, lane in list(self.lanes.items()):
-                try:
-                    lane.step()
-                except Exception as e:  # noqa: BLE001 - the requests get the error, the server goes on
-                    lane.fail(f"{type(e).__name__}: {e}")
-                if lane.done:
-                    del self.lanes[key]
+        try:
+            decode_attention(self.model).__enter__()  # the worker's model only generates (pride serve)
+            while not self.stopping.is_set():
+                if self.abort_message is not None:
+                    message, self.abort_message = self.abort_message, None
+                    self._fail_all(message)
+                if self.held and not self.lanes:  # a swap waits at the front, and everything before it is done
+                    self._load(self.held.popleft())
+                    self._release()
+                if not self.held:
+                    self._admit(block=not self.lanes)
+                for key, lane in list(self.lanes.items()):
+                    try:
+                        lane.step()
+                    except Exception as e:  # noqa: BLE001 - the requests that must get the error; the server goes on
+                        lane.recover(f"{type(e).__name__}: {e}", self.log)
+                    if lane.done:
+                        del self.lanes[key]
+                self.counts = (sum(lane.active for lane in self.lanes.values()),
+                               len(self.held) + sum(len(lane.waiting) for lane in self.lanes.values()))
+        except BaseException as e:  # noqa: BLE001 - a dead worker must be seen: /health says so, requests get 503
+            self.dead = f"{type(e).__name__}: {e}"
+            self.log(f"the engine's worker thread died: {self.dead}")
+            self._fail_all(f"the engine has stopped: {self.dead}")
+        else:
+            self._fail_all(self.stop_message)
+
+    def _fail_all(self, message: str) -> None:
+        """Every request in the lanes, held or queued gets `message` (503); swaps are told too."""
+        requests = {id(r.request): r.request for lane in self.lanes.values() for r in lane.rows()}
+        self.lanes = {}
+        items = list(self.held)
+        self.held.clear()
+        try:
+            while True:
+                items.append(self.queue.get_nowait())
+        except queue.Empty:
+            pass
+        for item in [*requests.values(), *items]:
+            if item is not None:
+                fail(item, message, 503)
+        self.counts = (0, 0)
 
     def _admit(self, block: bool) -> None:
         new: list[Request] = []
@@ -194,7 +233,7 @@ class Engine:
                 new.append(self.queue.get_nowait())
         except queue.Empty:
             pass
-        self.held.extend(r for r in new if r is not None)  # None: stop() woke the worker
+        self.held.extend(r for r in new if r is not None)  # None: stop() or abort() woke the worker
         self._release()
 
     def _release(self) -> None:
@@ -206,7 +245,7 @@ class Engine:
             self._place(new, self.lanes)
         except Exception as e:  # noqa: BLE001 - these requests get the error; the worker keeps serving
             for r in new:
-                r.emit(("error", f"{type(e).__name__}: {e}"))
+                fail(r, f"{type(e).__name__}: {e}", 500)
 
     def _load(self, swap: Swap) -> None:
         """The new weights, copied into the model's own tensors (its device and dtype kept)."""
@@ -223,6 +262,17 @@ class Engine:
         out = self.model(input_ids=ids, attention_mask=kv.mask, position_ids=positions, **{self.cache_name: kv.cache},
                          use_cache=True, logits_to_keep=1)  # never the prompt's [rows, T, vocab] logits
         return out.logits[:, -1, :].float()
+
+
+def fail(item: Request | Swap, message: str, status: int) -> None:
+    """Tell a request (or a swap) it failed; a caller that cannot be told any more is skipped."""
+    try:
+        if isinstance(item, Swap):
+            item.done(message)
+        else:
+            item.emit(("error", message, status))
+    except Exception:  # noqa: BLE001 - e.g. a closed event loop at shutdown: nobody is waiting
+        pass
 
 
 @contextmanager

@@ -12,6 +12,9 @@ import torch
 from pride.engine.sampling import logprob_entry
 
 
+GREEDY_BELOW = 1e-5  # vLLM's _SAMPLING_EPS
+
+
 @dataclass
 class Request:
     """One completion request with `n` choices. `emit(event)` is called from the engine thread:
@@ -30,11 +33,13 @@ class Request:
     seeds: list[int] | None = None  # or one seed per choice (online samples record theirs)
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says
     batch: object = None  # in-process callers: requests with the same key run in one lane
+    rid: str | None = None  # the server's response id: what its log names
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     @property
     def sampling(self) -> bool:
-        return self.temperature > 0
+        """Greedy below GREEDY_BELOW, as vLLM (a temperature of 1e-40 would overflow the scores)."""
+        return self.temperature >= GREEDY_BELOW
 
     def choice_seed(self, k: int) -> int | None:
         """Within torch's seed range whatever the request said (seeds wrap modulo 2^64, as torch
@@ -130,11 +135,17 @@ class Row:
             del self.logprobs[self.n_tokens:]
 
     def _tokens_through(self, chars: int) -> int:
-        """Tokens generated until the text passed `chars` characters (the stop string's first)."""
-        for k in range(1, len(self.tokens) + 1):
-            if len(self.decode(self.tokens[:k])) > chars:
-                return k
-        return len(self.tokens)
+        """Tokens generated until the text passed `chars` characters (the stop string's first):
+        a binary search over prefixes (a longer prefix never decodes shorter), a few decodes
+        however long the answer, where trying every prefix stalled every stream."""
+        lo, hi = 1, len(self.tokens)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(self.decode(self.tokens[:mid])) > chars:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
 
     def _emit(self) -> None:
         req = self.request
@@ -164,7 +175,7 @@ def _safe_length(text: str, stops: list[str]) -> int:
     end = len(text)
     for s in stops:
         for k in range(min(len(s) - 1, end), 0, -1):
-            if text[:end].endswith(s[:k]):
+            if text.endswith(s[:k], 0, end):  # no copy of the text: O(len(s)), not O(text so far)
                 end -= k
                 break
     return max(end, 0)

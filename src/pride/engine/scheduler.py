@@ -5,7 +5,9 @@ Each `step` of a lane:
 2. if no prefill is under way, admits waiting rows (first come, first served) while the lane
    has room (`max_rows`) and their prompts fit the step's budget (`prefill_tokens`);
 3. feeds the prefill one chunk (at most `prefill_tokens` tokens: a prompt longer than that is
-   fed over several steps), so running rows never wait for more than a chunk; when the
+   fed over several steps; the n choices of one request feed their prompt once, and its cache
+   is copied into each of their rows when it is in), so running rows never wait for more
+   than a chunk; when the
    prompts are in, each new row samples its first token and joins the running batch: its KV
    cache written into a finished row's place when one is free and it fits the columns (a
    copy of the new rows alone), else merged in by one copy of the batch;
@@ -33,15 +35,18 @@ OFFLINE_PREFILL_TOKENS = 8192  # in-process callers (online sampling, the demo):
 
 
 class Prefill:
-    """The prompts of rows admitted together, left-padded, fed a chunk of columns per step."""
+    """The prompts of rows admitted together, left-padded, fed a chunk of columns per step. The
+    rows of one request (its n choices) share their prompt: it is fed once, and its cache and
+    last logits are copied into each of its rows when the prompts are in (`prompt_of`)."""
 
     def __init__(self, rows: list[Row], pad: int, device):
-        width = max(len(r.request.prompt_ids) for r in rows)
+        firsts: dict[int, int] = {}
         self.rows = rows
-        self.ids = torch.tensor([[pad] * (width - len(r.request.prompt_ids)) + r.request.prompt_ids for r in rows],
-                                device=device)
-        full = torch.tensor([[0] * (width - len(r.request.prompt_ids)) + [1] * len(r.request.prompt_ids)
-                             for r in rows], device=device)
+        self.prompt_of = [firsts.setdefault(id(r.request), len(firsts)) for r in rows]  # row -> fed prompt
+        prompts = [r.request.prompt_ids for r in {id(r.request): r for r in rows}.values()]
+        width = max(len(p) for p in prompts)
+        self.ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        full = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         self.positions = (full.cumsum(-1) - 1).clamp(min=0)
         self.kv = KV(full[:, :0])
         self.full = full
@@ -50,16 +55,32 @@ class Prefill:
     def fed(self) -> int:
         return self.kv.mask.shape[1]
 
+    @property
+    def prompts(self) -> int:
+        return self.ids.shape[0]
+
     def select(self, keep: list[int]) -> None:
+        """Only rows `keep` go on (the others were cancelled), and the prompts they need."""
         if len(keep) == len(self.rows):
             return
-        idx = torch.tensor(keep, dtype=torch.long, device=self.ids.device)
         self.rows = [self.rows[i] for i in keep]
+        used = sorted({self.prompt_of[i] for i in keep})
+        self.prompt_of = [used.index(self.prompt_of[i]) for i in keep]
+        if len(used) == self.prompts:
+            return
+        idx = torch.tensor(used, dtype=torch.long, device=self.ids.device)
         self.ids, self.full, self.positions = self.ids[idx], self.full[idx], self.positions[idx]
         fed = self.fed
-        self.kv.select(keep)  # may drop leading columns no row uses
+        self.kv.select(used)  # may drop leading columns no row uses
         dropped = fed - self.fed
         self.ids, self.full, self.positions = self.ids[:, dropped:], self.full[:, dropped:], self.positions[:, dropped:]
+
+    def spread(self, logits: torch.Tensor) -> torch.Tensor:
+        """The prompts fed: each row gets its prompt's cache (a copy per row) and last logits."""
+        if self.prompts == len(self.rows):
+            return logits
+        self.kv.rebuild(self.prompt_of)
+        return logits[torch.tensor(self.prompt_of, dtype=torch.long, device=logits.device)]
 
 
 class Lane:
@@ -76,6 +97,8 @@ class Lane:
         self.gone: set[int] = set()  # of them, those finished or cancelled (see _let_go)
         self.kv: KV | None = None
         self.next_ids: list[int] = []  # each running row's last token, not yet in the cache
+        self.phase = "decode"  # the forward under way: "prefill" or "decode" (what `recover` fails)
+        self.solo = 0  # admissions to make one request at a time (after a shared prefill failed)
 
     def add(self, rows: list[Row]) -> None:
         self.waiting.extend(rows)
@@ -102,8 +125,10 @@ class Lane:
         if self.prefill is None and self.waiting and free >= min(self.admit_min, len(self.waiting)):
             self.prefill = Prefill(self._admit(), self.pad, self.device)
         if self.prefill is not None:
+            self.phase = "prefill"
             self._prefill_chunk()
         if self.running:
+            self.phase = "decode"
             self._decode()
 
     def _admit(self) -> list[Row]:
@@ -111,9 +136,15 @@ class Lane:
         the step's prefill budget (always one: a longer prompt is fed in chunks)."""
         rows = [self.waiting.popleft()]
         tokens = len(rows[0].request.prompt_ids)
-        while (self.waiting and self.active + len(rows) < self.max_rows
-               and tokens + len(self.waiting[0].request.prompt_ids) <= self.prefill_tokens):
-            tokens += len(self.waiting[0].request.prompt_ids)
+        solo, self.solo = self.solo > 0, max(0, self.solo - 1)
+        while self.waiting and self.active + len(rows) < self.max_rows:
+            shared = self.waiting[0].request is rows[-1].request  # another choice of the same prompt: fed once
+            if solo and not shared:
+                break
+            more = 0 if shared else len(self.waiting[0].request.prompt_ids)
+            if tokens + more > self.prefill_tokens:
+                break
+            tokens += more
             rows.append(self.waiting.popleft())
         return rows
 
@@ -150,13 +181,18 @@ class Lane:
     def _prefill_chunk(self) -> None:
         p = self.prefill
         start = p.fed
-        end = min(p.ids.shape[1], start + max(1, self.prefill_tokens // len(p.rows)))
+        end = min(p.ids.shape[1], start + max(1, self.prefill_tokens // p.prompts))
         p.kv.extend(end - start)
         p.kv.mask[:, start:end] = p.full[:, start:end]
         logits = self.forward(p.ids[:, start:end], p.kv, p.positions[:, start:end])
         if end < p.ids.shape[1]:
             return
-        self.prefill = None
+        self._join(p, logits)
+        self.prefill = None  # only now: a failure before this is the prefill's (see `recover`)
+
+    def _join(self, p: Prefill, logits: torch.Tensor) -> None:
+        """The prefilled rows take their first token and join the running batch."""
+        logits = p.spread(logits)
         tokens = choose(logits, p.rows)
         keep = [i for i, row in enumerate(p.rows) if not row.accept(tokens[i], logits[i])]
         if not keep:
@@ -194,10 +230,31 @@ class Lane:
         if finished:
             self._let_go(finished)
 
-    def fail(self, message: str) -> None:
-        """A forward failed: every request in the lane gets the error, and the lane empties."""
-        for request in {id(r.request): r.request for r in self.rows()}.values():
-            request.emit(("error", message))
-        self.waiting.clear()
-        self.prefill, self.running, self.kv, self.next_ids, self.gone = None, [], None, [], set()
+    def recover(self, message: str, log) -> None:
+        """A forward failed; fail the requests that must fail, and no others. A prefill's failure
+        is its requests': one alone gets the error; several go back to wait, to be prefilled one
+        request at a time, so that a second failure names the request that causes it. A decode
+        failure fails the running rows' requests (their cache is all there is of them)."""
+        if self.phase == "prefill" and self.prefill is not None:
+            rows, self.prefill = self.prefill.rows, None
+            requests = {id(r.request): r.request for r in rows}
+            if len(requests) > 1:
+                self.waiting.extendleft(reversed(rows))
+                self.solo += len(requests)
+                return
+        else:
+            requests = {id(self.running[i].request): self.running[i].request for i in self._live()}
+            self.running, self.next_ids, self.kv, self.gone = [], [], None, set()
+        for request in requests.values():
+            log(f"request {request.rid or '(in process)'} failed: {message}")
+            try:
+                request.emit(("error", message, 500))
+            except Exception:  # noqa: BLE001 - a caller that cannot be told; the lane goes on
+                pass
+        failed = set(requests)  # their other choices, still waiting or being prefilled, go too
+        self.waiting = deque(r for r in self.waiting if id(r.request) not in failed)
+        if self.prefill is not None:
+            self.prefill.select([i for i, r in enumerate(self.prefill.rows) if id(r.request) not in failed])
+            if not self.prefill.rows:
+                self.prefill = None
 

@@ -54,9 +54,21 @@ class Body(BaseModel):
         return v
 
 
+MAX_MESSAGES = 4096  # per request; with MAX_PARTS per message, bounded work on the event loop
+MAX_PARTS = 1024
+MAX_STOPS, MAX_STOP_CHARS = 32, 256  # OpenAI takes 4 stops; each is checked at every token
+
+
 class Message(Body):
     role: Literal["system", "user", "assistant"]
     content: str | list[dict]
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def few_parts(cls, v):
+        if isinstance(v, list) and len(v) > MAX_PARTS:
+            raise ValueError(f"{len(v)} content parts: at most {MAX_PARTS} per message")
+        return v
 
     @field_validator("content")
     @classmethod
@@ -64,7 +76,8 @@ class Message(Body):
         if isinstance(v, list):  # [{"type": "text", "text": ...}, ...]
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in v):
                 raise ValueError("only text content parts are supported")
-            return "".join(p["text"] for p in v)
+            v = "".join(p["text"] for p in v)
+            return cls._unicode_text(v)  # the joined text: its parts were not checked as strings
         return v
 
 
@@ -84,12 +97,30 @@ class Sampling(Body):
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False  # vLLM's extension
 
+    @field_validator("stop")
+    @classmethod
+    def few_short_stops(cls, v):
+        stops = [v] if isinstance(v, str) else v or []
+        if len(stops) > MAX_STOPS:
+            raise ValueError(f"{len(stops)} stop strings: at most {MAX_STOPS}")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"a stop string is longer than {MAX_STOP_CHARS} characters")
+        return v
+
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def few_messages(cls, v):
+        """Counted before any message is validated: 100,000 empty ones cost nothing here."""
+        if isinstance(v, list) and len(v) > MAX_MESSAGES:
+            raise ValueError(f"{len(v)} messages: at most {MAX_MESSAGES} per request")
+        return v
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
@@ -175,6 +206,18 @@ class ApiKey:
 GUARDED = ("/update_weights_from_disk", "/get_model_info")  # beside /v1/*: need the API key when one is set
 
 
+def template_chars_per_message(fmt) -> int:
+    """The characters the chat template adds around each message (its role header and end of
+    turn), at least 1: the size pre-check counts them, so many empty messages are no way past it."""
+    try:
+        one, _ = fmt.render([{"role": "user", "content": ""}])
+        two, _ = fmt.render([{"role": "user", "content": ""}, {"role": "assistant", "content": ""},
+                             {"role": "user", "content": ""}])
+        return max(1, (len(two) - len(one)) // 2)
+    except Exception:  # noqa: BLE001 - a template that refuses these conversations: count one per message
+        return 1
+
+
 def max_chars_per_token(tokenizer) -> int:
     """The longest vocabulary entry, in characters: no tokenization of a text of C characters has
     fewer than C / this many tokens, so longer texts are refused before tokenizing."""
@@ -196,7 +239,10 @@ class Inbox:
             self.items.append(event)
             wake = len(self.items) == 1
         if wake:
-            self.loop.call_soon_threadsafe(self.ready.set)
+            try:
+                self.loop.call_soon_threadsafe(self.ready.set)
+            except RuntimeError:  # the event loop has closed (shutdown): nobody waits for this request
+                pass
 
     async def take(self, timeout: float | None = None) -> list[tuple]:
         """What has arrived (waiting for something first, or at most `timeout` seconds)."""
@@ -223,6 +269,7 @@ def create_app(engine: Engine, fmt, model_name: str, api_key: str | None, contex
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pride-tokenize")  # one tokenizer, one thread
     chars_per_token = max_chars_per_token(fmt.tokenizer)
+    per_message = template_chars_per_message(fmt)
 
     async def tokenized(encode, text_chars: int, param: str) -> list[int] | JSONResponse:
         """`encode()` off the event loop, after a length check that needs no tokenizer."""
@@ -250,6 +297,8 @@ def create_app(engine: Engine, fmt, model_name: str, api_key: str | None, contex
 
     @app.get("/health")
     async def health():
+        if engine.dead is not None:  # the worker thread died: nothing would be answered
+            return JSONResponse({"status": "error", "error": engine.dead}, status_code=503)
         return {"status": "ok", "running": engine.running, "waiting": engine.waiting}
 
     served = {"model_path": model_path or model_name, "weight_version": 0}
@@ -292,7 +341,10 @@ def create_app(engine: Engine, fmt, model_name: str, api_key: str | None, contex
                          "not_found_error", "model")
         return None
 
-    def engine_request(body: Sampling, ids: list[int], logprobs: bool, top: int, emit) -> Request | JSONResponse:
+    def engine_request(body: Sampling, ids: list[int], logprobs: bool, top: int, emit,
+                       rid: str) -> Request | JSONResponse:
+        if not ids:  # an empty prompt to a tokenizer that adds no BOS: nothing to condition on
+            return error(400, "the prompt is empty: it gives no tokens", param="prompt")
         if len(ids) >= context:
             return error(400, f"the prompt has {len(ids)} tokens; this model's context is {context} tokens",
                          param="messages")
@@ -303,16 +355,16 @@ def create_app(engine: Engine, fmt, model_name: str, api_key: str | None, contex
                               f"{context}-token context", param="max_tokens")
         return Request(prompt_ids=ids, emit=emit, n=body.n, temperature=body.temperature, top_p=body.top_p,
                        max_tokens=min(asked or room, room), stop=body.stops(), logprobs=logprobs, top_logprobs=top,
-                       seed=body.seed, ignore_eos=body.ignore_eos)
+                       seed=body.seed, ignore_eos=body.ignore_eos, rid=rid)
 
     async def run(request: HttpRequest, body: Sampling, ids: list[int], logprobs: bool, top: int, shape):
         """Submit to the engine; answer as one JSON body or as server-sent events."""
         loop = asyncio.get_running_loop()
         events = Inbox(loop)
-        req = engine_request(body, ids, logprobs, top, events.put)
+        rid, created = shape.id(), int(time.time())
+        req = engine_request(body, ids, logprobs, top, events.put, rid)
         if isinstance(req, JSONResponse):
             return req
-        rid, created = shape.id(), int(time.time())
         engine.submit(req)
         if body.stream:
             usage = body.stream_options is not None and body.stream_options.include_usage
@@ -323,8 +375,8 @@ def create_app(engine: Engine, fmt, model_name: str, api_key: str | None, contex
         while not all(c["finish"] for c in choices):
             # woken by the engine's events, or every DISCONNECT_CHECK_S while tokens flow or stall
             for event in await events.take(timeout=DISCONNECT_CHECK_S) or []:
-                if event[0] == "error":
-                    return error(500, event[1], "server_error")
+                if event[0] == "error":  # ("error", message, HTTP status)
+                    return error(event[2], event[1], "server_error")
                 if event[0] == "delta":
                     choices[event[1]]["text"] += event[2]
                     choices[event[1]]["logprobs"] += event[3]
@@ -377,8 +429,8 @@ def create_app(engine: Engine, fmt, model_name: str, api_key: str | None, contex
         if (bad := check_model(body)) is not None:
             return bad
         messages = [{"role": m.role, "content": m.content} for m in body.messages]
-        ids = await tokenized(lambda: fmt.encode_prompt(messages), sum(len(m["content"]) for m in messages),
-                              "messages")
+        ids = await tokenized(lambda: fmt.encode_prompt(messages),  # what the template renders, counted
+                              sum(len(m["content"]) + per_message for m in messages), "messages")
         if isinstance(ids, JSONResponse):
             return ids
         return await run(request, body, ids, body.logprobs, body.top_logprobs or 0, ChatShape)
@@ -486,6 +538,7 @@ def serve(model_ref: str, host: str = "127.0.0.1", port: int = 8000, api_key_env
           f"{' (API key required)' if api_key else ''}", flush=True)
     server = Server(uvicorn.Config(app, log_level="warning", access_log=False,
                                    timeout_graceful_shutdown=shutdown_timeout))
+    server.before_deadline = lambda: engine.abort("the server is shutting down")
     try:
         server.run(sockets=[sock])
     finally:
@@ -530,7 +583,24 @@ def _server_class():
     import uvicorn
 
     class Server(uvicorn.Server):
-        """uvicorn, less re-raising SIGTERM / SIGINT at the end: a stop asked for is a clean exit (0)."""
+        """uvicorn, less re-raising SIGTERM / SIGINT at the end: a stop asked for is a clean exit (0);
+        and before its graceful-shutdown deadline cancels what still runs (a plain-text 500 for
+        the client, "ASGI callable returned without completing response" in the log),
+        `before_deadline` makes the engine answer every request with a 503 in OpenAI's shape."""
+
+        before_deadline = staticmethod(lambda: None)
+
+        async def shutdown(self, sockets=None):
+            import asyncio
+
+            timeout = self.config.timeout_graceful_shutdown or 0.0
+            # half the timeout to finish, then an answer: the rest covers closing the connections,
+            # joining the engine and the interpreter's teardown (about 1 s with torch loaded, measured)
+            handle = asyncio.get_running_loop().call_later(timeout / 2, self.before_deadline)
+            try:
+                await super().shutdown(sockets)
+            finally:
+                handle.cancel()
 
         @contextmanager
         def capture_signals(self):
