@@ -328,6 +328,8 @@ def test_sigterm_under_load_stops_within_the_shutdown_timeout_and_exits_0(tmp_pa
     ("/v1/chat/completions", '{"model": "tiny", "messages": [{"role": "user", "content": "a\\ud800b"}]}'),
     ("/v1/completions", '{"model": "tiny", "prompt": "a\\udc00"}'),
     ("/v1/chat/completions", '{"model": "tiny", "stop": ["\\ud800"], "messages": [{"role": "user", "content": "a"}]}'),
+    ("/v1/chat/completions",
+     '{"model": "tiny", "messages": [{"role": "user", "content": [{"type": "text", "text": "a\\ud800"}]}]}'),
 ])
 def test_a_lone_surrogate_is_a_400_naming_the_field(servers, route, body):
     """JSON can escape half a surrogate pair; the tokenizer then raised a plain-text 500."""
@@ -554,3 +556,11 @@ def test_a_failing_forward_fails_only_its_request_and_a_dead_worker_turns_health
     finally:
         server.should_exit = True
         engine.stop()
+
+
+def test_a_temperature_below_1e_5_is_greedy(client):
+    """vLLM's threshold: 1e-40 would overflow the scores into garbage; it is greedy instead."""
+    args = dict(model="tiny", messages=MSG, max_tokens=20, extra_body={"ignore_eos": True})
+    greedy = client.chat.completions.create(temperature=0, **args).choices[0].message.content
+    assert client.chat.completions.create(temperature=1e-40, **args).choices[0].message.content == greedy
+    assert client.chat.completions.create(temperature=9e-6, seed=3, **args).choices[0].message.content == greedy

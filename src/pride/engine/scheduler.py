@@ -139,12 +139,11 @@ class Lane:
         solo, self.solo = self.solo > 0, max(0, self.solo - 1)
         while self.waiting and self.active + len(rows) < self.max_rows:
             shared = self.waiting[0].request is rows[-1].request  # another choice of the same prompt: fed once
-            if solo and not shared:
-                break
-            more = 0 if shared else len(self.waiting[0].request.prompt_ids)
-            if tokens + more > self.prefill_tokens:
-                break
-            tokens += more
+            if not shared:
+                more = len(self.waiting[0].request.prompt_ids)
+                if solo or tokens + more > self.prefill_tokens:
+                    break
+                tokens += more
             rows.append(self.waiting.popleft())
         return rows
 
