@@ -283,3 +283,32 @@ def test_two_processes_share_one_server_per_node_and_each_round_samples_its_own_
         rows = generations(run, n)
         assert [r["prompt_id"] for r in rows] == [f"p{i}" for i in range(12)]
         assert [r["responses"] for r in rows] == direct_samples(model, rows, 1.0, 6)
+
+
+def test_samplers_that_cannot_do_what_the_launch_asks_are_refused_in_one_line(tmp_path):
+    from pride.config import load_config
+    from pride.errors import PrideError
+    from pride.online.loop import check_sampler_launch
+
+    start = saved_tiny(tmp_path / "start")
+    vllm = load_config(None, [f"model.path={start}", "online.sampler=vllm"])
+    check_sampler_launch(vllm, 1)
+    with pytest.raises(PrideError, match="sampler=vllm runs vLLM inside one process; this launch has 2.*sampler=server"):
+        check_sampler_launch(vllm, 2)
+    with pytest.raises(PrideError, match="a tiny: model exists only inside this process"):
+        check_sampler_launch(load_config(None, ["model.path=tiny:llama", "online.sampler=server"]), 1)
+    with pytest.raises(PrideError, match="online.sampler_url is for sampler=openai"):
+        load_config(None, [f"model.path={start}", "online.sampler_url=http://127.0.0.1:1/v1"])
+    with pytest.raises(PrideError, match="online.server and online.server_args are for sampler=server"):
+        load_config(None, [f"model.path={start}", "online.server_args=[--x]"])
+
+
+def test_an_llm_judge_at_a_closed_port_stops_the_run_before_sampling():
+    from pride.config import JudgeSettings
+    from pride.errors import PrideError
+    from pride.eval.hosting import free_port
+    from pride.online.judges import check_judge
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(PrideError, match=f"online.judge.url {url}: the judge does not answer"):
+        check_judge(JudgeSettings(type="llm", url=[url], model="judge"))

@@ -81,3 +81,28 @@ def test_pride_eval_answers_and_scores(tmp_path, fmt):
     assert result["chrf"] == sacrebleu.corpus_chrf(hyps, [refs]).score
     assert result["bleu"] == sacrebleu.corpus_bleu(hyps, [refs]).score
     assert "chrF / ROUGE-Lsum" in (out / "report.md").read_text()
+
+
+def test_a_second_model_evaluated_into_the_same_directory_keeps_the_first_and_one_eval_at_a_time(tmp_path):
+    """Issue 35: scores.json and report.md keep every model evaluated into eval.output_dir (the
+    first model's scores are not lost to the second's); a second pride eval on a directory in
+    use stops in one line, naming the setting to change."""
+    from pride.config import load_config
+    from pride.errors import PrideError
+    from pride.eval.run import run_eval
+    from pride.train.stage import exclusive
+
+    out = tmp_path / "out"
+    base = ["model.path=tiny:llama", "eval.benchmarks=[task_metrics]", f"eval.output_dir={out}", "eval.server=pride",
+            "eval.generation.task_metrics.max_new_tokens=4", f"eval.task_metrics.references={MT}",
+            "eval.task_metrics.metrics=[chrf]"]
+    first = run_eval(load_config(None, [*base, "eval.model_name=first"]))
+    run_eval(load_config(None, [*base, "eval.model_name=second"]))
+    scores = json.loads((out / "scores.json").read_text())
+    assert list(scores) == ["first", "second"] and scores["first"] == json.loads(json.dumps(first["first"]))
+    report = (out / "report.md").read_text()
+    assert "| first |" in report and "| second |" in report
+    with exclusive(out, "eval.output_dir"), pytest.raises(PrideError, match="is in use by another pride process.*"
+                                                                           "choose another eval.output_dir"):
+        run_eval(load_config(None, [*base, "eval.model_name=third"]))
+    assert list(json.loads((out / "scores.json").read_text())) == ["first", "second"]

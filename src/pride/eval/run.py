@@ -22,7 +22,7 @@ from rich.console import Console
 from pride.chat_client import ChatClient, map_concurrently
 from pride.config import Config
 from pride.errors import PrideError
-from pride.io import make_dir, read_record, write_json, write_jsonl
+from pride.io import make_dir, read_json, read_record, write_json, write_jsonl
 from pride.export import checkpoint_paths, exported
 from pride.rundir import WANDB_RUN, is_checkpoint, saved_models
 from pride.eval import alpaca_eval, arena_hard, mt_bench, open_llm, task_metrics
@@ -226,12 +226,35 @@ def models_to_evaluate(cfg: Config) -> list[tuple[str, str]]:
 
 
 def run_eval(cfg: Config, console: Console | None = None) -> dict:
+    """Evaluate, one `pride eval` per `eval.output_dir` at a time (the lock the training run
+    directories use); the directory's scores.json and report.md keep every model evaluated
+    into it (a model evaluated again replaces its earlier entry). Returns this run's scores."""
+    from pride.train.stage import exclusive
+
+    with exclusive(Path(cfg.eval.output_dir), "eval.output_dir"):
+        return _evaluate(cfg, console)
+
+
+def earlier_scores(out_root: Path) -> dict:
+    """What scores.json already holds: models evaluated into this directory before."""
+    path = out_root / "scores.json"
+    if not path.exists():
+        return {}
+    scores = read_json(path)
+    if not isinstance(scores, dict) or not all(isinstance(v, dict) for v in scores.values()):
+        raise PrideError(f"{path}: not pride's scores ({{model: {{benchmark: ...}}}}); move it away or choose "
+                         "another eval.output_dir")
+    return scores
+
+
+def _evaluate(cfg: Config, console: Console | None) -> dict:
     from pride.trackers import check_trackers
 
     console = console or Console(stderr=True, soft_wrap=True)
     ev = cfg.eval
     check_trackers(ev.report_to, "eval.report_to")
     out_root = Path(ev.output_dir)
+    earlier = earlier_scores(out_root)  # read first: a bad file stops the run before any generation
     scores: dict = {}
     pending: dict = {}  # MT-Bench pairwise-all: run -> model -> answers
     judge = None
@@ -267,7 +290,7 @@ def run_eval(cfg: Config, console: Console | None = None) -> dict:
         for model, result in mt_bench_all_pairs(cfg, judge, answers, out_root / f"run-{r}").items():
             scores.setdefault(model, {}).setdefault("mt_bench", []).append(result)
     scores = {m: {b: aggregate(b, runs) for b, runs in res.items() if runs} for m, res in scores.items()}
-    write_report(out_root, scores)
+    write_report(out_root, {**{m: s for m, s in earlier.items() if m not in scores}, **scores})
     _log_trackers(cfg, scores)
     console.print(f"[bold green]done[/]: {out_root / 'report.md'}, {out_root / 'scores.json'}, {out_root / 'scores.png'}")
     return scores

@@ -38,7 +38,7 @@ def seed_everything(seed: int) -> None:
 
 
 @contextmanager
-def exclusive(run_dir: Path):
+def exclusive(run_dir: Path, setting: str = "output_dir"):
     """One pride process per run directory (per rank): a second one stops with a clear message
     instead of interleaving metrics and mixing models and configs."""
     from filelock import FileLock, Timeout
@@ -49,9 +49,9 @@ def exclusive(run_dir: Path):
         lock.acquire()
     except Timeout:
         raise PrideError(f"{run_dir} is in use by another pride process (it holds {lock.lock_file}); "
-                         "wait for it to finish or choose another output_dir") from None
+                         f"wait for it to finish or choose another {setting}") from None
     except OSError as e:  # a read-only filesystem, no permission
-        raise PrideError(f"{run_dir}: cannot write there ({e.strerror}); choose another output_dir") from None
+        raise PrideError(f"{run_dir}: cannot write there ({e.strerror}); choose another {setting}") from None
     try:
         yield
     finally:
