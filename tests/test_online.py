@@ -155,25 +155,31 @@ def test_pairrm_judge_shown_the_chat_template_text(tmp_path):
         make_judge(JudgeSettings(type="function", function="x:y", prompt_format="chat_template"), "cpu")
 
 
+def send_json(handler: BaseHTTPRequestHandler, body: dict, status: int = 200) -> None:
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+def longer_wins(judge_prompt: str) -> str:
+    """A fake judge's verdict on the pairwise prompt: the longer answer wins."""
+    a = judge_prompt.split("[The Start of Assistant A's Answer]\n")[1].split("\n[The End")[0]
+    b = judge_prompt.split("[The Start of Assistant B's Answer]\n")[1].split("\n[The End")[0]
+    return "[[A]]" if len(a) > len(b) else "[[B]]" if len(b) > len(a) else "[[C]]"
+
+
 class FakeOpenAI(BaseHTTPRequestHandler):
     """Answers chat completions on 127.0.0.1: judges prefer the longer answer, samplers echo the seed."""
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         text = body["messages"][-1]["content"]
-        if "[User Question]" in text:
-            a = text.split("[The Start of Assistant A's Answer]\n")[1].split("\n[The End")[0]
-            b = text.split("[The Start of Assistant B's Answer]\n")[1].split("\n[The End")[0]
-            content = "[[A]]" if len(a) > len(b) else "[[B]]" if len(b) > len(a) else "[[C]]"
-        else:
-            content = f"answer {body['seed']}"
+        content = longer_wins(text) if "[User Question]" in text else f"answer {body['seed']}"
         FakeOpenAI.auth.append(self.headers.get("Authorization"))
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, {"choices": [{"message": {"role": "assistant", "content": content}}]})
 
     def log_message(self, *args):
         pass

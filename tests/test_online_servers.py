@@ -27,7 +27,7 @@ import pytest
 from pride.config import ModelSettings
 from pride.engine import Engine
 from pride.models import load_model_and_tokenizer
-from tests.test_online import online_config
+from tests.test_online import longer_wins, online_config, send_json
 from tests.test_serve import saved_tiny
 
 
@@ -101,12 +101,8 @@ class NoReload(BaseHTTPRequestHandler):
     """An OpenAI-compatible server with no reload routes (vLLM's OpenAI server has none)."""
 
     def do_GET(self):
-        body, status = (json.dumps({"data": [{"id": "m"}]}).encode(), 200) if self.path.endswith("/models") else \
-            (b'{"detail": "Not Found"}', 404)
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        found = self.path.endswith("/models")
+        send_json(self, {"data": [{"id": "m"}]} if found else {"detail": "Not Found"}, 200 if found else 404)
 
     def do_POST(self):
         NoReload.posts += 1
@@ -146,11 +142,7 @@ class Fake(BaseHTTPRequestHandler):
 
     def do_GET(self):
         found = self.path.endswith("/models")
-        body = json.dumps({"data": [{"id": "fake"}]} if found else {"detail": "Not Found"}).encode()
-        self.send_response(200 if found else 404)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_json(self, {"data": [{"id": "fake"}]} if found else {"detail": "Not Found"}, 200 if found else 404)
 
     def do_POST(self):
         with Fake.lock:
@@ -159,20 +151,10 @@ class Fake(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         time.sleep(random.uniform(0, 0.01))
         text = body["messages"][-1]["content"]
-        if "[User Question]" in text:
-            a = text.split("[The Start of Assistant A's Answer]\n")[1].split("\n[The End")[0]
-            b = text.split("[The Start of Assistant B's Answer]\n")[1].split("\n[The End")[0]
-            content = "[[A]]" if len(a) > len(b) else "[[B]]" if len(b) > len(a) else "[[C]]"
-        else:
-            content = "x" * (body["seed"] % 7) + f" {body['seed']}"
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+        content = longer_wins(text) if "[User Question]" in text else "x" * (body["seed"] % 7) + f" {body['seed']}"
         with Fake.lock:
             Fake.in_flight -= 1
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, {"choices": [{"message": {"role": "assistant", "content": content}}]})
 
     def log_message(self, *args):
         pass

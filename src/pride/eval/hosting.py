@@ -1,12 +1,14 @@
 """Host a model behind an OpenAI-compatible API for the length of an evaluation.
 
 vLLM or sglang when installed and on a GPU, otherwise `pride serve`; always on 127.0.0.1
-and a free port, logs in the eval directory, stopped afterwards.
+and a free port, logs in the eval directory, stopped afterwards, and stopped too when the
+process that started it dies (`die_with_parent`). Online rounds host theirs here too.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -43,18 +45,6 @@ def _command(kind: str, model_ref: str, name: str, port: int) -> list[str]:
             "--model-name", name]
 
 
-def die_with_parent() -> None:
-    """In the server's process before it starts (Linux): SIGTERM when the process that started it
-    dies, even by kill -9, so no server is left holding its port and its GPU memory."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the parent's own cleanup is all there is
-        pass
-
-
 @contextmanager
 def hosted(model_ref: str, name: str, kind: str, log_path: Path, timeout: float = 900, extra_args: list[str] = ()):
     """Yield the base URL (`http://127.0.0.1:PORT/v1`) of a freshly started server (`extra_args`
@@ -63,7 +53,8 @@ def hosted(model_ref: str, name: str, kind: str, log_path: Path, timeout: float 
     cmd = server_command(kind, model_ref, name, port, extra_args)
     make_dir(log_path.parent)
     log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+    guarded = [sys.executable, "-m", "pride.eval.die_with_parent", str(os.getpid()), *cmd]  # no orphan server
+    proc = subprocess.Popen(guarded, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + timeout

@@ -59,6 +59,13 @@ MAX_PARTS = 1024
 MAX_STOPS, MAX_STOP_CHARS = 32, 256  # OpenAI takes 4 stops; each is checked at every token
 
 
+def at_most(v, limit: int, what: str, per: str):
+    """A list longer than `limit` is refused before its items are looked at."""
+    if isinstance(v, list) and len(v) > limit:
+        raise ValueError(f"{len(v)} {what}: at most {limit} {per}")
+    return v
+
+
 class Message(Body):
     role: Literal["system", "user", "assistant"]
     content: str | list[dict]
@@ -66,9 +73,7 @@ class Message(Body):
     @field_validator("content", mode="before")
     @classmethod
     def few_parts(cls, v):
-        if isinstance(v, list) and len(v) > MAX_PARTS:
-            raise ValueError(f"{len(v)} content parts: at most {MAX_PARTS} per message")
-        return v
+        return at_most(v, MAX_PARTS, "content parts", "per message")
 
     @field_validator("content")
     @classmethod
@@ -113,17 +118,15 @@ class Sampling(Body):
 
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
     @field_validator("messages", mode="before")
     @classmethod
     def few_messages(cls, v):
         """Counted before any message is validated: 100,000 empty ones cost nothing here."""
-        if isinstance(v, list) and len(v) > MAX_MESSAGES:
-            raise ValueError(f"{len(v)} messages: at most {MAX_MESSAGES} per request")
-        return v
-    max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+        return at_most(v, MAX_MESSAGES, "messages", "per request")
 
 
 class CompletionRequest(Sampling):
