@@ -151,3 +151,25 @@ def test_a_prompts_n_choices_share_one_prefill_and_each_gets_its_own_sequences_l
             alone = forward(input_ids=torch.tensor([prompt + taken[k]])).logits[0, len(prompt) - 1:-1].log_softmax(-1)
         # as in the test above: cached, chunked kernels against one plain forward, fp32
         torch.testing.assert_close(logps, alone[torch.arange(10), taken[k]], atol=1e-4, rtol=0)
+
+
+def test_the_streamable_length_holds_back_exactly_a_tail_that_may_become_a_stop_string():
+    """`_safe_length` against its definition, on random texts and stops over a small alphabet (so
+    partial matches are common): per stop, in turn, the longest proper prefix of it that the text
+    (as cut so far) ends with is held back."""
+    import random
+
+    from pride.engine.requests import _safe_length
+
+    def by_definition(text, stops):
+        end = len(text)
+        for s in stops:
+            k = next((k for k in range(min(len(s) - 1, end), 0, -1) if text[:end].endswith(s[:k])), 0)
+            end -= k
+        return end
+
+    rng = random.Random(0)
+    for _ in range(3000):
+        text = "".join(rng.choice("ab") for _ in range(rng.randrange(0, 12)))
+        stops = ["".join(rng.choice("ab") for _ in range(rng.randrange(1, 6))) for _ in range(rng.randrange(0, 4))]
+        assert _safe_length(text, stops) == by_definition(text, stops), (text, stops)

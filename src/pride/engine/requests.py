@@ -175,7 +175,8 @@ def _safe_length(text: str, stops: list[str]) -> int:
     end = len(text)
     for s in stops:
         for k in range(min(len(s) - 1, end), 0, -1):
-            if text.endswith(s[:k], 0, end):  # no copy of the text: O(len(s)), not O(text so far)
+            # no copy of the text (O(k), not O(text so far)), and only where the last characters agree
+            if s[k - 1] == text[end - 1] and text.endswith(s[:k], 0, end):
                 end -= k
                 break
     return max(end, 0)
