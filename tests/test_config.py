@@ -124,3 +124,67 @@ def test_global_batch_size_derives_the_accumulation_or_refuses(tmp_path):
         with_global_batch(load_config(tmp_path / "c.yaml", ["train.gradient_accumulation_steps=3"]), 2)
     assert with_global_batch(load_config(tmp_path / "c.yaml", ["train.gradient_accumulation_steps=16"]), 2) \
         .train.gradient_accumulation_steps == 16
+
+
+# Settings that look like paths but are not inputs a stage reads (or are read through another one).
+NOT_INPUTS = {
+    ("Config", "model"): "the model section itself",
+    ("Config", "output_dir"): "written, not read",
+    ("EvalSettings", "output_dir"): "written, not read",
+    ("EvalSettings", "model_name"): "a name",
+    ("EvalSettings", "checkpoints"): "a switch; the run directory is model.path",
+    ("EvalSettings", "mt_bench_baseline"): "a file inside eval.data_dir, which is hashed",
+    ("EvalSettings", "arena_hard_set"): "a folder inside eval.data_dir, which is hashed",
+    ("EvalJudgeSettings", "model"): "a model name at an endpoint",
+    ("JudgeSettings", "model"): "a model name at an endpoint",
+    ("OnlineSettings", "sampler_model"): "a model name at an endpoint",
+}
+
+
+def test_every_setting_that_names_a_file_or_directory_is_an_input_of_the_stage_identity():
+    """Issue 35: a stage's identity hashes every file it reads. The inputs are the settings marked
+    INPUT (`pride.config.input_paths`); a new setting that looks like a path (by its name or its
+    description) fails here until it is marked, or listed above with the reason it is not one."""
+    import re
+    import typing
+
+    from pydantic import BaseModel
+
+    from pride.config import INPUT, Config
+
+    seen: set = set()
+
+    def sections(model):
+        if model not in seen:
+            seen.add(model)
+            for field in model.model_fields.values():
+                args = [field.annotation, *typing.get_args(field.annotation)]
+                for t in args + [a for x in args for a in typing.get_args(x)]:
+                    if isinstance(t, type) and issubclass(t, BaseModel):
+                        sections(t)
+
+    sections(Config)
+    looks_like_a_path = re.compile(r"(path|dir|file|references|tokenizer|reference_model|model)$")
+    unmarked = [(m.__name__, name) for m in seen for name, f in m.model_fields.items()
+                if (looks_like_a_path.search(name) or re.search(r"director|file|folder|jsonl", f.description or "", re.I))
+                and f.json_schema_extra != INPUT and (m.__name__, name) not in NOT_INPUTS]
+    assert unmarked == []
+
+
+def test_an_edited_task_reference_file_or_a_replaced_reference_model_changes_the_stage_identity(tmp_path):
+    """The two stale stages the issue found: eval skipped after its references file was edited in
+    place, dpo skipped with a replaced preference.reference_model directory."""
+    from pride.identity import stage_identity
+
+    refs = tmp_path / "refs.jsonl"
+    refs.write_text('{"prompt": "a", "reference": "b"}\n')
+    ref_model = tmp_path / "ref"
+    ref_model.mkdir()
+    (ref_model / "config.json").write_text('{"a": 1}')
+    cfg = load_config(None, ["model.path=tiny:llama", f"eval.task_metrics.references={refs}",
+                             f"preference.reference_model={ref_model}"])
+    before = stage_identity(cfg)
+    refs.write_text('{"prompt": "a", "reference": "c"}\n')
+    edited = stage_identity(cfg)
+    (ref_model / "config.json").write_text('{"a": 2}')
+    assert len({before, edited, stage_identity(cfg)}) == 3

@@ -18,6 +18,26 @@ from pride.errors import PrideError
 from pride.losses import LOSS_TYPES
 
 
+INPUT = {"input": True}  # json_schema_extra of a setting that names a local file or directory a stage reads
+
+
+def input_paths(section: BaseModel | None) -> list[str]:
+    """Every file or directory the settings name as an input (fields marked INPUT), in any
+    section, list or nesting: what a stage's identity hashes. A new path setting marked INPUT is
+    covered without another list to keep (tests/test_config.py checks none is left unmarked)."""
+    if section is None:
+        return []
+    found: list[str] = []
+    for name, field in type(section).model_fields.items():
+        value = getattr(section, name)
+        if field.json_schema_extra == INPUT:
+            found += [value] if isinstance(value, str) else [v for v in value or [] if isinstance(v, str)]
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, BaseModel):
+                found += input_paths(item)
+    return found
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -44,10 +64,12 @@ class LoraSettings(Section):
 
 
 class ModelSettings(Section):
-    path: str = Field(min_length=1, description="local HF model directory, hub id (when online), or tiny:<arch>")
+    path: str = Field(min_length=1, description="local HF model directory, hub id (when online), or tiny:<arch>",
+                      json_schema_extra=INPUT)
     revision: str | None = None
     tokenizer: str | None = Field(None, description="tokenizer directory or hub id when not the model's own (LIONs' "
-                                                     "tokenizer_name_or_path); saved with the trained model")
+                                                     "tokenizer_name_or_path); saved with the trained model",
+                                  json_schema_extra=INPUT)
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = "auto"
     gradient_checkpointing: bool = False
@@ -63,7 +85,7 @@ class ModelSettings(Section):
 
 
 class SourceSettings(Section):
-    path: str = Field(description="jsonl/json/parquet file, saved dataset dir, or hub id")
+    path: str = Field(description="jsonl/json/parquet file, saved dataset dir, or hub id", json_schema_extra=INPUT)
     split: str = "train"
     subset: str | None = None
     fraction: float = Field(1.0, gt=0, le=1, description="share of this source's rows to use")
@@ -163,7 +185,7 @@ class PreferenceSettings(Section):
     header_in_completion: bool = Field(False, description="the assistant header belongs to each completion: scored "
                                                           "and counted in length normalisation (SimPO's run_simpo.py); "
                                                           "default: it ends the prompt")
-    reference_model: str | None = Field(None, description="default: the starting policy")
+    reference_model: str | None = Field(None, description="default: the starting policy", json_schema_extra=INPUT)
     reference_batch_size: int = Field(16, gt=0, description="pairs per forward when precomputing")
     padding_free: bool = Field(True, description="pack a micro-batch's sequences into rows (no padding)")
     share_prompt: bool = Field(True, description="compute each pair's prompt once ([prompt, chosen, rejected] with "
@@ -177,7 +199,7 @@ class JudgeSettings(Section):
 
     type: Literal["function", "reward_model", "pairrm", "llm"] = "function"
     function: str | None = Field(None, description="module:function(prompt, response) -> float")
-    path: str | None = Field(None, description="reward model or PairRM-hf directory")
+    path: str | None = Field(None, description="reward model or PairRM-hf directory", json_schema_extra=INPUT)
     url: str | list[str] | None = Field(None, description="OpenAI-compatible base URL of the llm judge, or a list "
                                                           "of them (prompts spread over them)")
     model: str | None = Field(None, description="model name at that endpoint")
@@ -298,7 +320,8 @@ OFFICIAL_MAX_NEW_TOKENS = {"mt_bench": 1024, "alpaca_eval": 4096, "arena_hard": 
 class TaskMetricsSettings(Section):
     """Outputs scored against references (pride.eval.task_metrics): translation, summarisation."""
 
-    references: str | None = Field(None, description="JSONL: prompt, reference (string or list), source?")
+    references: str | None = Field(None, description="JSONL: prompt, reference (string or list), source?",
+                                   json_schema_extra=INPUT)
     metrics: list[Literal["bleu", "chrf", "rouge", "comet", "bertscore"]] = Field(
         default_factory=lambda: ["chrf", "bleu"], description="comet / bertscore need their optional packages")
     prompt_format: Literal["chat", "raw"] = Field(
@@ -312,7 +335,7 @@ class EvalSettings(Section):
     benchmarks: list[Literal["mt_bench", "alpaca_eval", "arena_hard", "open_llm_v1", "open_llm_v2",
                              "task_metrics"]] = Field(
         default_factory=lambda: ["mt_bench"])
-    data_dir: str | None = Field(None, description="benchmark files (layout in the README)")
+    data_dir: str | None = Field(None, description="benchmark files (layout in the README)", json_schema_extra=INPUT)
     output_dir: str = Field("runs/eval", min_length=1)
     model_name: str | None = Field(None, description="name in answer files; default: the model dir's name")
     checkpoints: bool = Field(False, description="model.path is a run directory: evaluate its model/, iteration-*/model/ "
@@ -336,7 +359,8 @@ class EvalSettings(Section):
     bootstrap_rounds: int = Field(100, gt=0)
     style_control: bool = False
     open_llm_tasks: list[str] | None = Field(None, description="lm-eval tasks instead of the suite's")
-    open_llm_include_path: str | None = Field(None, description="a folder of lm-eval task YAMLs (local tasks)")
+    open_llm_include_path: str | None = Field(None, description="a folder of lm-eval task YAMLs (local tasks)",
+                                              json_schema_extra=INPUT)
     open_llm_batch_size: int | Literal["auto"] = "auto"
     open_llm_limit: int | None = Field(None, gt=0)
     report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)

@@ -51,17 +51,12 @@ def content_digest(path: str | Path) -> str | None:
 
 
 def stage_inputs(cfg) -> list[str]:
-    """The local paths a stage consumes, as its config names them."""
-    paths = [cfg.model.path, cfg.model.tokenizer]
-    if cfg.data is not None:
-        paths += [s.path for s in cfg.data.sources] + [s.path for s in (cfg.data.eval_sources or [])]
-    if cfg.online.mix_offline is not None:
-        paths.append(cfg.online.mix_offline.path)
-    if cfg.online.judge.path:
-        paths.append(cfg.online.judge.path)
-    if cfg.eval.data_dir:
-        paths.append(cfg.eval.data_dir)
-    return [p for p in paths if p]
+    """The local paths a stage consumes: every setting the config marks as an input
+    (`pride.config.input_paths`: models, tokenizers, data, reference model, judges, task
+    references, benchmark files, lm-eval task folders)."""
+    from pride.config import input_paths
+
+    return list(dict.fromkeys(p for p in input_paths(cfg) if p))
 
 
 def stage_identity(cfg, upstream: str = "") -> str:
