@@ -188,3 +188,36 @@ def test_an_edited_task_reference_file_or_a_replaced_reference_model_changes_the
     edited = stage_identity(cfg)
     (ref_model / "config.json").write_text('{"a": 2}')
     assert len({before, edited, stage_identity(cfg)}) == 3
+
+
+def test_launch_and_command_line_values_that_would_do_nothing_or_crash_are_one_line(tmp_path, monkeypatch, capsys):
+    """Issue 35: WORLD_SIZE=abc and WORLD_SIZE=0 (with a global batch: a division by zero) were
+    tracebacks; --num-runs 0 evaluated nothing; --max-model-len past the model's positions was
+    advertised to clients."""
+    from pride.recipe import dry_run
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "lion-gemma-2b.yaml"
+    for value in ("abc", "0"):
+        monkeypatch.setenv("WORLD_SIZE", value)
+        with pytest.raises(PrideError, match=f"WORLD_SIZE={value}: not a number of processes"):
+            dry_run(recipe)
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(tmp_path / "c.yaml"), "--num-runs", "0"])
+    assert e.value.code == 2 and "argument --num-runs: 0 is out of range" in capsys.readouterr().err
+    assert main(["serve", "tiny:llama", "--max-model-len", "100000"]) == 2
+    assert "--max-model-len 100000 is longer than tiny:llama's positions (4096)" in capsys.readouterr().err
+
+
+def test_a_closed_stdout_is_a_quiet_end(tmp_path):
+    """`pride eval score ... | head -c 100`: the reader has gone when pride prints (here: the pipe's
+    read end closed before the command starts); no traceback, exit 0."""
+    import json
+
+    rows = [{"instruction": f"q{i}", "output_1": "a", "output_2": "b" * i, "preference": 1 + (i % 2)} for i in range(50)]
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    proc = subprocess.Popen([sys.executable, "-m", "pride", "eval", "score", "alpaca-eval", str(tmp_path / "a.json")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(60) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err

@@ -44,8 +44,10 @@ def tiny_overrides(path: Path, files: dict, out: Path) -> list[str]:
     for s in stages:
         data = {"sft": files["chat"], "dpo": files["pref"]}.get(s.type, files["prompts"])
         sources = 2 if s.config.online.prompt_split == "per_source" and s.type in ("online", "sppo") else 1
+        evaluates = s.config.train.eval_strategy == "epoch" or s.config.train.eval_steps  # needs held-out rows
         over += [f"{s.name}.data.sources=[{', '.join([f'{{path: {data}}}'] * sources)}]",
-                 f"{s.name}.data.eval_sources=[]", f"{s.name}.train.max_steps=2", f"{s.name}.train.max_length=256",
+                 f"{s.name}.data.eval_sources=[{f'{{path: {data}}}' if evaluates else ''}]",
+                 f"{s.name}.train.max_steps=2", f"{s.name}.train.max_length=256",
                  f"{s.name}.train.save_steps=null", f"{s.name}.train.report_to=[]"]
         if s.config.train.mask_embed_grad:  # the tiny vocabulary's rows
             over.append(f"{s.name}.train.mask_embed_grad=[0, 64]")

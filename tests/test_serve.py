@@ -564,3 +564,33 @@ def test_a_temperature_below_1e_5_is_greedy(client):
     greedy = client.chat.completions.create(temperature=0, **args).choices[0].message.content
     assert client.chat.completions.create(temperature=1e-40, **args).choices[0].message.content == greedy
     assert client.chat.completions.create(temperature=9e-6, seed=3, **args).choices[0].message.content == greedy
+
+
+def test_a_model_without_a_chat_template_is_served_with_a_warning_naming_the_fallback(tmp_path):
+    import json as _json
+    import subprocess
+    import sys
+
+    from pride.eval.hosting import free_port
+
+    model_dir = saved_tiny(tmp_path / "plain")
+    config = model_dir / "tokenizer_config.json"
+    settings = _json.loads(config.read_text())
+    settings.pop("chat_template", None)
+    config.write_text(_json.dumps(settings))
+    for extra in model_dir.glob("chat_template.*"):
+        extra.unlink()
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "pride", "serve", str(model_dir), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "/v1" in line:
+                break
+    finally:
+        proc.kill()
+        proc.wait(30)
+    warning = [line for line in lines if "warning" in line]
+    assert len(warning) == 1 and "has no chat template" in warning[0] and "ChatML" in warning[0], lines

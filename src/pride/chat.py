@@ -258,6 +258,7 @@ class ChatFormat:
 
     tokenizer: object
     template: NamedTemplate | None  # None: the tokenizer's own Jinja template
+    fallback = False  # True: neither named nor the tokenizer's own (chat_format's ChatML default)
 
     @property
     def name(self) -> str:
@@ -369,7 +370,9 @@ def chat_format(tokenizer, template_name: str | None) -> ChatFormat:
     own = getattr(tokenizer, "chat_template", None)
     if isinstance(own, str) and own.strip():
         return ChatFormat(tokenizer, template_for_jinja(own))
-    return ChatFormat(tokenizer, TEMPLATES["chatml"])
+    fmt = ChatFormat(tokenizer, TEMPLATES["chatml"])
+    fmt.fallback = True
+    return fmt
 
 
 def missing_special_tokens(tokenizer, template: NamedTemplate | None) -> list[str]:

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "pride eval score mt-bench|alpaca-eval|arena-hard FILE... (re-score saved judgments)")
     ev.add_argument("config", help="YAML config, or 'score'")
     ev.add_argument("overrides", nargs="*", metavar="key=value | FILE")
-    ev.add_argument("--num-runs", type=int, default=None, help="repeat generation; report mean and std")
+    ev.add_argument("--num-runs", type=_ranged(1), default=None, help="repeat generation; report mean and std")
     ev.add_argument("--gamed", default=None, help="score alpaca-eval: alpaca_eval's df_gamed.csv (LC win rate)")
     ev.add_argument("--difficulty", default=None,
                     help="score alpaca-eval: instruction_difficulty.csv, checked against df_gamed.csv")
@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="sequences generated together (new ones join the running batch at every step)")
     srv.add_argument("--max-prefill-tokens", type=_ranged(1), default=512,
                      help="prompt tokens fed per step: running sequences wait at most this long for new ones")
-    srv.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
+    srv.add_argument("--max-model-len", type=_ranged(1), default=None,
+                     help="context length (default: the model's; at most its positions)")
     srv.add_argument("--max-tokens", type=_ranged(1), default=4096, help="cap on max_tokens of any request")
     srv.add_argument("--max-body-bytes", type=_ranged(1), default=4 * 2**20,
                      help="larger request bodies get a 413 (default 4 MiB)")
@@ -142,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"pride {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): a quiet end, not a traceback
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush raises nothing
+        return 0
 
 
 def _dispatch(args, parser) -> int:

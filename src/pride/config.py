@@ -267,6 +267,8 @@ class OnlineSettings(Section):
         if self.sampler != "server" and (self.server_args or self.server != "auto"):
             raise ValueError(f"online.server and online.server_args are for sampler=server (this is "
                              f"sampler={self.sampler})")
+        if self.mix_fraction is not None and self.mix_offline is None:
+            raise ValueError("online.mix_fraction sets the share of online.mix_offline's rows, which is not set")
         return self
 
     def sampler_urls(self) -> list[str]:
@@ -358,7 +360,8 @@ class EvalSettings(Section):
     task_metrics: TaskMetricsSettings = Field(default_factory=TaskMetricsSettings)
     bootstrap_rounds: int = Field(100, gt=0)
     style_control: bool = False
-    open_llm_tasks: list[str] | None = Field(None, description="lm-eval tasks instead of the suite's")
+    open_llm_tasks: list[str] | None = Field(None, min_length=1, description="lm-eval tasks instead of the suite's "
+                                                                             "(unset: the suite's)")
     open_llm_include_path: str | None = Field(None, description="a folder of lm-eval task YAMLs (local tasks)",
                                               json_schema_extra=INPUT)
     open_llm_batch_size: int | Literal["auto"] = "auto"
@@ -377,6 +380,17 @@ class Config(Section):
     eval: EvalSettings = Field(default_factory=EvalSettings)
     output_dir: str = Field("runs/pride", min_length=1)
     seed: int = Field(42, ge=0, le=2**32 - 1)  # numpy's seeding takes 32 bits
+
+    @model_validator(mode="after")
+    def _evaluation_has_data(self):
+        """An evaluation cadence without held-out rows would do nothing, without a word."""
+        t, d = self.train, self.data
+        asked = "train.eval_strategy=epoch" if t.eval_strategy == "epoch" else \
+            f"train.eval_steps={t.eval_steps}" if t.eval_steps else None
+        if asked and d is not None and not d.eval_sources and not d.eval_fraction:
+            raise ValueError(f"{asked} evaluates on held-out rows, and there are none: set data.eval_sources or "
+                             "data.eval_fraction, or leave it unset")
+        return self
 
 
 # ---------------------------------------------------------------- loading
@@ -555,6 +569,22 @@ def write_resolved(cfg: BaseModel, run_dir: str | Path, world_size: int | None =
                 f"{cfg.train.gradient_accumulation_steps}, global batch "
                 f"{world_size * cfg.train.gradient_accumulation_steps * cfg.train.micro_batch_size} rows\n")
     return write_text(Path(run_dir) / "config.yaml", head + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def launched_processes(env=None) -> int:
+    """The processes the launcher started (WORLD_SIZE, 1 without a launcher); a value that is not
+    a positive whole number is one line, not a traceback or a division by zero."""
+    import os
+
+    value = (os.environ if env is None else env).get("WORLD_SIZE", "1") or "1"
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise PrideError(f"WORLD_SIZE={value}: not a number of processes (a positive whole number; the launcher sets "
+                         "it, unset it to run one process)")
+    return n
 
 
 def with_global_batch(cfg, world_size: int):

@@ -26,7 +26,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pride.config import Config, apply_override, load_yaml, parse_override, validate_config
+from pride.config import Config, apply_override, launched_processes, load_yaml, parse_override, validate_config
 from pride.errors import PrideError
 from pride.identity import stage_identity
 from pride.rundir import final_model, read_stage, write_stage
@@ -107,6 +107,10 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[RecipeFile
     if not isinstance(tree.get("stages", []), list):
         raise PrideError(f"{path}: 'stages' must be a list of stages")
     names = [s.get("name") for s in tree.get("stages", []) if isinstance(s, dict)]
+    clash = sorted({n for n in names if isinstance(n, str)} & (set(SHARED) | set(RecipeFile.model_fields)))
+    if clash:  # `train.lr=...` on the command line would then set the stage's, not the shared section's
+        raise PrideError(f"{path}: stage name '{clash[0]}' is also a shared section's key; name the stage otherwise "
+                         f"(e.g. '{clash[0]}-1')")
     overridden: dict[str | None, set[str]] = {}  # stage name (None: shared) -> keys set on the command line
     for text in overrides:
         parts, value = parse_override(text)
@@ -162,13 +166,11 @@ def dry_run(path: str | Path, overrides: list[str] = (), world_size: int | None 
     launch's processes and the accumulation they give, and every resolved key with its origin
     (override, the stage's own section, the recipe's shared sections, the stage type's
     defaults, pride's defaults)."""
-    import os
-
     from pride.config import with_global_batch
     from pride.rundir import checkpoint_dirs
 
     recipe, stages = load_recipe(path, overrides)
-    world = world_size or int(os.environ.get("WORLD_SIZE", "1") or 1)
+    world = world_size or launched_processes()
     lines = [f"recipe {path}: {len(stages)} stage(s); this launch has {world} process(es)"]
     models, identities, runs = {}, {}, {}
     previous, previous_identity, previous_name = None, "", None

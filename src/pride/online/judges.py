@@ -202,6 +202,8 @@ def check_judge(s: JudgeSettings) -> None:
     if what and not (Path(s.path).expanduser() / "config.json").is_file():
         raise PrideError(f"online.judge.path={s.path}: not a model directory (no config.json there); it must be "
                          f"{what}")
+    if s.type == "reward_model":
+        check_score_head(s.path)
     if s.type == "function":
         FunctionJudge(s.function)
     if s.type == "llm" and (not s.url or not s.model):
@@ -226,6 +228,22 @@ def check_reachable(s: JudgeSettings) -> None:
         if r.status_code in (401, 403):
             raise PrideError(f"online.judge.url {url}: GET /models answered HTTP {r.status_code}: the key in "
                              f"${s.api_key_env} is not accepted")
+
+
+def check_score_head(path: str) -> None:
+    """A reward model is a sequence-classification model: a causal LM's directory would get a
+    randomly initialised score head and judge at random, so it is refused."""
+    import json
+
+    config = Path(path).expanduser() / "config.json"
+    try:
+        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError, AttributeError) as e:
+        raise PrideError(f"{config}: cannot read it as a model config ({e})") from None
+    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise PrideError(f"online.judge.path={path}: a {architectures[0]} (no score head), not a reward model; "
+                         "online.judge.type=reward_model needs a sequence-classification directory "
+                         "(architectures: ...ForSequenceClassification), or it would judge with a random head")
 
 
 def make_judge(s: JudgeSettings, device, fmt=None) -> Judge:

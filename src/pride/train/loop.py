@@ -141,7 +141,9 @@ def check_launch(acc: Accelerator, env=None) -> None:
         raise PrideError(f"the launch asked for FSDP but accelerate runs {kind} with {acc.num_processes} "
                          "process(es) (start it with accelerate launch --config_file configs/accelerate/fsdp.yaml). "
                          "Nothing was trained")
-    started = int(env.get("WORLD_SIZE", "1") or 1)
+    from pride.config import launched_processes
+
+    started = launched_processes(env)
     if started != acc.num_processes:
         raise PrideError(f"{started} processes were started (WORLD_SIZE) but the process group has "
                          f"{acc.num_processes}: each would train alone and write the same run directory")

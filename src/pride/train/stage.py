@@ -78,6 +78,9 @@ class StageContext:
         with exclusive(run_dir):
             seed_everything(cfg.seed)
             acc = make_accelerator(cfg.train, run_dir, cfg.model.dtype)
+            if cfg.model.attn_implementation == "flex_attention" and acc.device.type == "cpu":  # before any work
+                raise PrideError("model.attn_implementation=flex_attention: torch has no flex_attention backward on "
+                                 "the CPU, so this stage cannot train here; use sdpa (or auto) on the CPU, flex on a GPU")
             cfg = with_global_batch(cfg, acc.num_processes)
             ctx = cls(cfg, acc, console_for(acc), run_dir)
             if acc.is_main_process and write_config:
