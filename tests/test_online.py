@@ -431,3 +431,32 @@ def test_an_sppo_round_with_every_answer_tied_trains_when_ties_are_kept(tmp_path
     assert history[0]["pairs"] == len(pairs) == 12 and all(p["chosen"] == p["rejected"] for p in pairs)
     stats = json.loads((tmp_path / "run" / "iteration-1" / "data_stats.json").read_text())
     assert stats["skipped_identical"] == 0 and stats["kept"] == 12
+
+
+class HtmlPage(BaseHTTPRequestHandler):
+    """A proxy's login page, with status 200, where the judge's API should be."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        page = b"<html><body>Please log in</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_judge_answering_html_with_status_200_is_one_line_naming_the_url():
+    server = HTTPServer(("127.0.0.1", 0), HtmlPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/v1"
+    try:
+        judge = LLMJudge(JudgeSettings(type="llm", url=url, model="judge", concurrency=1))
+        with pytest.raises(PrideError, match=rf"{url}: HTTP 200 but not an OpenAI-compatible answer: "
+                                             r"'<html><body>Please log in"):
+            judge.judge([[{"role": "user", "content": "q"}]], [["a", "b"]])
+    finally:
+        server.shutdown()

@@ -94,9 +94,17 @@ class ChatClient:
             raise PrideError(f"{self.url}: HTTP {e.status_code}{tried}: {detail}") from None
         except openai.APIConnectionError as e:  # includes timeouts
             raise PrideError(f"{self.url}: failed after {self.max_retries + 1} tries ({e.__cause__ or e})") from None
+        except openai.APIError as e:  # an answer the client could not read as the API's
+            raise PrideError(f"{self.url}: not an OpenAI-compatible answer ({e})") from None
+        if not hasattr(response, "model_dump"):  # a 200 whose body is not JSON (an HTML page: a proxy, a login)
+            raise PrideError(f"{self.url}: HTTP 200 but not an OpenAI-compatible answer: {str(response)[:200]!r}; is "
+                             "this the API's base URL (ending in /v1)?")
         with self._lock:
             self.calls += 1
-        return response.model_dump(mode="json", exclude_none=False)
+        answer = response.model_dump(mode="json", exclude_none=False)
+        if not answer.get("choices"):
+            raise PrideError(f"{self.url}: the answer has no choices: {json.dumps(answer)[:200]}")
+        return answer
 
     def _pace(self) -> None:
         if not self.interval:

@@ -126,13 +126,17 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[RecipeFile
         raise PrideError(f"{path}: unknown key '{sorted(unknown)[0]}' (allowed: "
                          f"{', '.join(sorted(set(SHARED) | set(RecipeFile.model_fields)))})")
     shared = {k: tree[k] for k in SHARED if k in tree}
-    stages, seen = [], set()
+    stages, seen, types = [], set(), {}
     for i, spec in enumerate(recipe.stages):
         if spec.name in seen:
             raise PrideError(f"{path}: stage name '{spec.name}' is used twice")
         if spec.from_ is not None and spec.from_ not in seen:
             raise PrideError(f"{path}: stage '{spec.name}' starts from '{spec.from_}', which is not an earlier stage")
+        if spec.from_ is not None and types[spec.from_] == "eval":
+            raise PrideError(f"{path}: stage '{spec.name}' starts from '{spec.from_}', an eval stage, which makes no "
+                             "model; name the stage that trained it")
         seen.add(spec.name)
+        types[spec.name] = spec.type
         own = {k: v for k, v in tree["stages"][i].items() if k not in ("name", "type", "from")}
         bad = set(own) - set(SHARED)
         if bad:

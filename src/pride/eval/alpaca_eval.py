@@ -382,6 +382,10 @@ def score_annotations(paths: list[Path], gamed_file: Path | None = None, difficu
     where = str(paths[0]) if len(paths) == 1 else "annotations"
     if not annotations:
         raise PrideError(f"{where}: no annotations")
+    models = sorted({str(a["generator_2"]) for a in annotations if a.get("generator_2") is not None})
+    if len(models) > 1:  # alpaca_eval's leaderboard has a row per generator_2: never one pooled win rate
+        raise PrideError(f"{where}: annotations of {len(models)} models ({', '.join(models[:3])}); a win rate is one "
+                         "model's: score each model's annotations apart")
     seen: dict = {}
     for i, a in enumerate(annotations):
         key = (a.get("instruction"), a.get("generator_2"))
