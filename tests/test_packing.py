@@ -123,13 +123,15 @@ def test_split_packing_cuts_the_stream_into_full_rows_as_lionalignment_does():
         return Sample(ids, ids[1:] + [IGNORE], example=start)
 
     samples = [sample(n, 100 * i) for i, n in enumerate([4, 9, 3, 5, 12, 6, 2, 1])]
-    rows = split_rows(samples, 10, buffer=4)
+    rows, dropped = split_rows(samples, 10, buffer=4)
     assert [sum(len(s) for s in r) for r in rows] == [10, 10, 10, 10]  # each 4: 21 tokens, 2 rows, 1 dropped
+    assert dropped == {"split_dropped_tail_tokens": 2, "split_dropped_untrained_rows": 0}  # counted
     stream = [t for s in samples[:4] for t in s.input_ids][:20] + [t for s in samples[4:] for t in s.input_ids][:20]
     assert [t for r in rows for s in r for t in s.input_ids] == stream
     assert [[len(s) for s in r] for r in rows] == [[4, 6], [3, 3, 4], [10], [2, 6, 2]]  # segments: samples and their pieces
     first, rest = rows[0][1], rows[1][0]  # sample 1 (9 tokens) cut after 6
     assert first.labels == [101, 102, 103, 104, 105, IGNORE] and rest.labels == [107, 108, IGNORE]
     mostly_prompt = Sample(list(range(10)), [IGNORE] * 9 + [1])  # 90% untrained: kept (LION drops over 90%)
-    assert len(split_rows([mostly_prompt], 10)) == 1
-    assert split_rows([Sample(list(range(10)), [IGNORE] * 10)], 10) == []
+    assert len(split_rows([mostly_prompt], 10)[0]) == 1
+    assert split_rows([Sample(list(range(10)), [IGNORE] * 10)], 10) == ([], {"split_dropped_tail_tokens": 0,
+                                                                            "split_dropped_untrained_rows": 1})

@@ -298,7 +298,7 @@ def collate(rows: list[list[Sample]], pad_id: int, flat: bool = False, layout: s
                  n_slots=ids.numel())
 
 
-def split_rows(samples: list[Sample], max_length: int, buffer: int = 1024) -> list[list[Sample]]:
+def split_rows(samples: list[Sample], max_length: int, buffer: int = 1024) -> tuple[list[list[Sample]], dict]:
     """LionAlignment's SFT packing (`sft_data_processor.batch_split_long_data`): the samples, in
     order and `buffer` at a time, concatenated and cut into rows of exactly `max_length`
     tokens. A sample cut at a row's end goes on at the start of the next row as a segment of
@@ -306,8 +306,9 @@ def split_rows(samples: list[Sample], max_length: int, buffer: int = 1024) -> li
     on through the row where pride's restart per segment, the same under RoPE, which sees only
     distances); its target across the cut is dropped (they shift labels within a row). What is
     left of each `buffer` samples, less than a row, is dropped; so is a row with more than 90%
-    of its tokens untrained (their `filter_element`)."""
+    of its tokens untrained (their `filter_element`). Returns the rows and what was dropped, counted."""
     rows: list[list[Sample]] = []
+    tail_tokens = 0
     for start in range(0, len(samples), buffer):
         row: list[Sample] = []
         room = max_length
@@ -323,4 +324,6 @@ def split_rows(samples: list[Sample], max_length: int, buffer: int = 1024) -> li
                 if room == 0:
                     rows.append(row)
                     row, room = [], max_length
-    return [r for r in rows if sum(len(s) - s.n_targets for s in r) <= 0.9 * max_length]
+        tail_tokens += max_length - room if row else 0
+    kept = [r for r in rows if sum(len(s) - s.n_targets for s in r) <= 0.9 * max_length]
+    return kept, {"split_dropped_tail_tokens": tail_tokens, "split_dropped_untrained_rows": len(rows) - len(kept)}

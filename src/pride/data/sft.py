@@ -49,8 +49,14 @@ def tokenize_conversations(convs: list[Conversation], fmt: ChatFormat, train_on:
 def build_rows(samples: list[Sample], max_length: int, packing: bool | str) -> tuple[list[list[Sample]], dict]:
     """Pack with best-fit-decreasing (packing=True), cut the stream of samples into full rows as
     LionAlignment does (packing="split", `packing.split_rows`), or one sample per row."""
+    dropped: dict = {}
     if packing == "split":
-        rows = split_rows(samples, max_length)
+        rows, dropped = split_rows(samples, max_length)
+        if samples and not rows:
+            raise PrideError(f"train.packing=split left no row: {sum(len(s) for s in samples)} tokens in "
+                             f"{len(samples)} samples, and a row is train.max_length={max_length} tokens, kept only "
+                             f"when at most 90% of it is untrained ({dropped['split_dropped_untrained_rows']} were "
+                             "not); lower train.max_length, or use train.packing=true")
     elif packing:
         groups = pack_bfd([len(s) for s in samples], max_length)
         rows = [[samples[i] for i in g] for g in groups]
@@ -58,7 +64,7 @@ def build_rows(samples: list[Sample], max_length: int, packing: bool | str) -> t
         rows = [[s] for s in samples]
     kept = [s for r in rows for s in r]
     tokens = sum(len(s) for s in kept)
-    stats = {"rows": len(rows), "tokens": tokens, "trained_tokens": sum(s.n_targets for s in kept)}
+    stats = {"rows": len(rows), "tokens": tokens, "trained_tokens": sum(s.n_targets for s in kept), **dropped}
     if packing and rows:
         stats["packing_efficiency"] = round(tokens / (len(rows) * max_length), 4)
     return rows, stats

@@ -41,9 +41,12 @@ def run_sft(cfg: Config) -> dict:
         eval_rows, _ = prepare_sft_rows(cfg, fmt, data.eval) if data.eval else ([], {})
         stats.update({k: v for k, v in data.stats.items() if k != "bad_row_examples"})
         dropped = stats["dropped_too_long"] + stats["dropped_no_trained_tokens"] + stats["skipped_unrenderable"]
+        split = (f"; split dropped {stats['split_dropped_tail_tokens']} tokens left under a row and "
+                 f"{stats['split_dropped_untrained_rows']} rows over 90% untrained"
+                 if "split_dropped_tail_tokens" in stats else "")
         ctx.console.print(f"[bold]sft[/] {len(data.train)} conversations -> {stats['samples']} samples -> "
                           f"{stats['rows']} rows; packing efficiency {stats.get('packing_efficiency', 'n/a')}; "
-                          f"truncated {stats['truncated']}, dropped {dropped}"
+                          f"truncated {stats['truncated']}, dropped {dropped}{split}"
                           f"{', skipped bad rows ' + str(stats['skipped_bad_rows']) if stats.get('skipped_bad_rows') else ''}")
         ctx.write_json("data_stats.json", stats)
         result = ctx.train(model, SftObjective(), rows, eval_rows, tokenizer.pad_token_id)
