@@ -6,6 +6,9 @@ round's model), a server that cannot reload refused before any sampling, results
 depend on how many requests are in flight, and a 2-process launch. "From round n's model" is
 shown by equality: the samples equal those of the round's `model/` loaded directly into the
 engine, each sample alone with its recorded seed (what `pride serve --strict-seeds` computes).
+The comparison is exact: the same code path on the same CPU with the same thread count (the
+servers get `--threads 2`, as conftest sets this process) computes the same logits, and a
+seeded draw from equal logits is the same token.
 """
 
 import json
@@ -67,6 +70,7 @@ def pride_serve(tmp_path):
     start = saved_tiny(tmp_path / "start", seed=0)
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "pride", "serve", str(start), "--port", str(port), "--strict-seeds",
+                             "--threads", "2",
                              "--model-name", "policy"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     wait_for(base, proc)
@@ -214,7 +218,7 @@ def test_server_sampler_two_rounds_each_on_its_own_model_and_a_killed_run_resume
     (tmp_path / "killer.py").write_text(KILLER)
     (tmp_path / "empty.yaml").write_text("# from the command line\n")
     args = [str(tmp_path / "empty.yaml"), *round_args(tmp_path, start, "online.sampler=server",
-                                                      "online.server_args=[--strict-seeds]")]
+                                                      "online.server_args=[--strict-seeds, --threads, '2']")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     run = tmp_path / "run"
     killed = subprocess.run([sys.executable, str(tmp_path / "killer.py"), "online", *args,
@@ -254,7 +258,8 @@ def test_two_processes_share_one_server_per_node_and_each_round_samples_its_own_
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "pride", "online",
               str(tmp_path / "empty.yaml"),
-              *round_args(tmp_path, start, "online.sampler=server", "online.server_args=[--strict-seeds]")]
+              *round_args(tmp_path, start, "online.sampler=server",
+                          "online.server_args=[--strict-seeds, --threads, '2']")]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(launch, capture_output=True, text=True, cwd=tmp_path, env=env)

@@ -401,7 +401,10 @@ def saved_tiny(path, arch="llama", seed=0):
 
 
 def greedy_ids(model_dir, prompt_ids, n):
-    """The greedy continuation of the directory's model, loaded directly (no server)."""
+    """The greedy continuation of the directory's model, loaded directly (no server). Compared with
+    the engine's greedy text exactly, as test_engine's greedy test does: the two paths round the
+    last bits differently, which changes an argmax only on a near-tie (none in these random-init
+    models' 400 tokens here; a different CPU could in principle find one)."""
     m, _, _ = load_model_and_tokenizer(ModelSettings(path=str(model_dir)))
     out = m.generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False, min_new_tokens=n)
     return out[0, len(prompt_ids):].tolist()

@@ -31,7 +31,7 @@ class ChatClient:
 
         self.url = base_url.rstrip("/")
         self.model = model
-        key = os.environ.get(api_key_env, "") if api_key_env else ""
+        key = api_key(api_key_env)
         # servers without a key ignore the header; the client insists on some value
         http = None
         if connections:
@@ -114,6 +114,24 @@ class ChatClient:
             if wait > 0:
                 time.sleep(wait)
             self._last = time.monotonic()
+
+
+def api_key(api_key_env: str | None) -> str:
+    """The key in the named environment variable ("" when none is named or set)."""
+    return os.environ.get(api_key_env, "") if api_key_env else ""
+
+
+def auth_headers(api_key_env: str | None) -> dict:
+    """The Authorization header for plain HTTP calls beside the client (a server's own routes)."""
+    key = api_key(api_key_env)
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def listed_models(url: str, api_key_env: str | None, timeout: float = 30):
+    """`GET {url}/models` with the key (httpx's response; httpx.HTTPError when nothing answers)."""
+    import httpx
+
+    return httpx.get(url.rstrip("/") + "/models", headers=auth_headers(api_key_env), timeout=timeout)
 
 
 def _retried(status: int) -> bool:

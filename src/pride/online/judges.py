@@ -217,12 +217,12 @@ def check_reachable(s: JudgeSettings) -> None:
     port or a wrong address stops the run now, not after a round of samples."""
     import httpx
 
+    from pride.chat_client import listed_models
     from pride.config import urls
-    from pride.online.policy_servers import auth_headers
 
     for url in urls(s.url):
         try:
-            r = httpx.get(url.rstrip("/") + "/models", headers=auth_headers(s.api_key_env), timeout=30)
+            r = listed_models(url, s.api_key_env)
         except httpx.HTTPError as e:
             raise PrideError(f"online.judge.url {url}: the judge does not answer ({e})") from None
         if r.status_code in (401, 403):

@@ -18,13 +18,13 @@ round sample a stale policy without a word (TRL issue 5312). So:
 
 from __future__ import annotations
 
-import os
 import socket
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
 
+from pride.chat_client import auth_headers
 from pride.config import OnlineSettings
 from pride.errors import PrideError
 
@@ -40,11 +40,6 @@ def model_ref_for_server(model_ref: str) -> str:
     """A local directory as an absolute path (the server resolves it, not this process's cwd)."""
     p = Path(model_ref).expanduser()
     return str(p.resolve()) if p.exists() else model_ref
-
-
-def auth_headers(api_key_env: str | None) -> dict:
-    key = os.environ.get(api_key_env, "") if api_key_env else ""
-    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def served_model(url: str, api_key_env: str | None = None) -> str | None:

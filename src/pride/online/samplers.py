@@ -138,11 +138,10 @@ def served_name(url: str, api_key_env: str | None) -> str:
     whichever directory it was told to load."""
     import httpx
 
-    from pride.online.policy_servers import auth_headers
+    from pride.chat_client import listed_models
 
     try:
-        r = httpx.get(url.rstrip("/") + "/models", headers=auth_headers(api_key_env), timeout=30)
-        return r.json()["data"][0]["id"]
+        return listed_models(url, api_key_env).json()["data"][0]["id"]
     except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as e:
         raise PrideError(f"{url}: cannot read the served model's name from GET /models ({e!r}); set "
                          "online.sampler_model") from None
