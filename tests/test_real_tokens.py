@@ -219,3 +219,20 @@ def test_header_in_completion_is_simpos_tokenization():
         assert ids == tok(text_prompt, add_special_tokens=False)["input_ids"]
         assert chosen == tok(text_chosen, add_special_tokens=False)["input_ids"]
         assert len(chosen) == len(fmt.encode_pair(prompt, [answer["content"]])[1][0]) + 4  # the header's tokens
+
+
+def test_data_inspect_export_under_split_packing_is_the_rows_training_sees(tmp_path):
+    """`train.packing: split` trains on full rows cut from the stream of samples: the export writes
+    those rows (never samples cut to max_length), each a slice of the official ids' stream."""
+    model = str(real_tokenizer_dir("llama3"))
+    chats = write_jsonl(tmp_path / "chat.jsonl", [{"messages": c} for c in CONVS])
+    tok = real_tokenizer("llama3")
+    stream = [t for conv in CONVS for t in official_ids(tok, conv, LLAMA3_TEMPLATE)[0]]
+    out = tmp_path / "split.jsonl"
+    assert main(["data", "inspect", str(_config(tmp_path, model, chats)), "-n", "0", "--export", str(out),
+                 "data.shuffle=false", "train.packing=split", "train.max_length=8"]) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    slices = [stream[i:i + 8] for i in range(0, len(stream) - 7, 8)]
+    assert lines and all(line["input_ids"] in slices for line in lines)
+    assert [slices.index(line["input_ids"]) for line in lines] == sorted(slices.index(x["input_ids"]) for x in lines)
+    assert all(sum(line["segment_lengths"]) == 8 == len(line["labels"]) for line in lines)

@@ -229,3 +229,51 @@ def test_eval_checkpoints_exports_each_checkpoint_then_removes_it(tmp_path, data
             assert all(torch.equal(ours[k], stored[f"model.{k}"].to(ours[k].dtype)) for k in ours)
             assert any(not torch.equal(ours[k], final[k]) for k in ours)  # not the final model
         assert not out.exists()
+
+
+@pytest.mark.parametrize("how", ["vanished", "read-only metrics", "read-only checkpoint"])
+def test_a_run_directory_lost_mid_run_is_one_line_naming_it(tmp_path, data, monkeypatch, capsys, how):
+    """The run directory removed, or turned read-only (simulated: the tests run as root, whom
+    chmod does not stop), after step 3 of 8: one line naming the path, exit 2, no traceback."""
+    import builtins
+    import shutil
+
+    from accelerate import Accelerator
+    from safetensors import SafetensorError
+
+    from pride.cli import main
+    from tests.test_sft import empty_config
+
+    run = tmp_path / "run"
+    real_train, real_open = training_loop.train, builtins.open
+
+    def read_only_open(file, mode="r", *args, **kwargs):
+        if str(file).startswith(str(run)) and any(c in mode for c in "wax"):
+            raise OSError(errno.EROFS, "Read-only file system", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    def read_only_checkpoint(*args, **kwargs):  # what safetensors raises there (not an OSError)
+        raise SafetensorError("Error while serializing: I/O error: Read-only file system (os error 30)")
+
+    def train(*args, **kwargs):
+        def hook(done):
+            if done == 3 and how == "vanished":
+                shutil.rmtree(run)
+            elif done == 3 and how == "read-only metrics":
+                monkeypatch.setattr(builtins, "open", read_only_open)
+            elif done == 3:
+                monkeypatch.setattr(Accelerator, "save_state", read_only_checkpoint)
+        return real_train(*args, **{**kwargs, "on_step_end": hook})
+
+    monkeypatch.setattr(training_loop, "train", train)
+    rc = main(["sft", str(empty_config(tmp_path)), "model.path=tiny:llama", f"data.sources.0.path={data}",
+               f"output_dir={run}", "train.max_length=256", "train.micro_batch_size=4", "train.max_steps=8",
+               "train.save_steps=2"])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert rc == 2 and "Traceback" not in err and len(lines) == 1, err[-2000:]
+    expected = {"vanished": "the directory went away|No such file or directory",
+                "read-only metrics": "metrics.jsonl: the filesystem became read-only",
+                "read-only checkpoint": "checkpoints: the filesystem became read-only"}[how]
+    assert str(run) in lines[0] and __import__("re").search(expected, lines[0]), lines[0]

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="score arena-hard / mt-bench pairwise-baseline: baseline model name")
     ev.add_argument("--rounds", type=int, default=100, help="score arena-hard: bootstrap rounds")
     ev.add_argument("--version", default="v2", choices=["v2", "v0.1"], help="score arena-hard: whose official code")
-    ev.add_argument("--answers", nargs="+", default=None, metavar="FILE",
+    ev.add_argument("--answers", nargs="+", action="extend", default=None, metavar="FILE",
                     help="score arena-hard: answer files of the model(s) and the baseline: style control")
     ev.add_argument("--mode", default="single", choices=["single", "pairwise-baseline", "pairwise-all"],
                     help="score mt-bench: FastChat's judgment mode")
@@ -148,6 +148,14 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush raises nothing
         return 0
+    except OSError as e:  # a file no owner turned into a PrideError: a read-only or vanished directory
+        from pride.io import write_problem
+
+        if not e.filename or write_problem(e) is None:
+            raise
+        print(f"pride {args.command}: error: {e.filename}: {e.strerror} (made read-only or removed while pride "
+              "ran?); fix that and run again: finished steps are kept", file=sys.stderr)
+        return 2
 
 
 def _dispatch(args, parser) -> int:

@@ -194,6 +194,20 @@ class PreferenceSettings(Section):
                                                     "TRL's default)")
 
 
+class RewardSettings(Section):
+    """`pride rm`: a reward model on preference pairs (TRL's RewardTrainer: Bradley-Terry)."""
+
+    max_length: int = Field(1024, gt=0, description="tokens per conversation (prompt and answer, chat template "
+                                                    "applied); saved as the tokenizer's model_max_length, so a judge "
+                                                    "cuts as training did")
+    truncation_side: Literal["left", "right"] = Field(
+        "left", description="where a longer conversation is cut: left keeps its end (the answer, whose last token "
+                            "is scored); saved with the tokenizer")
+    center_rewards_coefficient: float | None = Field(
+        None, ge=0, description="adds c * (r_chosen + r_rejected)^2 to keep rewards centred on 0 (TRL's option; "
+                                "0.01 in its docs)")
+
+
 class JudgeSettings(Section):
     """Who ranks the samples: a Python function, a reward model, PairRM, or an LLM endpoint."""
 
@@ -207,7 +221,8 @@ class JudgeSettings(Section):
     concurrency: int = Field(16, gt=0, description="llm judge: requests in flight per process (every ordered pair "
                                                    "of every prompt of a batch_size batch is one request)")
     batch_size: int = Field(16, gt=0)
-    max_length: int = Field(2048, gt=0, description="tokens per judged input (reward model)")
+    max_length: int | None = Field(None, gt=0, description="tokens per judged input (reward model); default: "
+                                                           "the model's own (what `pride rm` trained with), else 2048")
     prompt_format: Literal["user_text", "chat_template", "role_lines"] = Field(
         "user_text", description="the prompt PairRM is shown: the user turn(s) as text; chat_template (SPPO's rank.py): "
                                  "the policy's chat template rendered up to the answer; role_lines (LIONs' "
@@ -376,6 +391,7 @@ class Config(Section):
     data: DataSettings | None = None
     train: TrainSettings = Field(default_factory=TrainSettings)
     preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
+    reward: RewardSettings = Field(default_factory=RewardSettings)
     online: OnlineSettings = Field(default_factory=OnlineSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     output_dir: str = Field("runs/pride", min_length=1)

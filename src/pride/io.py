@@ -156,17 +156,34 @@ def write_text(path: Path, text: str) -> Path:
     path = Path(path)
     check_output(path)
     make_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~umask())  # as open() would make it (mkstemp's is 0600): readable by a team
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
         raise disk_error(e, path.parent) from None
     return path
+
+
+def umask() -> int:
+    """The process's umask: from /proc (Linux; no race with threads creating files), else read by
+    setting it and setting it back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: Path, data) -> Path:
@@ -185,23 +202,39 @@ def append_jsonl(path: Path, rows: list) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
-        raise disk_error(e, Path(path).parent) from None
+        raise disk_error(e, Path(path)) from None
+
+
+WRITE_ERRORS = {  # errno: (the words libraries wrap it in, what it means for the run)
+    errno.ENOSPC: (("No space left", "os error 28", "failed writing"), "no space left on the device"),
+    errno.EDQUOT: (("Disk quota exceeded", "os error 122"), "no space left on the device"),
+    errno.EROFS: (("Read-only file system", "os error 30"), "the filesystem became read-only"),
+    errno.EACCES: (("Permission denied", "os error 13"), "permission denied (the directory is read-only or not yours)"),
+    errno.EPERM: (("Operation not permitted", "os error 1"), "permission denied (the directory is read-only or not yours)"),
+    errno.ENOENT: (("No such file or directory", "os error 2"), "the directory went away while pride wrote to it"),
+}
+
+
+def write_problem(e: BaseException) -> str | None:
+    """What went wrong with a write, as words (None: not a filesystem problem). Raised as an
+    OSError, or wrapped in a library's own error (safetensors' SafetensorError "I/O error: No
+    space left on device (os error 28)", torch's "failed writing")."""
+    if isinstance(e, OSError):
+        return WRITE_ERRORS[e.errno][1] if e.errno in WRITE_ERRORS else None
+    text = str(e)
+    return next((what for marks, what in WRITE_ERRORS.values() if any(m in text for m in marks)), None)
 
 
 def is_disk_full(e: BaseException) -> bool:
-    """ENOSPC / EDQUOT, raised as an OSError or wrapped in a library's own error (safetensors'
-    SafetensorError "I/O error: No space left on device (os error 28)", torch's "failed writing")."""
-    if isinstance(e, OSError):
-        return e.errno in (errno.ENOSPC, errno.EDQUOT)
-    text = str(e)
-    return any(mark in text for mark in ("No space left", "os error 28", "Disk quota exceeded", "os error 122",
-                                         "failed writing"))
+    return write_problem(e) == "no space left on the device"
 
 
 def disk_error(e: BaseException, where: Path, needed: int | None = None) -> BaseException:
-    """A full disk (or quota) as one clear line, whatever raised it; other errors as they are."""
-    if is_disk_full(e):
-        need = f"; about {needed / 2**20:.0f} MiB needed" if needed else ""
-        return PrideError(f"{where}: no space left on the device{need}. Nothing was left half-written; "
-                          "free some space (or choose another output_dir) and run again to resume")
-    return e
+    """A full disk, a directory turned read-only or one that vanished, as one clear line whatever
+    raised it; other errors as they are."""
+    what = write_problem(e)
+    if what is None:
+        return e
+    need = f"; about {needed / 2**20:.0f} MiB needed" if needed and is_disk_full(e) else ""
+    return PrideError(f"{where}: {what}{need}. Nothing was left half-written; fix that (or choose another "
+                      "output_dir) and run again to resume")

@@ -219,3 +219,16 @@ def preference_loss(
         args["r_l"] = policy_rejected_logps - reference_rejected_logps
         args["D"] = args["r_w"] - args["r_l"]
     return LOSSES[loss_type].fn(args)
+
+
+def bradley_terry(chosen: Tensor, rejected: Tensor, margin: Tensor | None = None,
+                  center_rewards_coefficient: float | None = None) -> Tensor:
+    """A reward model's per-pair loss (TRL's RewardTrainer.compute_loss): -log sigmoid(r_c - r_r - m),
+    with the margin m of the pair when the data gives one (Llama 2's margin loss, arXiv:2307.09288),
+    plus c * (r_c + r_r)^2 to keep the rewards centred on 0 (Eisenstein et al. 2023,
+    arXiv:2312.09244). Averaged over pairs, this is TRL's loss."""
+    diff = chosen - rejected if margin is None else chosen - rejected - margin
+    loss = -logsig(diff)
+    if center_rewards_coefficient is not None:
+        loss = loss + center_rewards_coefficient * (chosen + rejected) ** 2
+    return loss

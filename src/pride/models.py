@@ -17,6 +17,7 @@ import torch
 from pride.chat import ChatFormat, chat_format, missing_special_tokens
 from pride.config import ModelSettings
 from pride.errors import PrideError
+from pride.model_dirs import check_chat_template, check_tokenizer_dir, check_weights_dir
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -99,15 +100,17 @@ def is_tiny(ref: str) -> bool:
     return ref.startswith("tiny:")
 
 
-def _check_reference(ref: str, key: str = "model.path") -> None:
+def _check_reference(ref: str, key: str = "model.path", check=None) -> None:
     """Fail early and clearly when a reference is neither local nor a hub id; mark local ones as
-    inputs (never written over)."""
+    inputs (never written over) and give them to `check` (pride.model_dirs)."""
     if is_tiny(ref):
         return
     if Path(ref).is_dir():
         from pride.io import mark_inputs
 
         mark_inputs(ref)
+        if check is not None:
+            check(ref, key)
         return
     looks_like_hub_id = not ref.startswith((".", "/", "~")) and ref.count("/") <= 1
     if not looks_like_hub_id:
@@ -116,7 +119,7 @@ def _check_reference(ref: str, key: str = "model.path") -> None:
 
 def load_tokenizer(settings: ModelSettings):
     ref = settings.path
-    _check_reference(ref)
+    _check_reference(ref, check=None if settings.tokenizer else check_tokenizer_dir)
     if is_tiny(ref):
         from pride.tiny import tiny_tokenizer
 
@@ -125,21 +128,24 @@ def load_tokenizer(settings: ModelSettings):
         from transformers import AutoTokenizer
 
         if settings.tokenizer:
-            _check_reference(settings.tokenizer, "model.tokenizer")
+            _check_reference(settings.tokenizer, "model.tokenizer", check=check_tokenizer_dir)
         tok = from_pretrained(AutoTokenizer.from_pretrained, settings.tokenizer or ref,
                               key="model.tokenizer" if settings.tokenizer else "model.path",
-                               revision=None if settings.tokenizer else settings.revision,
-                               trust_remote_code=settings.trust_remote_code)
+                              revision=None if settings.tokenizer else settings.revision,
+                              trust_remote_code=settings.trust_remote_code)
+        check_chat_template(tok, settings.tokenizer or ref)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
 def load_model(settings: ModelSettings, *, seed: int = 0, device: str | torch.device | None = None,
-               dtype: torch.dtype | None = None, tokenizer=None):
-    """The model in `dtype` (default: settings.dtype resolved for the device), eval mode off."""
+               dtype: torch.dtype | None = None, tokenizer=None, head: str = "lm"):
+    """The model in `dtype` (default: settings.dtype resolved for the device), eval mode off.
+    head="score": a sequence-classification model with one output (a reward model), its score
+    head new (random, seeded) unless the directory already has one."""
     ref = settings.path
-    _check_reference(ref)
+    _check_reference(ref, check=check_weights_dir)
     dtype = dtype or resolve_dtype(settings.dtype, device)
     attn = resolve_attention(settings.attn_implementation, device, causal_lm_class(settings))
     quantization = _bnb_4bit(dtype) if settings.load_in_4bit else None
@@ -149,16 +155,24 @@ def load_model(settings: ModelSettings, *, seed: int = 0, device: str | torch.de
         from pride.tiny import tiny_model
 
         model = tiny_model(ref.split(":", 1)[1], seed=seed, overrides=settings.tiny, tokenizer=tokenizer)
+        if head == "score":
+            model = with_score_head(model, seed)
         model = model.to(dtype)
         model.set_attn_implementation(attn)
     else:
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
         kwargs = dict(dtype=dtype, attn_implementation=attn, trust_remote_code=settings.trust_remote_code,
                       revision=settings.revision)
         if quantization is not None:
             kwargs["quantization_config"] = quantization
-        model = from_pretrained(AutoModelForCausalLM.from_pretrained, ref, **kwargs)
+        if head == "score":
+            with torch.random.fork_rng(devices=[]):  # the new score head: the same for the same seed
+                torch.manual_seed(seed)
+                model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, ref, num_labels=1,
+                                        **kwargs)
+        else:
+            model = from_pretrained(AutoModelForCausalLM.from_pretrained, ref, **kwargs)
     if settings.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -166,12 +180,28 @@ def load_model(settings: ModelSettings, *, seed: int = 0, device: str | torch.de
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if settings.lora is not None:
-        model = _apply_lora(model, settings)
+        model = _apply_lora(model, settings, "SEQ_CLS" if head == "score" else "CAUSAL_LM")
     return model
 
 
-def load_model_and_tokenizer(settings: ModelSettings, *, seed: int = 0, device=None, dtype=None):
-    """Model, tokenizer and chat format, consistent with each other (template tokens added)."""
+def with_score_head(causal_lm, seed: int):
+    """The same decoder weights under a sequence-classification model with one output (TRL's
+    reward models: AutoModelForSequenceClassification, num_labels=1), the head seeded."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = causal_lm.config
+    config.num_labels = 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_config(config, dtype=causal_lm.dtype)
+    prefix = model.base_model_prefix
+    getattr(model, prefix).load_state_dict(getattr(causal_lm, prefix).state_dict())
+    return model
+
+
+def load_model_and_tokenizer(settings: ModelSettings, *, seed: int = 0, device=None, dtype=None, head: str = "lm"):
+    """Model, tokenizer and chat format, consistent with each other (template tokens added);
+    head="score": a reward model (see `load_model`), its pad token id set for its pooling."""
     tokenizer = load_tokenizer(settings)
     fmt = chat_format(tokenizer, settings.chat_template)
     missing = missing_special_tokens(tokenizer, fmt.template)
@@ -179,10 +209,12 @@ def load_model_and_tokenizer(settings: ModelSettings, *, seed: int = 0, device=N
         tokenizer.add_tokens(missing, special_tokens=True)
     if fmt.template is not None:
         tokenizer.chat_template = fmt.template.jinja()  # saved with the model: same format at inference
-    model = load_model(settings, seed=seed, device=device, dtype=dtype, tokenizer=tokenizer)
+    model = load_model(settings, seed=seed, device=device, dtype=dtype, tokenizer=tokenizer, head=head)
     embeddings = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > embeddings:
         model.resize_token_embeddings(len(tokenizer))
+    if head == "score":  # transformers pools at the last token that is not padding (TRL sets it too)
+        model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer, fmt
 
 
@@ -250,12 +282,12 @@ def _bnb_4bit(dtype: torch.dtype):
                               bnb_4bit_compute_dtype=dtype)
 
 
-def _apply_lora(model, settings: ModelSettings):
+def _apply_lora(model, settings: ModelSettings, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if settings.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=settings.gradient_checkpointing)
     lora = settings.lora
     cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                     target_modules=lora.target_modules, task_type="CAUSAL_LM")
+                     target_modules=lora.target_modules, task_type=task_type)  # SEQ_CLS: the score head trains
     return get_peft_model(model, cfg)

@@ -25,6 +25,8 @@ STAGES: dict[str, StageKind] = {
     "sft": StageKind("supervised fine-tuning (packing, assistant-only loss)", "pride.train.sft:run_sft"),
     "dpo": StageKind("offline preference training (DPO family, precomputed reference log-probs)",
                      "pride.train.preference:run_preference"),
+    "rm": StageKind("reward model: Bradley-Terry on preference pairs (TRL's RewardTrainer)",
+                    "pride.train.reward:run_reward"),
     "online": StageKind("online DPO / SPPO: sample K per prompt, judge, pair, train, repeat",
                         "pride.online.loop:run_online", iterative=True),
     "sppo": StageKind("SPPO self-play: online rounds with win probabilities and the SPPO loss",

@@ -5,6 +5,8 @@ do what you think before paying for a run. The rows go through the same tokeniza
 training (truncation included), and `--export FILE.jsonl` writes exactly those ids:
 SFT `{"input_ids", "labels"}` (labels -100 where not trained, unshifted as in transformers),
 preference `{"prompt_ids", "chosen_ids", "rejected_ids"}` (completions without the prompt).
+With `train.packing: split` each line is one training row cut from the stream of samples, with
+`segment_lengths` (attention stays within a segment; a cut sample's target across the cut is -100).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pride.data import Conversation, PreferencePair, load_rows
 from pride.data.packing import IGNORE
 from pride.data.preference import tokenize_pairs
 from pride.data.sft import tokenize_conversations
+from pride.train.sft import prepare_sft_rows
 from pride.io import write_jsonl
 from pride.models import load_chat
 
@@ -43,6 +46,11 @@ def training_view(cfg: Config, fmt, rows: list) -> tuple[str, list[dict]]:
         data = tokenize_pairs(pairs, fmt, s.max_length, s.max_prompt_length, on_bad_row=cfg.data.on_bad_row,
                               keep_identical=s.keep_identical, header_in_completion=s.header_in_completion)
         return "preference", [{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r} for p, c, r in data.ids]
+    if cfg.train.packing == "split":  # training sees rows cut from the stream, not samples
+        rows, _ = prepare_sft_rows(cfg, fmt, convs)
+        return "sft", [{"input_ids": [t for s in row for t in s.input_ids],
+                        "labels": [t for s in row for t in [IGNORE] + s.labels[:-1]],
+                        "segment_lengths": [len(s) for s in row]} for row in rows]
     samples, _ = tokenize_conversations(convs, fmt, cfg.data.train_on, cfg.train.max_length, cfg.train.truncation,
                                         cfg.data.on_bad_row)
     return "sft", [{"input_ids": s.input_ids, "labels": [IGNORE] + s.labels[:-1]} for s in samples]

@@ -29,6 +29,7 @@ class Sample:
     example: int = 0  # index of the example the sample came from
     ref_logps: float | None = None  # DPO: the reference model's summed completion log-probs
     win_prob: float | None = None  # SPPO: the completion's estimated win probability
+    margin: float | None = None  # reward models: the pair's margin (on both of its samples)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -63,6 +64,7 @@ class Batch:
     segment: torch.Tensor | None = None  # shared-prompt units: which unit
     seq_ref_logps: torch.Tensor | None = None
     seq_win_prob: torch.Tensor | None = None
+    seq_margin: torch.Tensor | None = None
 
     def inputs(self) -> dict:
         """The keyword arguments of `pride.logps.TokenLogps`."""
@@ -79,7 +81,7 @@ def sequence_columns(samples: list[Sample]) -> dict:
     probabilities when every sample has them."""
     out = {"n_seqs": len(samples), "seq_kind": torch.tensor([s.seq for s in samples], dtype=torch.long),
            "seq_example": torch.tensor([s.example for s in samples], dtype=torch.long)}
-    for name in ("ref_logps", "win_prob"):
+    for name in ("ref_logps", "win_prob", "margin"):
         values = [getattr(s, name) for s in samples]
         if samples and all(v is not None for v in values):
             out[f"seq_{name}"] = torch.tensor(values, dtype=torch.float64)

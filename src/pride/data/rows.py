@@ -12,7 +12,7 @@ Accepted layouts (column names can be mapped per source with `columns:`):
 * scored preference (SPPO): the above plus `chosen_win_prob`/`rejected_win_prob` (each
   answer's mean win probability against all K samples; SPPO's `chosen_probs_win`/`_lose`)
   and/or `chosen_probs` (P(chosen beats rejected), for `sppo_single`), optionally
-  `chosen_score`/`rejected_score`
+  `chosen_score`/`rejected_score`; for reward models, `margin` (TRL's: how much better chosen is)
 * prompt only: `prompt` (a string or message list), for online rounds and evaluation
 
 Problems raise `RowError` with the field path; the caller adds the file and line.
@@ -32,7 +32,7 @@ ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "chatgpt": "assistant", "bing": "assistant"}
 FIELDS = ("messages", "prompt", "completion", "chosen", "rejected", "chosen_win_prob",
-          "rejected_win_prob", "chosen_probs", "chosen_score", "rejected_score")
+          "rejected_win_prob", "chosen_probs", "chosen_score", "rejected_score", "margin")
 
 
 class RowError(ValueError):
@@ -60,6 +60,7 @@ class PreferencePair:
     chosen_probs: float | None = None
     chosen_score: float | None = None
     rejected_score: float | None = None
+    margin: float | None = None  # reward models: how much better chosen is (TRL's `margin` column)
     where: str = field(default="", compare=False)
 
     def key(self) -> tuple:
@@ -279,6 +280,7 @@ def _preference(row: dict, allow_empty: bool = False) -> PreferencePair:
         chosen_probs=_prob(row, "chosen_probs"),
         chosen_score=_score(row, "chosen_score"),
         rejected_score=_score(row, "rejected_score"),
+        margin=_score(row, "margin"),
     )
     if (pair.chosen_win_prob is None) != (pair.rejected_win_prob is None):
         missing = "rejected_win_prob" if pair.rejected_win_prob is None else "chosen_win_prob"

@@ -492,6 +492,10 @@ def tables(judgments: list[dict], version_name: str = "v2", baseline: str | None
     out = {}
     for key, rows in groups.items():
         named = {j["baseline"] for j in rows if isinstance(j.get("baseline"), str)}
+        if baseline is not None and named and named != {baseline}:  # a label would not change what was judged
+            raise PrideError(f"--baseline {baseline}: the Arena-Hard {key} judgments were made against "
+                             f"{', '.join(sorted(named))}; score them without --baseline (or judge against "
+                             f"{baseline})")
         if baseline is None and len(named) > 1:
             raise PrideError(f"Arena-Hard {key}: judgments against different baselines ({', '.join(sorted(named))}); "
                              "score them apart, or name one with --baseline")
@@ -593,6 +597,11 @@ def score_files(paths: list[Path], baseline: str | None = None, rounds: int = 10
             for m in {j["model"].split("/")[-1] for j in group} | {base}:
                 if m not in meta:
                     raise PrideError(f"style control: no answer file for {m!r} among --answers")
+            for j in group:
+                for m in (j["model"].split("/")[-1], base):
+                    if _qid(j) not in meta[m]:
+                        raise PrideError(f"style control: {where_of[id(j)]} judges question {_qid(j)}, and the "
+                                         f"--answers of {m!r} have no answer to it")
     return score_tables(groups, rounds, seed, v.name, meta)
 
 

@@ -80,10 +80,16 @@ def run(model_dir: str, suite: str, tasks: list[str] | None = None, include_path
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # a quiet console: lm-eval logs every step at INFO
     manager = TaskManager(include_path=include_path)
     chosen = tasks or (list(V1) if suite == "open_llm_v1" else V2)
+    local, broken = local_tasks(include_path) if include_path else ({}, [])
     unknown = [t for t in chosen if t not in manager.all_tasks]
+    if unknown and broken:  # most likely the unknown task's own file
+        raise PrideError(f"eval.open_llm_tasks: {', '.join(unknown)}: not found, and {broken[0]}")
     if unknown:
         where = f" or in {include_path}" if include_path else " (eval.open_llm_include_path adds a folder of YAMLs)"
         raise PrideError(f"eval.open_llm_tasks: {', '.join(unknown)}: no such lm-eval task in its registry{where}")
+    for task in chosen:
+        if task in local:
+            check_data_files(task, *local[task])
     common = dict(model="hf", model_args=f"pretrained={model_dir},dtype=auto,trust_remote_code=False",
                   batch_size=batch_size, limit=limit, task_manager=manager,
                   # the CLI's default: "cuda:0", which lm-eval turns into the CPU where CUDA is absent
@@ -106,6 +112,44 @@ def run(model_dir: str, suite: str, tasks: list[str] | None = None, include_path
     r = lm_eval.simple_evaluate(tasks=chosen, apply_chat_template=True, fewshot_as_multiturn=True, **common)
     raw = {k.replace("leaderboard_", ""): h for k, v in r["results"].items() if (h := _headline(v)) is not None}
     return {"raw": raw, **v2_summary(raw), "lm_eval": r["results"]}
+
+
+def local_tasks(include_path: str) -> tuple[dict[str, tuple[Path, dict]], list[str]]:
+    """The tasks of a folder of lm-eval YAMLs, read as lm-eval reads them, and the files it
+    cannot read, each with its error (lm-eval skips them without a word)."""
+    import yaml
+    from lm_eval.tasks._index import TaskIndex
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    tasks, broken = {}, []
+    for path in TaskIndex._iter_yaml_files(Path(include_path)):
+        try:
+            cfg = load_yaml(path, resolve_func=False, recursive=True)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" line {mark.line + 1}" if mark is not None else ""
+            broken.append(f"{path}{at}: lm-eval cannot read this task YAML ({getattr(e, 'problem', None) or e}) "
+                          "and skips it")
+            continue
+        except (OSError, ValueError) as e:
+            broken.append(f"{path}: lm-eval cannot read this task YAML ({e}) and skips it")
+            continue
+        if isinstance(cfg.get("task"), str):
+            tasks[cfg["task"]] = (path, cfg)
+    return tasks, broken
+
+
+def check_data_files(task: str, path: Path, cfg: dict) -> None:
+    """A local task's `dataset_kwargs.data_files` exist (datasets resolves them against the
+    working directory), so a missing file is named before any model is loaded."""
+    files = (cfg.get("dataset_kwargs") or {}).get("data_files")
+    split_files = files.items() if isinstance(files, dict) else [("data_files", files)]
+    for split, names in split_files:
+        for name in [names] if isinstance(names, str) else names or []:
+            if isinstance(name, str) and "://" not in name and not any(c in name for c in "*?[") \
+                    and not Path(name).expanduser().exists():
+                raise PrideError(f"{path}: task {task}: dataset_kwargs.data_files {split}: {name} does not exist "
+                                 f"(relative paths are read from the working directory, {Path.cwd()})")
 
 
 # the leaderboards' metric per task, first present wins (ARC/HellaSwag/BBH/GPQA/MuSR acc_norm, MMLU,

@@ -18,6 +18,7 @@ import torch
 
 from pride.config import JudgeSettings
 from pride.errors import PrideError
+from pride.model_dirs import check_not_adapter, check_score_head, check_tokenizer_dir, check_weights_dir
 
 
 @dataclass
@@ -79,36 +80,57 @@ class FunctionJudge:
 
 
 class RewardModelJudge:
-    """A local sequence-classification directory; the score is its first logit."""
+    """A local sequence-classification directory (`pride rm`'s model/, or any reward model with a
+    chat template): each answer scored as `pride rm` trains, through `pride.scores` (the
+    directory's chat template, its model_max_length and truncation_side, the head at the last
+    token)."""
 
     def __init__(self, s: JudgeSettings, device):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from pride.models import from_pretrained
-
-        self.tok = from_pretrained(AutoTokenizer.from_pretrained, s.path)
-        self.model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, s.path).to(device).eval()
+        self.tok, self.fmt, self.model = load_reward_model(s.path, device)
+        saved = self.tok.model_max_length
+        self.max_length = s.max_length or (saved if saved and saved < 10**7 else 2048)  # HF's "no limit": 1e30
+        self.side = self.tok.truncation_side
         self.s, self.device = s, device
-
-    def text(self, prompt: list[dict], response: str) -> str:
-        conv = prompt + [{"role": "assistant", "content": response}]
-        if getattr(self.tok, "chat_template", None):
-            return self.tok.apply_chat_template(conv, tokenize=False)
-        return "\n\n".join(m["content"] for m in conv)
 
     @torch.no_grad()
     def judge(self, prompts, candidates):
-        flat = [self.text(p, c) for p, cands in zip(prompts, candidates) for c in cands]
-        scores: list[float] = []
-        for i in range(0, len(flat), self.s.batch_size):
-            enc = self.tok(flat[i:i + self.s.batch_size], return_tensors="pt", padding=True, truncation=True,
-                           max_length=self.s.max_length).to(self.device)
-            scores += self.model(**enc).logits[:, 0].float().tolist()
+        from pride.scores import conversation_ids, score_conversations
+
+        ids = [conversation_ids(self.fmt, p, c, self.max_length, self.side)[0]
+               for p, cands in zip(prompts, candidates) for c in cands]
+        scores = score_conversations(self.model, ids, self.tok.pad_token_id, self.s.batch_size, self.device)
         out, at = [], 0
         for cands in candidates:
             out.append(Judgement(scores[at:at + len(cands)]))
             at += len(cands)
         return out
+
+
+def load_reward_model(path: str, device, key: str = "online.judge.path"):
+    """Tokenizer, chat format and model of a reward-model directory, checked to belong together:
+    the tokenizer `pride rm` trained with (its digest in config.json), else one no larger than the
+    embeddings, and a chat template of its own."""
+    from transformers import AutoModelForSequenceClassification
+
+    from pride.config import ModelSettings
+    from pride.models import from_pretrained, load_chat
+    from pride.scores import tokenizer_digest
+
+    check_score_head(path, key)
+    tok, fmt = load_chat(ModelSettings(path=path))
+    if fmt.fallback:
+        raise PrideError(f"{key}={path}: no chat template; a reward model scores conversations rendered with the "
+                         "template it was trained with: save that template into its tokenizer_config.json")
+    model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, path, key=key).to(device).eval()
+    trained = getattr(model.config, "pride_tokenizer", None)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if (trained is not None and trained != tokenizer_digest(tok)) or len(tok) > rows:
+        raise PrideError(f"{key}={path}: its tokenizer is not the one this reward model was trained with "
+                         f"({len(tok)} tokens{', another vocabulary or chat template' if trained else ''}; the model "
+                         f"has {rows} embedding rows); put back the tokenizer files `pride rm` saved with it")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok, fmt, model
 
 
 def role_lines(messages: list[dict]) -> str:
@@ -200,10 +222,14 @@ def check_judge(s: JudgeSettings) -> None:
     if what and not s.path:
         raise PrideError(f"online.judge.type={s.type} needs online.judge.path ({what})")
     if what and not (Path(s.path).expanduser() / "config.json").is_file():
+        check_not_adapter(Path(s.path).expanduser(), "online.judge.path")
         raise PrideError(f"online.judge.path={s.path}: not a model directory (no config.json there); it must be "
                          f"{what}")
     if s.type == "reward_model":
         check_score_head(s.path)
+    if what:
+        check_weights_dir(s.path, "online.judge.path")
+        check_tokenizer_dir(s.path, "online.judge.path")
     if s.type == "function":
         FunctionJudge(s.function)
     if s.type == "llm" and (not s.url or not s.model):
@@ -228,22 +254,6 @@ def check_reachable(s: JudgeSettings) -> None:
         if r.status_code in (401, 403):
             raise PrideError(f"online.judge.url {url}: GET /models answered HTTP {r.status_code}: the key in "
                              f"${s.api_key_env} is not accepted")
-
-
-def check_score_head(path: str) -> None:
-    """A reward model is a sequence-classification model: a causal LM's directory would get a
-    randomly initialised score head and judge at random, so it is refused."""
-    import json
-
-    config = Path(path).expanduser() / "config.json"
-    try:
-        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
-    except (OSError, ValueError, AttributeError) as e:
-        raise PrideError(f"{config}: cannot read it as a model config ({e})") from None
-    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
-        raise PrideError(f"online.judge.path={path}: a {architectures[0]} (no score head), not a reward model; "
-                         "online.judge.type=reward_model needs a sequence-classification directory "
-                         "(architectures: ...ForSequenceClassification), or it would judge with a random head")
 
 
 def make_judge(s: JudgeSettings, device, fmt=None) -> Judge:

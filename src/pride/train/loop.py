@@ -295,6 +295,12 @@ def mask_embedding_grad(model, start: int, end: int | None) -> Callable[[], None
     them never fire: the returned function masks those gradients, and the loop calls it after
     each step's backward passes."""
     weights = [model.get_input_embeddings().weight]
+    rows = weights[0].shape[0]
+    if start >= rows:  # every row masked: the embeddings would silently never train
+        shown = f"[{start}, {'null' if end is None else end}]"
+        raise PrideError(f"train.mask_embed_grad={shown} starts past the embedding's {rows} rows, so no row would "
+                         f"train; the rows of tokens a chat template added start at the old vocabulary "
+                         f"size (at most {rows - 1} here)")
     out = model.get_output_embeddings()
     if out is not None and out.weight is not weights[0]:
         weights.append(out.weight)
@@ -345,7 +351,8 @@ def train(
     if sum(objective.units([r]) for r in rows) == 0:
         raise PrideError("nothing to train: no row has a trained token (check data.train_on and the chat template)")
 
-    wrapper = TokenLogps(model, cfg.logps_chunk_size)
+    wrap = getattr(objective, "wrap", None)  # a reward model is scored, not log-probbed
+    wrapper = wrap(model, cfg.logps_chunk_size) if wrap else TokenLogps(model, cfg.logps_chunk_size)
     lr = cfg.learning_rate
     if cfg.lr_scaling == "sqrt_nodes":
         nodes = num_nodes(acc)
@@ -491,6 +498,8 @@ def _step(acc: Accelerator, wrapper, objective: Objective, rows, step_mbs: list[
         mask_grads()
     reduced = acc.reduce(torch.stack([sums[n] for n in names]), "sum")
     logged = {n: (reduced[j] / max(units, 1e-12)).item() for j, n in enumerate(names)}
+    if hasattr(objective, "finish"):
+        logged = objective.finish(logged)
     grad_norm = None
     if math.isfinite(logged["loss"]):
         # max_norm inf: the total norm, nothing clipped (computed by accelerate, sharded or not)
@@ -522,7 +531,8 @@ def evaluate(acc: Accelerator, wrapper, objective: Objective, eval_rows, micro_b
                 sums[name] += v.detach().float()
     reduced = acc.reduce(torch.stack([sums[n] for n in names]), "sum")
     wrapper.train()
-    return {f"eval/{n}": (reduced[j] / max(units, 1e-12)).item() for j, n in enumerate(names)}
+    out = {f"eval/{n}": (reduced[j] / max(units, 1e-12)).item() for j, n in enumerate(names)}
+    return objective.finish(out, "eval/") if hasattr(objective, "finish") else out
 
 
 def save_checkpoint(acc: Accelerator, run_dir: Path, step: int, keep: int, identity: dict | None = None,

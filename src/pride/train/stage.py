@@ -25,7 +25,7 @@ from rich.console import Console
 
 from pride.config import Config, with_global_batch, write_resolved
 from pride.errors import PrideError
-from pride.io import check_not_input, clear_inputs, disk_error, is_disk_full, make_dir
+from pride.io import check_not_input, clear_inputs, disk_error, make_dir, write_problem
 from pride.io import write_json
 from pride.models import load_model_and_tokenizer
 from pride.rundir import SUMMARY, model_dir
@@ -99,9 +99,11 @@ class StageContext:
         self.acc.wait_for_everyone()
         return replace(self, cfg=cfg, run_dir=Path(run_dir))
 
-    def load_model(self):
-        """Model (trainable weights per `train.precision`, on the device) + tokenizer + chat format."""
-        model, tokenizer, fmt = load_model_and_tokenizer(self.cfg.model, seed=self.cfg.seed, device=self.acc.device)
+    def load_model(self, head: str = "lm"):
+        """Model (trainable weights per `train.precision`, on the device) + tokenizer + chat format;
+        head="score": a reward model."""
+        model, tokenizer, fmt = load_model_and_tokenizer(self.cfg.model, seed=self.cfg.seed, device=self.acc.device,
+                                                         head=head)
         note = apply_precision(model, self.cfg.train.precision)
         if note:
             self.console.print(note)
@@ -159,18 +161,20 @@ def apply_precision(model: torch.nn.Module, precision: str) -> str:
 def save_final_model(acc: Accelerator, prepared, tokenizer, out_dir: Path) -> Path:
     """An HF directory (safetensors + tokenizer + chat template) that transformers/vLLM load as is.
 
-    `prepared` is what the loop trained (the accelerate-prepared `TokenLogps`): its state
+    `prepared` is what the loop trained (the accelerate-prepared `TokenLogps` or `SequenceScores`): its state
     dict is gathered from every rank (FSDP, ZeRO-3) and stripped of the wrapper's prefix.
     LoRA adapters are merged into the weights (the adapter alone goes to `adapter/`).
     """
     from pride.logps import TokenLogps
+    from pride.scores import SequenceScores
 
     out_dir = Path(out_dir)
     check_not_input(out_dir)  # the model this run started from is never replaced by its result
     unwrapped = acc.unwrap_model(prepared)
-    model = unwrapped.model if isinstance(unwrapped, TokenLogps) else unwrapped
+    wrapped = isinstance(unwrapped, (TokenLogps, SequenceScores))
+    model = unwrapped.model if wrapped else unwrapped
     state = acc.get_state_dict(prepared)
-    if isinstance(unwrapped, TokenLogps):
+    if wrapped:
         state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     if acc.is_main_process:
         tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -185,7 +189,7 @@ def save_final_model(acc: Accelerator, prepared, tokenizer, out_dir: Path) -> Pa
             tokenizer.save_pretrained(tmp)
         except Exception as e:
             shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left looking like a model
-            if is_disk_full(e):
+            if write_problem(e):
                 needed = sum(t.numel() * t.element_size() for t in (state or model.state_dict()).values())
                 raise disk_error(e, out_dir.parent, needed) from None
             raise
