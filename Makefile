@@ -9,9 +9,13 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-slow readme-figures check-readme constraints clean
+.PHONY: setup setup-test demo test test-slow readme-figures check-readme constraints clean
 
+# setup: pride and what it needs to run (what `make demo` uses); setup-test adds the test extras
+# (TRL, the official evaluation tools, real tokenizers, the trackers) for `make test`.
 setup: $(VENV)/.installed
+
+setup-test: $(VENV)/.installed-test
 
 # constraints.txt: the versions CI tested (regenerate with `make constraints` after an upgrade
 # that passes `make test`), so a fresh clone next month installs what passed, not what is newest.
@@ -19,20 +23,24 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
-constraints: setup
+constraints: setup-test
 	$(PY) -m pip freeze --exclude-editable | grep -v -E '^(torch|triton|nvidia-)' > constraints.txt
 
 demo: setup
 	$(VENV)/bin/pride demo
 
 # make test: everything but the end-to-end runs marked slow (minutes on 2 cores); CI runs both
-test: setup
+test: setup-test
 	$(PY) -m pytest -m "not slow"
 
-test-slow: setup
+test-slow: setup-test
 	$(PY) -m pytest -m slow
 
 # the README's demo table (three full demo runs, about 8 minutes); check-readme: seed 0 only

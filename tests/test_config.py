@@ -132,6 +132,8 @@ NOT_INPUTS = {
     ("Config", "output_dir"): "written, not read",
     ("EvalSettings", "output_dir"): "written, not read",
     ("EvalSettings", "model_name"): "a name",
+    ("EvalSettings", "reward_sources"): "sources, each path marked (SourceSettings.path)",
+    ("TrainSettings", "report_to"): "tracker names",
     ("EvalSettings", "checkpoints"): "a switch; the run directory is model.path",
     ("EvalSettings", "mt_bench_baseline"): "a file inside eval.data_dir, which is hashed",
     ("EvalSettings", "arena_hard_set"): "a folder inside eval.data_dir, which is hashed",

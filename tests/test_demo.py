@@ -34,15 +34,28 @@ def test_demo_quick_runs_end_to_end(tmp_path):
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert [r["stage"] for r in results] == ["base", "sft", "dpo", "online_dpo_1", "online_dpo_2", "sppo_1"]
+    assert [r["stage"] for r in results] == ["base", "sft", "dpo", "online_dpo_1", "online_dpo_2", "sppo_1",
+                                             "online_rm_1"]
     for r in results:
-        assert set(r) >= {"stage", "score", "ci", "win_rate_vs_sft", "n_prompts", "seconds"}
+        assert set(r) >= {"stage", "score", "ci", "win_rate_vs_sft", "n_prompts", "seconds", "learned_judge"}
         assert r["ci"][0] <= r["score"] <= r["ci"][1] and r["n_prompts"] == 100
+        assert r["learned_judge_ci"][0] <= r["learned_judge"] <= r["learned_judge_ci"][1]
+    answers = json.loads((out / "answers" / "online_rm_1.json").read_text())
+    assert len(answers["answers"]) == 100 and len(answers["rule"]) == 100 == len(answers["learned"])
+    assert "held-out prompts: each stage's first answer" in run.stdout
     by = {r["stage"]: r["score"] for r in results}
     assert by["sft"] > by["base"]  # SFT learned the task
     assert (out / "scores.png").stat().st_size > 1000 and "held-out judge score" in run.stdout
     for noise in ("Writing model shards", "Loading weights", "it/s]"):  # library progress bars stay quiet
         assert noise not in run.stderr + run.stdout, noise
+    # a re-run does no finished work again: every stage skipped, every evaluation read back
+    again = subprocess.run([sys.executable, "-m", "pride", "demo", "--quick", "--output", str(out)],
+                           capture_output=True, text=True, timeout=900)
+    rerun = json.loads((out / "results.json").read_text())
+    assert again.returncode == 0 and [{**r, "eval_seconds": 0} for r in rerun] == [{**r, "eval_seconds": 0}
+                                                                                  for r in results]
+    assert again.stdout.count("finished earlier with the same inputs, skipped") == 6, again.stdout[-2000:]
+    assert all(r["eval_seconds"] < 1 for r in rerun)  # read back, not sampled again
     # the same seed gives the same numbers: re-scoring a stage reproduces its per-prompt scores
     again = per_prompt_scores(str(out / "sft" / "model"), ["Write the word abc 3 times."] * 3, samples=2)
     assert again == per_prompt_scores(str(out / "sft" / "model"), ["Write the word abc 3 times."] * 3, samples=2)

@@ -272,7 +272,10 @@ def test_serve_end_to_end_eval_with_a_second_server_as_judge(tmp_path):
     scores = json.loads((out / "scores.json").read_text())
     assert set(scores["tiny-llama"]) == {"mt_bench", "arena_hard"}
     assert scores["tiny-llama"]["mt_bench"]["mean"]["n_judgments"] == 4
-    assert (out / "report.md").exists() and (out / "scores.png").stat().st_size > 1000
+    # an untrained judge parses nothing: no number, said aloud (never a silent '-'), and no empty chart
+    assert all(r["headline_mean"] is None for r in scores["tiny-llama"].values())
+    assert "tiny-llama mt_bench: no score could be computed (8 of 8 judgments failed to parse)" in run.stderr
+    assert (out / "report.md").exists() and not (out / "scores.png").exists()
     answers = (out / "tiny-llama" / "run-0" / "mt_bench" / "model_answer" / "tiny-llama.jsonl").read_text().splitlines()
     assert len(answers) == 2 and len(json.loads(answers[0])["choices"][0]["turns"]) == 2
     judged = (out / "tiny-llama" / "run-0" / "arena_hard" / "model_judgment" / "judge" / "tiny-llama.jsonl")

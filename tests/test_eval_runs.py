@@ -138,7 +138,7 @@ def test_eval_logs_into_the_training_runs_wandb(tmp_path, monkeypatch):
     trained = tmp_path / "dpo"
     (trained / "model").mkdir(parents=True)
     (trained / "wandb.json").write_text('{"project": "LIONs", "group": "lion-gemma-v1.0", "id": "abc123"}')
-    scores = {"model": {"mt_bench": {"headline_mean": 7.5}}}
+    scores = {"dpo": {"mt_bench": {"headline_mean": 7.5}}}  # named after its run
     _log_trackers(load_config(None, [f"model.path={trained / 'model'}", "eval.report_to=[wandb]"]), scores)
     assert calls == [{"project": "LIONs", "group": "lion-gemma-v1.0", "id": "abc123", "resume": "allow",
                       "logged": {"eval/mt_bench": 7.5}}]

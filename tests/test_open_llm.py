@@ -68,7 +68,7 @@ def test_open_llm_suite_equals_the_lm_eval_cli(tmp_path):
     assert theirs.returncode == 0, theirs.stderr[-3000:]
     (cli_file,) = (tmp_path / "cli").rglob("results_*.json")
     cli = json.loads(cli_file.read_text())["results"]
-    (run,) = json.loads((tmp_path / "out" / "scores.json").read_text())["model"]["open_llm_v1"]["runs"]
+    (run,) = json.loads((tmp_path / "out" / "scores.json").read_text())[model_dir.parent.name]["open_llm_v1"]["runs"]
     # The same lm-eval code on the same model, CPU, thread count (torch's default in both
     # processes) and batch size (1: no padding), both run here and now: the two runs are
     # bit-identical on any CPU, so every metric is compared exactly, perplexities included.

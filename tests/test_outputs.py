@@ -167,3 +167,27 @@ def test_a_run_never_removes_or_replaces_the_model_it_starts_from(run, capsys):
     assert main(["sft", "c.yaml", "model.path=out/model", "output_dir=out", "train.max_steps=1"]) == 2
     assert "out/model: refusing to write there: it is an input of this run" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in (run / "out" / "model").iterdir()} == before
+
+
+def test_every_file_a_run_writes_is_readable_by_others_under_umask_022(tmp_path):
+    """0644 files and 0755 folders, as save_pretrained makes them: a colleague or a server running as
+    another user can read the weights; no lock file is left once the run ends."""
+    import os
+    import stat
+
+    from tests.conftest import write_jsonl
+
+    data = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "Hi"},
+                                                               {"role": "assistant", "content": "Hello"}]}] * 4)
+    old = os.umask(0o022)
+    try:
+        assert main(["sft", "examples/configs/sft.yaml", f"data.sources.0.path={data}", "train.max_steps=2",
+                     "train.save_steps=1", f"output_dir={tmp_path / 'run'}"]) == 0
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(tmp_path / "run")): stat.S_IMODE(p.stat().st_mode)
+             for p in (tmp_path / "run").rglob("*")}
+    assert "model/model.safetensors" in modes and "config.yaml" in modes and "summary.json" in modes
+    wrong = {p: oct(m) for p, m in modes.items() if m != (0o755 if (tmp_path / "run" / p).is_dir() else 0o644)}
+    assert not wrong
+    assert not [p for p in modes if ".pride-lock" in p]

@@ -56,6 +56,10 @@ TINY = {
         ONLINE_YAML, ["data.max_rows=6", "online.samples_per_prompt=3", "online.max_new_tokens=6",
                       "train.max_steps=1"], 0),
     "pride serve runs/example-sft/model --port 8000": (None, [], 0),
+    "pride rm examples/configs/rm.yaml": (None, [], 0),
+    "pride run examples/configs/sft-rm-online.yaml": (None, ["online_rm.online.iterations=1",
+                                                              "online_rm.online.samples_per_prompt=2",
+                                                              "online_rm.online.max_new_tokens=8"], 0),
     "pride eval examples/configs/eval.yaml model.path=runs/example-dpo/model --num-runs 3": (
         None, ["eval.max_questions=2", "eval.generation.task_metrics.max_new_tokens=8"], 0),
     "pride eval score alpaca-eval annotations.json [--gamed df_gamed.csv] [--difficulty instruction_difficulty.csv]": (

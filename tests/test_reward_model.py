@@ -161,3 +161,135 @@ def test_the_judge_scores_as_training_did_on_the_side_it_was_trained(tmp_path, r
     model = judge.model
     assert judged == score_conversations(model, [x[-24:] for x in full], tok.pad_token_id, 16, "cpu")
     assert judged != score_conversations(model, [x[:24] for x in full], tok.pad_token_id, 16, "cpu")
+
+
+def rewardbench_official():
+    """rewardbench 0.1.4's own `calculate_scores_per_section`, `EXAMPLE_COUNTS` and `SUBSET_MAPPING`,
+    from its wheel (fetched once from PyPI into .cache/). The package itself cannot be imported
+    here: it pins transformers 4.51 and imports model code transformers 5 no longer has."""
+    import ast
+    import os
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    from filelock import FileLock
+
+    cache = Path(os.environ.get("PRIDE_TEST_CACHE", Path(__file__).resolve().parents[1] / ".cache")) / "rewardbench"
+    cache.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache / "lock")):
+        wheels = list(cache.glob("rewardbench-0.1.4-*.whl"))
+        if not wheels:
+            got = subprocess.run([sys.executable, "-m", "pip", "download", "rewardbench==0.1.4", "--no-deps",
+                                  "-d", str(cache)], capture_output=True, text=True)
+            if got.returncode != 0:
+                pytest.skip(f"rewardbench's wheel could not be fetched from PyPI: {got.stderr[-300:]}")
+            wheels = list(cache.glob("rewardbench-0.1.4-*.whl"))
+    with zipfile.ZipFile(wheels[0]) as z:
+        constants, utils = (z.read(f"rewardbench/{name}.py").decode() for name in ("constants", "utils"))
+    space: dict = {}
+    exec(compile(constants, "rewardbench/constants.py", "exec"), space)  # plain dictionaries
+    fn = next(n for n in ast.parse(utils).body if getattr(n, "name", "") == "calculate_scores_per_section")
+    exec(compile(ast.Module([fn], []), "rewardbench/utils.py", "exec"), space)
+    return space["calculate_scores_per_section"], space["EXAMPLE_COUNTS"], space["SUBSET_MAPPING"]
+
+
+def test_rewardbench_sections_equal_the_packages_own_function():
+    import random
+
+    from pride.eval import reward_accuracy
+
+    theirs, counts, mapping = rewardbench_official()
+    assert reward_accuracy.EXAMPLE_COUNTS == counts and reward_accuracy.SUBSET_MAPPING == mapping
+    rng = random.Random(0)
+    for _ in range(50):  # some subsets absent, as on a partial local copy
+        per_subset = {s: rng.random() for s in counts if rng.random() < 0.7}
+        assert reward_accuracy.section_scores(per_subset) == theirs(counts, mapping, per_subset)
+
+
+def test_pride_eval_reward_accuracy_per_source_subset_and_section(tmp_path):
+    """pride eval of a trained reward model: per-file and overall accuracy with intervals, and on
+    rows with RewardBench subsets, the sections as the package computes them from per-subset
+    accuracies (recomputed here from the judge's own scores)."""
+    from pride.config import JudgeSettings
+    from pride.online.judges import make_judge
+
+    data = preference_file(tmp_path)
+    assert main(["rm", "examples/configs/rm.yaml", "model.path=tiny:llama", f"data.sources.0.path={data}",
+                 "data.sources.0.columns={}", "train.max_steps=2", f"output_dir={tmp_path / 'run'}"]) == 0
+    rows = [{"prompt": f"Question {i}?", "chosen": f"Answer {i}.", "rejected": "No." * (i % 3 + 1),
+             "subset": ["alpacaeval-easy", "mt-bench-hard", "donotanswer", "hep-go"][i % 4]} for i in range(16)]
+    bench = write_jsonl(tmp_path / "bench.jsonl", rows)
+    plain = write_jsonl(tmp_path / "plain.jsonl", [{k: v for k, v in r.items() if k != "subset"} for r in rows[:6]])
+    cfg = tmp_path / "e.yaml"
+    cfg.write_text(f"model: {{path: {tmp_path / 'run' / 'model'}}}\neval:\n  benchmarks: [reward_accuracy]\n"
+                   f"  reward_sources: [{{path: {bench}}}, {{path: {plain}}}]\n  output_dir: {tmp_path / 'out'}\n")
+    assert main(["eval", str(cfg)]) == 0
+    (result,) = json.loads((tmp_path / "out" / "scores.json").read_text())["run"]["reward_accuracy"]["runs"]
+    judge = make_judge(JudgeSettings(type="reward_model", path=str(tmp_path / "run" / "model")), "cpu")
+    right = [int(s[0] > s[1]) for s in (j.scores for j in judge.judge(
+        [[{"role": "user", "content": r["prompt"]}] for r in rows], [[r["chosen"], r["rejected"]] for r in rows]))]
+    by_subset = {}
+    for r, ok in zip(rows, right):
+        by_subset.setdefault(r["subset"], []).append(ok)
+    per_subset = {s: sum(v) / len(v) for s, v in by_subset.items()}
+    assert result["subsets"] == pytest.approx(per_subset, abs=0)  # counts of the same comparisons: exact
+    theirs, counts, mapping = rewardbench_official()
+    expected = theirs(counts, mapping, per_subset)
+    assert {k: result["rewardbench"][k] for k in expected} == expected
+    assert result["sources"][str(bench)]["accuracy"] == 100 * sum(right) / 16
+    assert result["sources"][str(plain)]["accuracy"] == 100 * sum(right[:6]) / 6
+    assert result["accuracy"] == 100 * (sum(right) + sum(right[:6])) / 22 and result["pairs"] == 22
+    assert result["ci_lower"] <= result["accuracy"] <= result["ci_upper"]
+
+
+def test_online_rounds_judged_by_a_trained_reward_model(tmp_path):
+    """pride rm, then 2 online rounds judged by its model/: each round's scores are that model's."""
+    from pride.config import JudgeSettings
+    from pride.online.judges import make_judge
+
+    data = preference_file(tmp_path)
+    assert main(["rm", "examples/configs/rm.yaml", "model.path=tiny:llama", f"data.sources.0.path={data}",
+                 "data.sources.0.columns={}", "train.max_steps=2", f"output_dir={tmp_path / 'rm'}"]) == 0
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Repeat w{i}."} for i in range(4)])
+    rm_dir = tmp_path / "rm" / "model"
+    assert main(["online", "examples/configs/online.yaml", "model.path=tiny:llama", f"data.sources.0.path={prompts}",
+                 "online.iterations=2", "online.samples_per_prompt=2", "online.max_new_tokens=6",
+                 "online.judge.type=reward_model", f"online.judge.path={rm_dir}", "online.judge.function=null",
+                 "train.micro_batch_size=2", f"output_dir={tmp_path / 'online'}"]) == 0
+    judge = make_judge(JudgeSettings(type="reward_model", path=str(rm_dir)), "cpu")
+    for it in (1, 2):
+        round_dir = tmp_path / "online" / f"iteration-{it}"
+        generations = [json.loads(x) for x in (round_dir / "generations.jsonl").read_text().splitlines()]
+        scored = [json.loads(x) for x in (round_dir / "scores.jsonl").read_text().splitlines()]
+        assert len(generations) == 4 and (round_dir / "model" / "model.safetensors").exists()
+        by_id = {g["prompt_id"]: g for g in generations}
+        for s in scored:
+            g = by_id[s["prompt_id"]]
+            # the round scored every prompt's answers in one batch, here one prompt at a time: other rows
+            # are packed beside them, so fp32 sums differ in the last bits (1e-5 on scores near 0.1)
+            assert s["scores"] == pytest.approx(judge.judge([g["prompt"]], [g["responses"]])[0].scores, abs=1e-5)
+
+
+def test_a_reward_model_with_another_tokenizer_is_refused(tmp_path, capsys):
+    from pride.tiny import tiny_tokenizer
+
+    data = preference_file(tmp_path)
+    assert main(["rm", "examples/configs/rm.yaml", "model.path=tiny:llama", f"data.sources.0.path={data}",
+                 "data.sources.0.columns={}", "train.max_steps=1", f"output_dir={tmp_path / 'rm'}"]) == 0
+    rm_dir = tmp_path / "rm" / "model"
+    other = tiny_tokenizer("qwen2")
+    other.chat_template = json.loads((rm_dir / "tokenizer_config.json").read_text()).get("chat_template") or \
+        (rm_dir / "chat_template.jinja").read_text()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (rm_dir / name).unlink(missing_ok=True)
+    other.save_pretrained(rm_dir)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Hi"}])
+    capsys.readouterr()
+    assert main(["online", "examples/configs/online.yaml", "model.path=tiny:llama", f"data.sources.0.path={prompts}",
+                 "online.judge.type=reward_model", f"online.judge.path={rm_dir}", "online.judge.function=null",
+                 f"output_dir={tmp_path / 'online'}"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "its tokenizer is not the one this reward model was trained with" in err
+    assert not (tmp_path / "online" / "iteration-1" / "generations.jsonl").exists()

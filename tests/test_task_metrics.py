@@ -80,7 +80,20 @@ def test_pride_eval_answers_and_scores(tmp_path, fmt):
     result = json.loads((out / "scores.json").read_text())["tiny-llama"]["task_metrics"]["runs"][0]
     assert result["chrf"] == sacrebleu.corpus_chrf(hyps, [refs]).score
     assert result["bleu"] == sacrebleu.corpus_bleu(hyps, [refs]).score
-    assert "chrF / ROUGE-Lsum" in (out / "report.md").read_text()
+    assert "| model | task metrics: chrF |" in (out / "report.md").read_text()  # the metric the column holds
+    assert "pride eval: headline scores" in run.stdout and f"{result['chrf']:.2f}" in run.stdout  # printed
+
+
+def test_a_model_is_named_after_its_run_not_model(tmp_path):
+    from pride.eval.run import default_name
+
+    for rel in ("runs/example-dpo/model", "runs/demo/dpo/model", "runs/demo/online_dpo/iteration-2/model"):
+        (tmp_path / rel).mkdir(parents=True)
+    (tmp_path / "runs/demo/dpo/stage.json").write_text("{}")
+    assert default_name(str(tmp_path / "runs/example-dpo/model")) == "example-dpo"
+    assert default_name(str(tmp_path / "runs/demo/dpo/model/")) == "demo-dpo"
+    assert default_name(str(tmp_path / "runs/demo/online_dpo/iteration-2/model")) == "online_dpo-iteration-2"
+    assert default_name("tiny:llama") == "tiny-llama" and default_name("meta-llama/Llama-3-8B") == "Llama-3-8B"
 
 
 def test_a_second_model_evaluated_into_the_same_directory_keeps_the_first_and_one_eval_at_a_time(tmp_path):

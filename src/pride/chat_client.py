@@ -138,18 +138,29 @@ def _retried(status: int) -> bool:
     return status in (408, 409, 429) or status >= 500
 
 
-def map_concurrently(fn, items: list, workers: int) -> list:
+def map_concurrently(fn, items: list, workers: int, label: str | None = None) -> list:
     """fn over items with up to `workers` requests in flight; results in input order. The first
-    error (after the client's own retries) stops the rest and is raised."""
-    if workers <= 1 or len(items) <= 1:
-        return [fn(x) for x in items]
-    from concurrent.futures import ThreadPoolExecutor
+    error (after the client's own retries) stops the rest and is raised. `label`: show progress
+    (`pride.progress.Phase`) under that name."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(fn, x) for x in items]
-        try:
-            return [f.result() for f in futures]
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
+    from pride.progress import Phase
+
+    with Phase(None, label or "", len(items), "requests", enabled=label is not None) as progress:
+        if workers <= 1 or len(items) <= 1:
+            out = []
+            for x in items:
+                out.append(fn(x))
+                progress.advance()
+            return out
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(fn, x) for x in items]
+            try:
+                for f in as_completed(futures):
+                    f.result()
+                    progress.advance()
+                return [f.result() for f in futures]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise

@@ -70,8 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print what would run, resume or be skipped, and every setting with its origin; run nothing")
     demo = sub.add_parser("demo", help="the main job: the whole pipeline on a toy task, on CPU")
     demo.add_argument("--output", default="runs/demo", help="directory for the demo's run")
-    demo.add_argument("--quick", action="store_true", help="a smaller run (about a minute)")
+    demo.add_argument("--quick", action="store_true", help="a smaller run (the test suite's)")
     demo.add_argument("--seed", type=int, default=0)
+    plot = sub.add_parser("plot", help="training curves of one or several runs, overlaid (from metrics.jsonl)")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or a recipe's output directory")
+    plot.add_argument("-o", "--output", default="curves.png", help="the PNG to write (default: curves.png)")
     data = sub.add_parser("data", help="data tools")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
     insp = data_sub.add_parser("inspect", help="show rendered rows with trained tokens highlighted, plus counts")
@@ -91,6 +94,7 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("WANDB_SILENT", "true")  # its banner and sync hints; pride's own lines say where runs go
     try:
         from transformers.utils import logging as transformers_logging
 
@@ -188,6 +192,12 @@ def _dispatch(args, parser) -> int:
 
         run_demo(args.output, quick=args.quick, seed=args.seed)
         return 0
+    if args.command == "plot":
+        from pride.plot import plot_runs
+
+        drawn = plot_runs(args.runs, args.output)
+        print(f"{args.output}: {', '.join(k for k in drawn)} of {len({r for v in drawn.values() for r in v})} run(s)")
+        return 0
     if args.command == "run":
         from pride.recipe import dry_run, run_recipe
 
@@ -219,7 +229,7 @@ def _eval(args) -> int:
     if args.config == "score":
         if len(args.overrides) < 2:
             raise PrideError("usage: pride eval score mt-bench|alpaca-eval|arena-hard FILE...")
-        bench, files = args.overrides[0], [Path(f) for f in args.overrides[1:]]
+        bench, files = args.overrides[0].replace("_", "-"), [Path(f) for f in args.overrides[1:]]  # mt_bench too
         for f in files:
             if not f.is_file():
                 raise PrideError(f"file not found: {f}")

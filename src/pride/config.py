@@ -143,7 +143,9 @@ class TrainSettings(Section):
     resume: str = Field("auto", description="auto (refuses a checkpoint trained with other settings) | force | "
                                             "never | path to a checkpoint dir")
     on_nan: Literal["stop", "skip"] = "stop"
-    report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(
+        default_factory=list, description="experiment trackers (accelerate's); their files go to the run directory "
+                                          "(tensorboard) or the tracker's own place (wandb, mlflow: ./mlruns, trackio)")
     wandb_project: str = "pride"
     wandb_group: str | None = Field(None, description="wandb run group (LIONs: one group per model's stages)")
     lr_scaling: Literal["none", "sqrt_nodes"] = Field(
@@ -350,8 +352,11 @@ class EvalSettings(Section):
     """`pride eval`: benchmarks on a model directory (or every checkpoint of a run)."""
 
     benchmarks: list[Literal["mt_bench", "alpaca_eval", "arena_hard", "open_llm_v1", "open_llm_v2",
-                             "task_metrics"]] = Field(
+                             "task_metrics", "reward_accuracy"]] = Field(
         default_factory=lambda: ["mt_bench"])
+    reward_sources: list[SourceSettings] = Field(
+        default_factory=list, description="reward_accuracy: held-out preference files (a `subset` column of "
+                                          "RewardBench's subsets adds its section scores)")
     data_dir: str | None = Field(None, description="benchmark files (layout in the README)", json_schema_extra=INPUT)
     output_dir: str = Field("runs/eval", min_length=1)
     model_name: str | None = Field(None, description="name in answer files; default: the model dir's name")
@@ -382,6 +387,16 @@ class EvalSettings(Section):
     open_llm_batch_size: int | Literal["auto"] = "auto"
     open_llm_limit: int | None = Field(None, gt=0)
     report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _reward_sources_with_their_benchmark(self):
+        """reward_accuracy needs its files, and files without it would be read by nothing."""
+        if "reward_accuracy" in self.benchmarks and not self.reward_sources:
+            raise ValueError("benchmark reward_accuracy needs eval.reward_sources (held-out preference files)")
+        if self.reward_sources and "reward_accuracy" not in self.benchmarks:
+            raise ValueError("eval.reward_sources is read only by the reward_accuracy benchmark: add it to "
+                             "eval.benchmarks, or leave reward_sources unset")
+        return self
 
 
 class Config(Section):

@@ -153,6 +153,11 @@ def make_dir(path: Path) -> Path:
 
 
 def write_text(path: Path, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Atomically (a temp file, then rename), readable as a file `open()` makes (the umask's mode)."""
     path = Path(path)
     check_output(path)
     make_dir(path.parent)
@@ -160,8 +165,8 @@ def write_text(path: Path, text: str) -> Path:
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.fchmod(fd, 0o666 & ~umask())  # as open() would make it (mkstemp's is 0600): readable by a team
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -170,6 +175,17 @@ def write_text(path: Path, text: str) -> Path:
             Path(tmp).unlink(missing_ok=True)
         raise disk_error(e, path.parent) from None
     return path
+
+
+def share(root: Path) -> None:
+    """Files and folders under `root` with the modes the umask gives (0644 and 0755 under 022):
+    libraries that write through a temp file (safetensors' model.safetensors) leave 0600, which a
+    colleague or a server running as another user cannot read."""
+    mask = umask()
+    for path in [Path(root), *Path(root).rglob("*")]:
+        if path.is_symlink():
+            continue
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def umask() -> int:

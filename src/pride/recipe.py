@@ -1,10 +1,11 @@
 """`pride run RECIPE.yaml`: the stages a recipe lists, each in its own run directory.
 
 A recipe is one YAML file: shared sections (`model`, `train`, `preference`, `online`,
-`eval`, `seed`), `output_dir`, and `stages`, each with a `name`, a `type` (sft | dpo |
+`eval`, `seed`), `output_dir`, and `stages`, each with a `name`, a `type` (sft | dpo | rm |
 online | sppo | eval) and its own sections, merged over the shared ones. A stage starts
-from the model of the stage before it (or of the stage named in `from`); the first from
-`model.path`. Overrides: `key=value` for the shared sections, `STAGE.key=value` for one
+from the policy of the stage before it (or of the stage named in `from`); the first from
+`model.path`. An rm stage's reward model is no policy: a later online stage judges with it
+(`online.judge.path: stage:NAME`). Overrides: `key=value` for the shared sections, `STAGE.key=value` for one
 stage (e.g. `sft.data.sources.0.path=chat.jsonl`).
 
 Each finished stage writes `stage.json` with its identity (`pride.identity`): a hash of its
@@ -33,7 +34,8 @@ from pride.rundir import final_model, read_stage, write_stage
 from pride.stages import STAGES
 
 StageType = Literal[tuple(STAGES)]
-SHARED = ("model", "data", "train", "preference", "online", "eval", "seed")
+SHARED = ("model", "data", "train", "preference", "reward", "online", "eval", "seed")
+STAGE_REF = "stage:"  # online.judge.path: stage:NAME, the reward model an earlier rm stage trained
 
 
 class StageSpec(BaseModel):
@@ -135,6 +137,9 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[RecipeFile
         if spec.from_ is not None and types[spec.from_] == "eval":
             raise PrideError(f"{path}: stage '{spec.name}' starts from '{spec.from_}', an eval stage, which makes no "
                              "model; name the stage that trained it")
+        if spec.from_ is not None and not STAGES[types[spec.from_]].policy:
+            raise PrideError(f"{path}: stage '{spec.name}' starts from '{spec.from_}', a reward model, not a policy; "
+                             f"judge with it instead (online.judge.path: {STAGE_REF}{spec.from_})")
         seen.add(spec.name)
         types[spec.name] = spec.type
         own = {k: v for k, v in tree["stages"][i].items() if k not in ("name", "type", "from")}
@@ -147,6 +152,10 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[RecipeFile
         if spec.type == "eval":
             merged = deep_merge(merged, {"eval": {"output_dir": merged["output_dir"]}})
         config = validate_config(merged, f"{path} stage '{spec.name}'")
+        judge = config.online.judge.path or ""
+        if judge.startswith(STAGE_REF) and types.get(judge[len(STAGE_REF):]) != "rm":
+            raise PrideError(f"{path}: stage '{spec.name}': online.judge.path={judge} names no earlier rm stage "
+                             f"(earlier rm stages: {', '.join(n for n, t in types.items() if t == 'rm') or 'none'})")
         layers = [("override", overridden.get(spec.name, set()) | overridden.get(None, set())),
                   (f"stage '{spec.name}'", set(flatten(own))), ("recipe (shared)", set(flatten(shared))),
                   (f"{spec.type} stage default", set(flatten(STAGES[spec.type].defaults))),
@@ -156,9 +165,15 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[RecipeFile
     return recipe, stages
 
 
-def starting_from(stage: Stage, start: str | None) -> Config:
-    """The stage's config with `model.path` at the model it starts from (the first: its own)."""
+def starting_from(stage: Stage, start: str | None, models: dict[str, str] | None = None) -> Config:
+    """The stage's config with `model.path` at the model it starts from (the first: its own), and
+    a judge path `stage:NAME` at that stage's model."""
     cfg = stage.config
+    judge = cfg.online.judge
+    if judge.path and judge.path.startswith(STAGE_REF):
+        path = (models or {}).get(judge.path[len(STAGE_REF):], judge.path)
+        online = cfg.online.model_copy(update={"judge": judge.model_copy(update={"path": path})})
+        cfg = cfg.model_copy(update={"online": online})
     if start is None:
         return cfg
     # the saved model directory carries its tokenizer (and the added chat tokens)
@@ -182,12 +197,16 @@ def dry_run(path: str | Path, overrides: list[str] = (), world_size: int | None 
         parent = stage.start_from or previous_name
         start = models[stage.start_from] if stage.start_from else previous
         upstream = identities[stage.start_from] if stage.start_from else previous_identity
-        cfg = starting_from(stage, start)
+        cfg = starting_from(stage, start, models)
         digest = stage_identity(cfg, upstream)
         info = read_stage(cfg.output_dir)
         ckpts = checkpoint_dirs(cfg.output_dir)
+        judge = stage.config.online.judge.path or ""
+        judge_stage = judge[len(STAGE_REF):] if judge.startswith(STAGE_REF) else None
         if parent is not None and runs[parent]:
             action, runs[stage.name] = f"run: the stage it starts from ({parent}) runs first", True
+        elif judge_stage is not None and runs[judge_stage]:
+            action, runs[stage.name] = f"run: the reward model it is judged by ({judge_stage}) is trained first", True
         elif info is not None and info.get("config_hash") == digest:
             action, runs[stage.name] = "skip: finished earlier with the same settings and inputs", False
         else:
@@ -214,6 +233,7 @@ def dry_run(path: str | Path, overrides: list[str] = (), world_size: int | None 
         identities[stage.name] = digest
         if model:
             models[stage.name] = model
+        if model and kind.policy:
             previous, previous_identity, previous_name = model, digest, stage.name
     return "\n".join(lines)
 
@@ -231,7 +251,7 @@ def run_recipe(path: str | Path, overrides: list[str] = (), console=None) -> lis
     for stage in stages:
         start = models[stage.start_from] if stage.start_from else previous
         upstream = identities[stage.start_from] if stage.start_from else previous_identity
-        cfg = starting_from(stage, start)
+        cfg = starting_from(stage, start, models)
         digest = stage_identity(cfg, upstream)
         info = read_stage(cfg.output_dir)
         if info is not None and info.get("config_hash") == digest:
@@ -249,6 +269,14 @@ def run_recipe(path: str | Path, overrides: list[str] = (), console=None) -> lis
         identities[stage.name] = digest
         if info.get("model"):
             models[stage.name] = info["model"]
+        if info.get("model") and STAGES[stage.type].policy:
             previous, previous_identity = info["model"], digest
         done.append(info)
+    from pride.plot import plot_runs
+
+    try:  # one figure for the whole recipe; a figure never fails a finished run
+        plot_runs([recipe.output_dir], Path(recipe.output_dir) / "curves.png",
+                  f"{recipe.name or Path(recipe.output_dir).name}: every stage's training curves")
+    except PrideError:
+        pass
     return done

@@ -69,22 +69,30 @@ def pair_key(row: list[Sample]) -> str:
 @torch.no_grad()
 def compute_pair_logps(acc: Accelerator, model: torch.nn.Module, rows: list[list[Sample]], pad_id: int,
                        batch_size: int, chunk_size: int = 256, layout: str = "repack",
-                       attention_weight: float = 0.0) -> PairLogps:
-    """Summed completion log-probs of every pair (in the order of `rows`), split across ranks, gathered on all."""
+                       attention_weight: float = 0.0, console=None) -> PairLogps:
+    """Summed completion log-probs of every pair (in the order of `rows`), split across ranks, gathered on all
+    (`console`: the main process's progress)."""
+    from pride.progress import Phase
+
     wrapper = TokenLogps(model, chunk_size)
     was_training = model.training
     model.eval()
     index = {row[0].example: i for i, row in enumerate(rows)}
     local = []
     batches = [list(range(i, min(i + batch_size, len(rows)))) for i in range(0, len(rows), batch_size)]
-    for idx in batches[acc.process_index::acc.num_processes]:
-        batch = collate([rows[i] for i in idx], pad_id, layout=layout, attention_weight=attention_weight).to(acc.device)
-        with acc.autocast():
-            logps = wrapper(**batch.inputs())
-        w, l, len_w, len_l, c, _ = pair_logps(logps, batch)
-        examples = batch.seq_example[c].tolist()
-        local += [(index[ex], *values) for ex, *values in
-                  zip(examples, w.tolist(), l.tolist(), len_w.tolist(), len_l.tolist())]
+    mine = batches[acc.process_index::acc.num_processes]
+    with Phase(console, "reference log-probs", len(mine) and sum(map(len, mine)), "pairs",
+               enabled=console is not None and acc.is_main_process) as progress:
+        for idx in mine:
+            batch = collate([rows[i] for i in idx], pad_id, layout=layout,
+                            attention_weight=attention_weight).to(acc.device)
+            with acc.autocast():
+                logps = wrapper(**batch.inputs())
+            w, l, len_w, len_l, c, _ = pair_logps(logps, batch)
+            examples = batch.seq_example[c].tolist()
+            local += [(index[ex], *values) for ex, *values in
+                      zip(examples, w.tolist(), l.tolist(), len_w.tolist(), len_l.tolist())]
+            progress.advance(len(idx))
     if was_training:
         model.train()
     gathered = gather_object(local) if acc.num_processes > 1 else local
@@ -181,7 +189,7 @@ def precompute(ctx, policy, tokenizer, data: PairData, where: list[str], path: P
     ctx.console.print(f"reference log-probs: computing for {len(data.rows)} pairs")
     with model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():
         out = compute_pair_logps(acc, model, data.rows, tokenizer.pad_token_id, cfg.preference.reference_batch_size,
-                                 cfg.train.logps_chunk_size, layout, attention_weight(model.config))
+                                 cfg.train.logps_chunk_size, layout, attention_weight(model.config), ctx.console)
     if model is not policy:
         del model
     if acc.is_main_process:

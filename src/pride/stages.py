@@ -13,7 +13,8 @@ class StageKind:
     runner: str  # "module:function", called with the stage's Config
     command: bool = True  # a `pride <kind> CONFIG` subcommand (eval has its own)
     iterative: bool = False  # online rounds: the model is the last iteration's
-    trains: bool = True  # leaves a model for the next stage
+    trains: bool = True  # leaves a model
+    policy: bool = True  # its model is a policy, what the next stage starts from (a reward model is not)
     defaults: dict = field(default_factory=dict)  # config under the stage's own sections (recipes)
 
     def run(self, cfg):
@@ -26,7 +27,7 @@ STAGES: dict[str, StageKind] = {
     "dpo": StageKind("offline preference training (DPO family, precomputed reference log-probs)",
                      "pride.train.preference:run_preference"),
     "rm": StageKind("reward model: Bradley-Terry on preference pairs (TRL's RewardTrainer)",
-                    "pride.train.reward:run_reward"),
+                    "pride.train.reward:run_reward", policy=False),
     "online": StageKind("online DPO / SPPO: sample K per prompt, judge, pair, train, repeat",
                         "pride.online.loop:run_online", iterative=True),
     "sppo": StageKind("SPPO self-play: online rounds with win probabilities and the SPPO loss",

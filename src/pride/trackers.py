@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 from pride.errors import PrideError
 
-PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
 
 
 def check_trackers(names, key: str) -> None:
@@ -35,3 +35,23 @@ def wandb_logged_in(env=None) -> bool:
         return netrc.netrc(env.get("NETRC")).authenticators(host) is not None
     except (OSError, netrc.NetrcParseError):
         return False
+
+
+def flat_hparams(settings: dict, prefix: str = "") -> dict:
+    """Settings as the flat scalar mapping every tracker's hyperparameter table takes (TensorBoard's
+    add_hparams refuses None, lists and nested mappings): `train.learning_rate: 1e-5`, None as
+    "null", lists as their JSON text."""
+    import json
+
+    out: dict = {}
+    for k, v in settings.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(flat_hparams(v, key))
+        elif v is None:
+            out[key] = "null"
+        elif isinstance(v, (bool, int, float, str)):
+            out[key] = v
+        else:
+            out[key] = json.dumps(v, default=str)
+    return out

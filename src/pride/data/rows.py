@@ -32,7 +32,7 @@ ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "chatgpt": "assistant", "bing": "assistant"}
 FIELDS = ("messages", "prompt", "completion", "chosen", "rejected", "chosen_win_prob",
-          "rejected_win_prob", "chosen_probs", "chosen_score", "rejected_score", "margin")
+          "rejected_win_prob", "chosen_probs", "chosen_score", "rejected_score", "margin", "subset")
 
 
 class RowError(ValueError):
@@ -61,6 +61,7 @@ class PreferencePair:
     chosen_score: float | None = None
     rejected_score: float | None = None
     margin: float | None = None  # reward models: how much better chosen is (TRL's `margin` column)
+    subset: str | None = None  # reward-model evaluation: RewardBench's subset of the pair
     where: str = field(default="", compare=False)
 
     def key(self) -> tuple:
@@ -260,6 +261,13 @@ def _score(row: dict, name: str) -> float | None:
     return float(v)
 
 
+def _text(row: dict, name: str) -> str | None:
+    v = row.get(name)
+    if v is not None and not isinstance(v, str):
+        raise RowError(name, f"expected a string, got {type(v).__name__}")
+    return v
+
+
 def _preference(row: dict, allow_empty: bool = False) -> PreferencePair:
     chosen, rejected = row.get("chosen"), row.get("rejected")
     if "prompt" in row and row["prompt"] is not None:
@@ -281,6 +289,7 @@ def _preference(row: dict, allow_empty: bool = False) -> PreferencePair:
         chosen_score=_score(row, "chosen_score"),
         rejected_score=_score(row, "rejected_score"),
         margin=_score(row, "margin"),
+        subset=_text(row, "subset"),
     )
     if (pair.chosen_win_prob is None) != (pair.rejected_win_prob is None):
         missing = "rejected_win_prob" if pair.rejected_win_prob is None else "chosen_win_prob"

@@ -10,9 +10,9 @@ from pride.models import load_model_and_tokenizer
 from pride.engine import Engine
 
 
-def per_prompt_scores(model_ref: str, prompts: list[str], samples: int = 4, temperature: float = 0.7,
-                      seed: int = 0, max_new_tokens: int = 40, model_seed: int = 0) -> list[float]:
-    """Mean judge score of `samples` sampled answers for each prompt (each answer seeded, so repeatable)."""
+def held_out_answers(model_ref: str, prompts: list[str], samples: int = 4, temperature: float = 0.7,
+                     seed: int = 0, max_new_tokens: int = 40, model_seed: int = 0) -> list[list[str]]:
+    """`samples` sampled answers for each prompt (each answer seeded, so repeatable)."""
     model, tok, fmt = load_model_and_tokenizer(ModelSettings(path=model_ref), seed=model_seed)
     engine = Engine(model, tok, max_batch_size=32 * samples, offline=True)
     out = []
@@ -21,8 +21,33 @@ def per_prompt_scores(model_ref: str, prompts: list[str], samples: int = 4, temp
         seeds = [[(seed * 100_003 + start + i) * 1_000 + j for j in range(samples)] for i in range(len(chunk))]
         answers = engine.complete([fmt.encode_prompt([{"role": "user", "content": p}]) for p in chunk], samples,
                                   seeds, temperature=temperature, max_tokens=max_new_tokens)
-        out += [float(np.mean([judge(p, a.strip()) for a in ans])) for p, ans in zip(chunk, answers)]
+        out += [[a.strip() for a in ans] for ans in answers]
     return out
+
+
+def rule_scores(prompts: list[str], answers: list[list[str]]) -> list[float]:
+    """Per prompt: the rule judge's mean score of its answers (what the demo is really after)."""
+    return [float(np.mean([judge(p, a) for a in ans])) for p, ans in zip(prompts, answers)]
+
+
+def learned_scores(reward_model: str, prompts: list[str], answers: list[list[str]]) -> list[float]:
+    """Per prompt: a reward model's mean score of its answers, scored as online rounds score them."""
+    from pride.config import JudgeSettings
+    from pride.online.judges import make_judge
+
+    judge_ = make_judge(JudgeSettings(type="reward_model", path=reward_model, batch_size=64), "cpu")
+    out = []
+    for start in range(0, len(prompts), 64):
+        chunk = [[{"role": "user", "content": p}] for p in prompts[start:start + 64]]
+        out += [float(np.mean(j.scores)) for j in judge_.judge(chunk, answers[start:start + 64])]
+    return out
+
+
+def per_prompt_scores(model_ref: str, prompts: list[str], samples: int = 4, temperature: float = 0.7,
+                      seed: int = 0, max_new_tokens: int = 40, model_seed: int = 0) -> list[float]:
+    """Mean rule-judge score of `samples` sampled answers for each prompt."""
+    answers = held_out_answers(model_ref, prompts, samples, temperature, seed, max_new_tokens, model_seed)
+    return rule_scores(prompts, answers)
 
 
 def bootstrap_ci(values: list[float], rounds: int = 1000, seed: int = 0) -> tuple[float, float]:
@@ -39,4 +64,4 @@ def win_rate(values: list[float], reference: list[float], seed: int = 0) -> dict
     return {"value": float(np.mean(wins)), "ci": [lo, hi]}
 
 
-__all__ = ["per_prompt_scores", "bootstrap_ci", "win_rate"]
+__all__ = ["held_out_answers", "rule_scores", "learned_scores", "per_prompt_scores", "bootstrap_ci", "win_rate"]

@@ -86,7 +86,7 @@ def generate_answers(client, questions: list[dict], model_id: str, max_tokens: i
         return {"question_id": q["question_id"], "answer_id": uuid.uuid4().hex[:22], "model_id": model_id,
                 "choices": [{"index": 0, "turns": turns}], "tstamp": time.time()}
 
-    return map_concurrently(answer, questions, concurrency)
+    return map_concurrently(answer, questions, concurrency, "mt_bench answers")
 
 
 def parse_rating(judgment: str) -> float:
@@ -140,7 +140,7 @@ def judge(client, questions: list[dict], answers: dict, references: dict, prompt
                 "turn": turn, "tstamp": time.time()}
 
     items = [(q, t) for q in questions for t in (1, 2) if t == 1 or len(q["turns"]) == 2]
-    return map_concurrently(one, items, concurrency)
+    return map_concurrently(one, items, concurrency, "mt_bench judging")
 
 
 def judge_pairs(client, questions: list[dict], answers: dict, pairs: list[tuple[str, str]], references: dict,
@@ -173,7 +173,7 @@ def judge_pairs(client, questions: list[dict], answers: dict, pairs: list[tuple[
 
     items = [(q, m1, m2, t) for t in (1, 2) for q in questions for m1, m2 in pairs
              if t == 1 or len(q["turns"]) == 2]
-    return map_concurrently(one, items, concurrency)
+    return map_concurrently(one, items, concurrency, "mt_bench judging")
 
 
 def score(judgments: list[dict]) -> dict:

@@ -9,7 +9,8 @@ from pride.io import make_dir, write_json, write_text
 
 HEADLINE = {"mt_bench": ("average", "MT-Bench (1-10)"), "alpaca_eval": ("length_controlled_winrate", "AlpacaEval 2 LC %"),
             "arena_hard": ("score", "Arena-Hard %"), "open_llm_v1": ("average", "Open LLM v1"),
-            "open_llm_v2": ("average", "Open LLM v2"), "task_metrics": ("chrf", "chrF / ROUGE-Lsum")}
+            "open_llm_v2": ("average", "Open LLM v2"), "task_metrics": ("chrf", "task metrics"),
+            "reward_accuracy": ("accuracy", "reward accuracy %")}
 
 
 def headline(bench: str, result: dict) -> float | None:
@@ -28,21 +29,10 @@ def write_report(out_dir: Path, scores: dict) -> None:
     write_json(out_dir / "scores.json", scores)
     lines = ["# pride evaluation", ""]
     benches = sorted({b for m in scores.values() for b in m})
-    lines.append("| model | " + " | ".join(HEADLINE[b][1] for b in benches) + " |")
+    header, rows = score_rows(scores)
+    lines.append("| " + " | ".join(header) + " |")
     lines.append("| --- |" + " --- |" * len(benches))
-    for model, res in scores.items():
-        cells = []
-        for b in benches:
-            if b not in res:
-                cells.append("")
-                continue
-            mean, std = res[b]["headline_mean"], res[b]["headline_std"]
-            cell = "-" if mean is None else f"{mean:.2f}" + (f" ± {std:.2f}" if len(res[b]["runs"]) > 1 else "")
-            ci = res[b]["mean"].get("ci_lower")
-            if ci is not None:
-                cell += f" ({ci:.1f}, {res[b]['mean']['ci_upper']:.1f})"
-            cells.append(cell)
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines += ["", "Mean over runs (± standard deviation when several); Arena-Hard with its bootstrap interval "
               "(v2: 5%-95%, v0.1: 2.5%-97.5%); - where a number could not be computed (the run's note says why).", ""]
     for model, res in scores.items():
@@ -64,7 +54,56 @@ def write_report(out_dir: Path, scores: dict) -> None:
     _chart(out_dir / "scores.png", scores, benches)
 
 
+def column(bench: str, results: list[dict]) -> str:
+    """A benchmark's column title, naming the metric it holds (task metrics: the one scored)."""
+    if bench == "task_metrics":
+        shown = {next((k for k in ("chrf", "rougeLsum") if k in r["mean"]), None) for r in results} - {None}
+        names = [name for k, name in (("chrf", "chrF"), ("rougeLsum", "ROUGE-Lsum")) if k in shown]
+        return "task metrics: " + (" or ".join(names) or "chrF or ROUGE-Lsum")
+    return HEADLINE[bench][1]
+
+
+def score_rows(scores: dict) -> tuple[list[str], list[list[str]]]:
+    """The headline table (report.md's, and what `pride eval` prints): a row per model, a column
+    per benchmark, mean over runs (± their standard deviation) and the bootstrap interval."""
+    benches = sorted({b for m in scores.values() for b in m})
+    header = ["model"] + [column(b, [res[b] for res in scores.values() if b in res]) for b in benches]
+    rows = []
+    for model, res in scores.items():
+        cells = [model]
+        for b in benches:
+            if b not in res:
+                cells.append("")
+                continue
+            mean, std = res[b]["headline_mean"], res[b]["headline_std"]
+            cell = "-" if mean is None else f"{mean:.2f}" + (f" ± {std:.2f}" if len(res[b]["runs"]) > 1 else "")
+            ci = res[b]["mean"].get("ci_lower")
+            if ci is not None:
+                cell += f" ({ci:.1f}, {res[b]['mean']['ci_upper']:.1f})"
+            cells.append(cell)
+        rows.append(cells)
+    return header, rows
+
+
+def score_table(scores: dict):
+    from rich.table import Table
+
+    header, rows = score_rows(scores)
+    table = Table(title="pride eval: headline scores (mean over runs; bootstrap interval in brackets)")
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def _chart(path: Path, scores: dict, benches: list[str]) -> None:
+    """A bar chart per benchmark some model has a number for; none at all: no chart (an empty
+    one would look like a result)."""
+    benches = [b for b in benches if any(b in r and r[b]["headline_mean"] is not None for r in scores.values())]
+    if not benches:
+        path.unlink(missing_ok=True)
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,9 +114,10 @@ def _chart(path: Path, scores: dict, benches: list[str]) -> None:
         models = [m for m in scores if b in scores[m] and scores[m][b]["headline_mean"] is not None]
         vals = [scores[m][b]["headline_mean"] for m in models]
         errs = [scores[m][b]["headline_std"] or 0 for m in models]
-        ax.bar(range(len(models)), vals, yerr=errs, color="#4c72b0", capsize=4)
+        bars = ax.bar(range(len(models)), vals, yerr=errs, color="#4c72b0", capsize=4)
         ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
-        ax.set_title(HEADLINE[b][1])
+        ax.set_title(column(b, [scores[m][b] for m in scores if b in scores[m]]), fontsize=10)
+        ax.bar_label(bars, labels=[f"{v:.2f}" for v in vals], fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -25,9 +25,10 @@ from pride.errors import PrideError
 from pride.io import make_dir, read_json, read_record, write_json, write_jsonl
 from pride.export import checkpoint_paths, exported
 from pride.rundir import WANDB_RUN, is_checkpoint, saved_models
-from pride.eval import alpaca_eval, arena_hard, mt_bench, open_llm, task_metrics
+from pride.eval import alpaca_eval, arena_hard, mt_bench, open_llm, reward_accuracy, task_metrics
 from pride.eval.hosting import hosted
-from pride.eval.report import headline, write_report
+from pride.eval.report import headline, score_table, write_report
+from pride.models import is_tiny
 
 
 def _first(*paths: Path) -> Path:
@@ -118,14 +119,14 @@ def run_alpaca_eval(cfg: Config, answerer: ChatClient, judge: ChatClient, name: 
                              top_p=gen["top_p"], max_tokens=gen["max_tokens"], seed=seed).strip()
         return {"instruction": e["instruction"], "output": text, "generator": name, "dataset": e.get("dataset", "")}
 
-    outputs = map_concurrently(answer, eval_set, ev.generation_concurrency)
+    outputs = map_concurrently(answer, eval_set, ev.generation_concurrency, "alpaca_eval answers")
     make_dir(out)
     write_json(out / "model_outputs.json", outputs)
     rows = [{"instruction": e["instruction"], "output_1": e.get("output", ""), "generator_1": e.get("generator", "baseline"),
              "output_2": o["output"], "generator_2": name, "dataset": e.get("dataset", "")}
             for e, o in zip(eval_set, outputs)]
     annotations = [a for chunk in map_concurrently(lambda r: alpaca_eval.judge(judge, [r]), rows,
-                                                   ev.judge_concurrency) for a in chunk]
+                                                   ev.judge_concurrency, "alpaca_eval judging") for a in chunk]
     write_json(out / "annotations.json", annotations)
     result = alpaca_eval.get_winrate(annotations)
     gamed = root / "df_gamed.csv"
@@ -162,13 +163,13 @@ def run_arena_hard(cfg: Config, answerer: ChatClient, judge: ChatClient, name: s
         return answerer.text([{"role": "user", "content": q["prompt"]}], temperature=gen["temperature"] or 0,
                              top_p=gen["top_p"], max_tokens=gen["max_tokens"], seed=seed).strip()
 
-    texts = map_concurrently(answer, questions, ev.generation_concurrency)
+    texts = map_concurrently(answer, questions, ev.generation_concurrency, "arena_hard answers")
     answers = {q["id"]: t for q, t in zip(questions, texts)}
     records = [arena_hard.answer_record(q, name, t, v) for q, t in zip(questions, texts)]
     write_jsonl(out / "model_answer" / f"{name}.jsonl", records)
     judgments = [j for chunk in map_concurrently(
         lambda q: arena_hard.judge(judge, [q], answers, baselines, name, v, ev.arena_hard_baseline), questions,
-        ev.judge_concurrency) for j in chunk]
+        ev.judge_concurrency, "arena_hard judging") for j in chunk]
     write_jsonl(out / "model_judgment" / ev.judge.model / f"{name}.jsonl", judgments)
     meta = None
     if ev.style_control:
@@ -200,7 +201,7 @@ def run_task_metrics(cfg: Config, answerer: ChatClient, judge: ChatClient | None
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         return answerer.text(messages, **params).strip()
 
-    outputs = map_concurrently(answer, rows, ev.generation_concurrency)
+    outputs = map_concurrently(answer, rows, ev.generation_concurrency, "task_metrics answers")
     write_jsonl(out / "outputs.jsonl", [{"prompt": r["prompt"], "output": o, "references": r["references"]}
                                    for r, o in zip(rows, outputs)])
     return task_metrics.score(outputs, rows, ev.task_metrics.metrics)
@@ -211,11 +212,24 @@ RUNNERS = {"mt_bench": run_mt_bench, "alpaca_eval": run_alpaca_eval, "arena_hard
 JUDGED = ("mt_bench", "alpaca_eval", "arena_hard")
 
 
+def default_name(ref: str) -> str:
+    """A model's name in answer files and reports: its run's, not a bare `model` (pride saves every
+    model as RUN/model): `runs/example-dpo/model` -> example-dpo, a recipe stage `runs/demo/dpo/model`
+    -> demo-dpo, an online round `runs/demo/online_dpo/iteration-2/model` -> online_dpo-iteration-2."""
+    path = Path(ref.rstrip("/"))
+    if path.name != "model" or is_tiny(ref):
+        return path.name.replace(":", "-")
+    run = path.parent
+    if run.name.startswith("iteration-") or (run / "stage.json").exists():
+        return f"{run.parent.name}-{run.name}"
+    return run.name or "model"
+
+
 def models_to_evaluate(cfg: Config) -> list[tuple[str, str]]:
     """model.path, or with eval.checkpoints every saved model of a run directory
     (`model/`, `iteration-<n>/model/`, in that order)."""
     ref = cfg.model.path
-    name = cfg.eval.model_name or ref.rstrip("/").split("/")[-1].replace(":", "-")
+    name = cfg.eval.model_name or default_name(ref)
     if not cfg.eval.checkpoints:
         return [(name, ref)]
     found = saved_models(ref) + [(p.name, p) for p in checkpoint_paths(ref)]
@@ -279,6 +293,10 @@ def _evaluate(cfg: Config, console: Console | None) -> dict:
                                 pending.setdefault(r, {})[name] = result["answers"]
                             else:
                                 per_bench[b].append(result)
+                if "reward_accuracy" in ev.benchmarks:
+                    console.print(f"[bold]{name}[/] run {r}: reward_accuracy")
+                    per_bench["reward_accuracy"].append(reward_accuracy.run(ref, ev.reward_sources,
+                                                                            ev.bootstrap_rounds, seed))
                 for b in ev.benchmarks:
                     if b.startswith("open_llm"):
                         console.print(f"[bold]{name}[/] run {r}: {b} (lm-eval)")
@@ -290,10 +308,32 @@ def _evaluate(cfg: Config, console: Console | None) -> dict:
         for model, result in mt_bench_all_pairs(cfg, judge, answers, out_root / f"run-{r}").items():
             scores.setdefault(model, {}).setdefault("mt_bench", []).append(result)
     scores = {m: {b: aggregate(b, runs) for b, runs in res.items() if runs} for m, res in scores.items()}
-    write_report(out_root, {**{m: s for m, s in earlier.items() if m not in scores}, **scores})
+    for line in failure_warnings(scores):
+        console.print(f"[yellow]warning[/]: {line}")
+    everything = {**{m: s for m, s in earlier.items() if m not in scores}, **scores}
+    write_report(out_root, everything)
     _log_trackers(cfg, scores)
+    Console(soft_wrap=True).print(score_table(everything))
     console.print(f"[bold green]done[/]: {out_root / 'report.md'}, {out_root / 'scores.json'}, {out_root / 'scores.png'}")
     return scores
+
+
+def failure_warnings(scores: dict) -> list[str]:
+    """Results that mostly failed, said aloud: a benchmark with no number at all, or MT-Bench with
+    most ratings unparsed (a report would show '-' or a mean of a few, and look like a result)."""
+    out = []
+    for model, res in scores.items():
+        for bench, agg in res.items():
+            failed = sum(r.get("n_failed", 0) for r in agg["runs"])
+            total = sum(r.get("n_judgments", 0) for r in agg["runs"])
+            if agg["headline_mean"] is None:
+                out.append(f"{model} {bench}: no score could be computed"
+                           + (f" ({failed} of {total} judgments failed to parse)" if total else "")
+                           + "; see its files under eval.output_dir")
+            elif total and failed > total / 2:
+                out.append(f"{model} {bench}: {failed} of {total} judgments failed to parse; the score rests on "
+                           f"the {total - failed} others")
+    return out
 
 
 def aggregate(bench: str, runs: list[dict]) -> dict:

@@ -107,13 +107,24 @@ class RewardModelJudge:
 
 
 def load_reward_model(path: str, device, key: str = "online.judge.path"):
-    """Tokenizer, chat format and model of a reward-model directory, checked to belong together:
-    the tokenizer `pride rm` trained with (its digest in config.json), else one no larger than the
-    embeddings, and a chat template of its own."""
+    """Tokenizer, chat format and model of a reward-model directory, checked to belong together
+    (`reward_tokenizer`)."""
     from transformers import AutoModelForSequenceClassification
 
+    from pride.models import from_pretrained
+
+    tok, fmt = reward_tokenizer(path, key)
+    model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, path, key=key).to(device).eval()
+    return tok, fmt, model
+
+
+def reward_tokenizer(path: str, key: str = "online.judge.path"):
+    """A reward model's tokenizer and chat format, before any weights load: a sequence-
+    classification directory with a chat template of its own, and the tokenizer it was trained
+    with (`pride rm` records its digest in config.json; any other: no larger than the embeddings)."""
     from pride.config import ModelSettings
-    from pride.models import from_pretrained, load_chat
+    from pride.model_dirs import read_json
+    from pride.models import load_chat
     from pride.scores import tokenizer_digest
 
     check_score_head(path, key)
@@ -121,16 +132,13 @@ def load_reward_model(path: str, device, key: str = "online.judge.path"):
     if fmt.fallback:
         raise PrideError(f"{key}={path}: no chat template; a reward model scores conversations rendered with the "
                          "template it was trained with: save that template into its tokenizer_config.json")
-    model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, path, key=key).to(device).eval()
-    trained = getattr(model.config, "pride_tokenizer", None)
-    rows = model.get_input_embeddings().weight.shape[0]
-    if (trained is not None and trained != tokenizer_digest(tok)) or len(tok) > rows:
+    config = read_json(Path(path).expanduser() / "config.json")
+    trained, rows = config.get("pride_tokenizer"), config.get("vocab_size")
+    if (trained is not None and trained != tokenizer_digest(tok)) or (isinstance(rows, int) and len(tok) > rows):
         raise PrideError(f"{key}={path}: its tokenizer is not the one this reward model was trained with "
                          f"({len(tok)} tokens{', another vocabulary or chat template' if trained else ''}; the model "
                          f"has {rows} embedding rows); put back the tokenizer files `pride rm` saved with it")
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok, fmt, model
+    return tok, fmt
 
 
 def role_lines(messages: list[dict]) -> str:
@@ -226,7 +234,7 @@ def check_judge(s: JudgeSettings) -> None:
         raise PrideError(f"online.judge.path={s.path}: not a model directory (no config.json there); it must be "
                          f"{what}")
     if s.type == "reward_model":
-        check_score_head(s.path)
+        reward_tokenizer(s.path)
     if what:
         check_weights_dir(s.path, "online.judge.path")
         check_tokenizer_dir(s.path, "online.judge.path")

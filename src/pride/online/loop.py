@@ -43,10 +43,14 @@ from pride.train.stage import StageContext
 # ------------------------------------------------------------------ resumable work
 
 
-def resumable_map(acc, it_dir: Path, name: str, prompts: list[dict], chunk_size: int, work) -> list[dict]:
+def resumable_map(acc, it_dir: Path, name: str, prompts: list[dict], chunk_size: int, work,
+                  console=None) -> list[dict]:
     """Run `work(todo_prompts) -> rows` (an iterable, one row per prompt, in any order) over this
     rank's prompts not done yet, appending to `name.part-<rank>.jsonl` every `chunk_size` rows;
-    return all rows in prompt order once every rank is done."""
+    return all rows in prompt order once every rank is done. `console`: the main process's
+    progress (prompts done, and the rate)."""
+    from pride.progress import Phase
+
     final = it_dir / f"{name}.jsonl"
     if final.exists():
         return read_jsonl(final)
@@ -54,11 +58,16 @@ def resumable_map(acc, it_dir: Path, name: str, prompts: list[dict], chunk_size:
     done = {r["prompt_id"] for r in read_jsonl_tolerant(part, repair=True)}
     todo = [p for p in prompts[acc.process_index::acc.num_processes] if p["prompt_id"] not in done]
     pending: list[dict] = []
-    for row in work(todo) if todo else []:
-        pending.append(row)
-        if len(pending) >= chunk_size:
-            append_jsonl(part, pending)
-            pending = []
+    mine = len(prompts[acc.process_index::acc.num_processes])
+    label = {"generations": "sampling", "scores": "judging"}.get(name, name)
+    with Phase(console, label, mine, "prompts", enabled=console is not None and acc.is_main_process,
+               completed=mine - len(todo)) as progress:
+        for row in work(todo) if todo else []:
+            pending.append(row)
+            progress.advance()
+            if len(pending) >= chunk_size:
+                append_jsonl(part, pending)
+                pending = []
     if pending:
         append_jsonl(part, pending)
     acc.wait_for_everyone()
@@ -161,7 +170,8 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
     served = (kind == "server" and not sampled) or (kind == "openai" and (not sampled or judge_waits))
     with round_servers(acc, s, model_ref, it_dir) if served else nullcontext() as urls:
         state["urls"] = urls
-        generations = resumable_map(acc, it_dir, "generations", prompts, s.generation_batch_size, generate)
+        generations = resumable_map(acc, it_dir, "generations", prompts, s.generation_batch_size, generate,
+                                    ctx.console)
         if "sampler" in state:
             state.pop("sampler").close()
     timing["sample_s"] = time.perf_counter() - t
@@ -187,7 +197,7 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
         return [{"prompt_id": g["prompt_id"], "scores": j.scores, **({"matrix": j.matrix} if j.matrix else {}),
                  **({"verdicts": j.verdicts} if j.verdicts else {})} for g, j in zip(gens, judged)]
 
-    scores = resumable_map(acc, it_dir, "scores", prompts, s.judge.batch_size, score)
+    scores = resumable_map(acc, it_dir, "scores", prompts, s.judge.batch_size, score, ctx.console)
     state.pop("judge", None)
     timing["judge_s"] = time.perf_counter() - t
 
@@ -301,6 +311,9 @@ def run_online(cfg: Config) -> list[dict]:
         if ctx.acc.is_main_process:
             write_jsonl(ctx.run_dir / ITERATIONS, history)
             ctx.console.print(iteration_table(history))
+            from pride.plot import stage_curves
+
+            stage_curves(Path(cfg.output_dir), f"{Path(cfg.output_dir).name}: rounds' training curves and judge scores")
         return history
 
 

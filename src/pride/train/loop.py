@@ -32,11 +32,12 @@ from typing import Callable, Protocol
 import torch
 from accelerate import Accelerator
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pride.config import TrainSettings
 from pride.data.packing import Batch, Sample, collate, hash_samples
 from pride.errors import PrideError
+from pride.progress import Phase
+from pride.trackers import flat_hparams
 from pride.io import append_jsonl, read_jsonl_tolerant, read_record, write_json, write_jsonl
 from pride.logps import TokenLogps
 from pride.models import attention_backend
@@ -377,7 +378,8 @@ def train(
         on_start()
     if cfg.report_to:
         group = {"wandb": {"group": cfg.wandb_group}} if "wandb" in cfg.report_to and cfg.wandb_group else {}
-        acc.init_trackers(cfg.wandb_project, config={"train": cfg.model_dump(mode="json")}, init_kwargs=group)
+        acc.init_trackers(cfg.wandb_project, config=flat_hparams({"train": cfg.model_dump(mode="json")}),
+                          init_kwargs=group)
         if "wandb" in cfg.report_to and acc.is_main_process:  # so `pride eval` logs into this run
             run = acc.get_tracker("wandb", unwrap=True)
             write_json(run_dir / WANDB_RUN, {"project": cfg.wandb_project, "group": cfg.wandb_group, "id": run.id})
@@ -390,8 +392,7 @@ def train(
     result = TrainResult(steps=start_step, prepared=wrapper)
     skipped = 0
     tokens_seen, t0 = 0, time.perf_counter()
-    progress = _progress(console, acc.is_main_process)
-    task = progress.add_task("train", total=total_steps, completed=start_step, info="")
+    progress = Phase(console, "train", total_steps, "steps", enabled=acc.is_main_process, completed=start_step)
     with progress:
         for step in range(start_step, total_steps):
             epoch, k = divmod(step, steps_per_epoch)
@@ -425,8 +426,8 @@ def train(
             if done % cfg.logging_steps == 0 or done == total_steps:
                 _log(acc, cfg, run_dir, record)
                 result.metrics.append(record)
-            progress.update(task, completed=done, info=f"loss {logged['loss']:.4f}  lr {record['lr']:.2e}  "
-                                                        f"{record['tokens_per_s']:.0f} tok/s")
+            progress.update(done, info=f"loss {logged['loss']:.4f}  lr {record['lr']:.2e}  "
+                                       f"{record['tokens_per_s']:.0f} tok/s")
             if done < total_steps and _due(cfg.save_strategy, cfg.save_steps, done, steps_per_epoch, total_steps):
                 save_checkpoint(acc, run_dir, done, cfg.save_total_limit, identity, fingerprint)
             result.steps = done
@@ -541,7 +542,7 @@ def save_checkpoint(acc: Accelerator, run_dir: Path, step: int, keep: int, ident
 
     trainer_state.json, written last, records the step, what the run was trained with (to
     refuse resuming with other settings) and every file's size (to detect a truncated one)."""
-    from pride.io import disk_error
+    from pride.io import disk_error, share
 
     root = checkpoints_dir(run_dir)
     final, tmp = root / f"checkpoint-{step}", root / f"checkpoint-{step}.tmp"
@@ -565,6 +566,7 @@ def save_checkpoint(acc: Accelerator, run_dir: Path, step: int, keep: int, ident
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             raise disk_error(e, root) from None
+        share(tmp)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in checkpoint_dirs(run_dir)[:-keep]:
@@ -580,7 +582,3 @@ def _truncate_metrics(path: Path, step: int) -> None:
         write_jsonl(path, [r for r in read_jsonl_tolerant(path) if r.get("step", 0) <= step])
 
 
-def _progress(console: Console, enabled: bool) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
-                    TimeRemainingColumn(), console=console, disable=not enabled, transient=False)

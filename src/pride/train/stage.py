@@ -25,7 +25,7 @@ from rich.console import Console
 
 from pride.config import Config, with_global_batch, write_resolved
 from pride.errors import PrideError
-from pride.io import check_not_input, clear_inputs, disk_error, make_dir, write_problem
+from pride.io import check_not_input, clear_inputs, disk_error, make_dir, share, write_problem
 from pride.io import write_json
 from pride.models import load_model_and_tokenizer
 from pride.rundir import SUMMARY, model_dir
@@ -54,7 +54,8 @@ def exclusive(run_dir: Path, setting: str = "output_dir"):
         raise PrideError(f"{run_dir}: cannot write there ({e.strerror}); choose another {setting}") from None
     try:
         yield
-    finally:
+    finally:  # no lock file left behind once the run ends (removed while still held)
+        Path(lock.lock_file).unlink(missing_ok=True)
         lock.release()
 
 
@@ -133,6 +134,10 @@ class StageContext:
                    "final": result.metrics[-1] if result.metrics else {},
                    "distributed": distributed_summary(self.acc, self.cfg.train)}
         self.write_json(SUMMARY, summary)
+        if self.acc.is_main_process:
+            from pride.plot import stage_curves
+
+            stage_curves(self.run_dir, f"{self.run_dir.name}: training curves")
         self.console.print(f"[bold green]done[/]: model saved to {out}")
         return summary
 
@@ -193,6 +198,7 @@ def save_final_model(acc: Accelerator, prepared, tokenizer, out_dir: Path) -> Pa
                 needed = sum(t.numel() * t.element_size() for t in (state or model.state_dict()).values())
                 raise disk_error(e, out_dir.parent, needed) from None
             raise
+        share(tmp)
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(tmp, out_dir)
     acc.wait_for_everyone()

@@ -1,0 +1,125 @@
+"""See what happened (issue 37): trackers run for real, `pride plot` draws what metrics.jsonl holds, and
+long phases report progress when output is not a terminal."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pride.cli import main
+from pride.trackers import flat_hparams
+from tests.conftest import write_jsonl
+
+CHATS = [{"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": w}]}
+         for w in ("alpha", "beta", "gamma", "delta", "epsilon", "zeta")]
+
+
+def test_hyperparameters_are_flat_scalars():
+    flat = flat_hparams({"train": {"learning_rate": 1e-5, "report_to": ["wandb"], "max_steps": None,
+                                   "lora": {"r": 8}, "bf16": True}})
+    assert flat == {"train.learning_rate": 1e-5, "train.report_to": '["wandb"]', "train.max_steps": "null",
+                    "train.lora.r": 8, "train.bf16": True}
+
+
+def wandb_history(path: Path) -> list[dict]:
+    """The history rows (what run.log wrote) of an offline run's .wandb file: a 7-byte header, then
+    LevelDB log records (32 KiB blocks, each record: crc32, little-endian length, type) holding
+    wandb's protobuf `Record`s."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B"
+    pos, records, parts = 7, [], b""
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        if left < 7:
+            pos += left
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 0:
+            continue
+        parts = chunk if kind in (1, 2) else parts + chunk
+        if kind in (1, 4):
+            records.append(parts)
+    rows = []
+    for raw in records:
+        record = pb.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "history":
+            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                         for item in record.history.item})
+    return rows
+
+
+def test_tensorboard_and_wandb_offline_runs_finish_and_hold_the_scalars(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("wandb")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    data = write_jsonl(tmp_path / "chat.jsonl", CHATS)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {{path: 'tiny:llama'}}\ndata: {{sources: [{{path: {data}}}]}}\n"
+                   f"train: {{max_steps: 3, micro_batch_size: 2, report_to: [tensorboard, wandb]}}\n"
+                   f"output_dir: {tmp_path / 'run'}\n")
+    assert main(["sft", str(cfg)]) == 0
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    (events,) = {p.parent for p in (tmp_path / "run").rglob("events.out.tfevents.*") if "loss" in
+                 EventAccumulator(str(p)).Reload().Tags()["scalars"]}
+    board = EventAccumulator(str(events)).Reload()
+    assert [e.step for e in board.Scalars("loss")] == [1, 2, 3]
+    # TensorBoard keeps float32: the logged losses to float32 precision
+    assert [e.value for e in board.Scalars("loss")] == pytest.approx([m["loss"] for m in metrics], rel=1e-6)
+    (log,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    history = wandb_history(log)
+    assert [(h["step"], h["loss"], h["lr"]) for h in history] == [(m["step"], m["loss"], m["lr"]) for m in metrics]
+
+
+def test_pride_plot_overlays_two_runs_and_draws_what_metrics_jsonl_holds(tmp_path, capsys):
+    from pride.plot import plot_runs
+
+    data = write_jsonl(tmp_path / "chat.jsonl", CHATS)
+    runs = []
+    for lr in ("1e-3", "3e-3"):
+        run = tmp_path / f"lr-{lr}"
+        assert main(["sft", "examples/configs/sft.yaml", f"data.sources.0.path={data}", "train.max_steps=4",
+                     f"train.learning_rate={lr}", f"output_dir={run}"]) == 0
+        assert (run / "curves.png").stat().st_size > 5000  # every stage draws its own at its end
+        runs.append(run)
+    assert main(["plot", *map(str, runs), "-o", str(tmp_path / "both.png")]) == 0
+    png = (tmp_path / "both.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10000
+    drawn = plot_runs([str(r) for r in runs], tmp_path / "again.png")
+    for run in runs:
+        logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        label = f"{tmp_path.name}/{run.name}"
+        for key in ("loss", "lr", "grad_norm"):
+            assert drawn[key][label] == ([m["step"] for m in logged], [m[key] for m in logged])
+    assert set(drawn["loss"]) == {f"{tmp_path.name}/{r.name}" for r in runs}
+
+
+def test_an_online_run_writing_to_a_log_prints_progress_lines_while_sampling(tmp_path):
+    """Output to a file (nohup, CI, tee): plain lines while the phases run (here one per step, as
+    PRIDE_PROGRESS_SECONDS=0 asks; by default at most one every 30 s), not one bar at the end."""
+    import os
+    import subprocess
+    import sys
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Say w{i}."} for i in range(6)])
+    run = subprocess.run([sys.executable, "-m", "pride", "online", "examples/configs/online.yaml",
+                          "model.path=tiny:llama", f"data.sources.0.path={prompts}", "online.iterations=1",
+                          "online.samples_per_prompt=2", "online.max_new_tokens=4", "online.generation_batch_size=2",
+                          "online.judge.function=tests.test_readme_commands:distinct_characters",
+                          f"output_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PRIDE_PROGRESS_SECONDS": "0"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stderr.splitlines()
+    sampling = [x for x in lines if x.startswith("sampling: ")]
+    assert [x.split(",")[0] for x in sampling] == [f"sampling: {n}/6 prompts" for n in range(1, 7)] + \
+        ["sampling: 6/6 prompts"]  # each prompt as it is done, then the summary line
+    assert any(x.startswith("judging: 6/6 prompts") for x in lines)
+    assert any(x.startswith("train: ") and "tok/s" in x for x in lines)
+    assert not [x for x in lines if x.startswith(("train ━", "sampling ━", "judging ━"))]  # no bar drawn into a file
