@@ -30,7 +30,8 @@ def test_defaults_and_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("text,override,expected", [
-    (BASE + "train:\n  lerning_rate: 1e-5\n", [], "unknown key 'train.lerning_rate' (allowed: "),
+    (BASE + "train:\n  lerning_rate: 1e-5\n", [], "unknown key 'train.lerning_rate'; did you mean "
+                                                    "'train.learning_rate'? (allowed: "),
     (BASE, ["train.micro_batch_size=abc"], "key 'train.micro_batch_size'"),
     (BASE, ["train.lr_scheduler=exponential"], "'cosine', 'linear' or 'constant'"),
     ("data:\n  sources:\n    - path: d.jsonl\n", [], "missing required key 'model'"),
@@ -44,7 +45,8 @@ def test_errors_name_key_and_file(tmp_path, text, override, expected):
     with pytest.raises(PrideError) as e:
         load_config(path, override)
     msg = str(e.value)
-    assert expected in msg and str(path) in msg and "\n" not in msg
+    # the file when the file set it; the override when an override did (issue 37)
+    assert expected in msg and (f"override {override[0]}:" if override else str(path)) in msg and "\n" not in msg
 
 
 def test_unknown_key_lists_allowed(tmp_path):

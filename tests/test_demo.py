@@ -43,6 +43,8 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     answers = json.loads((out / "answers" / "online_rm_1.json").read_text())
     assert len(answers["answers"]) == 100 and len(answers["rule"]) == 100 == len(answers["learned"])
     assert "held-out prompts: each stage's first answer" in run.stdout
+    report = (out / "report.md").read_text()
+    assert "| online_rm_1 |" in report and report.count("| stage | answer |") == 3
     by = {r["stage"]: r["score"] for r in results}
     assert by["sft"] > by["base"]  # SFT learned the task
     assert (out / "scores.png").stat().st_size > 1000 and "held-out judge score" in run.stdout

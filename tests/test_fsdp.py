@@ -188,6 +188,8 @@ def test_a_sharded_state_dict_checkpoint_resumes_and_exports(tmp_path, chats):
     with exported(ckpt) as out:
         model = AutoModelForCausalLM.from_pretrained(out)
     assert sum(p.numel() for p in model.parameters()) == sum(v.numel() for v in weights(tmp_path / "run").values())
-    # the same run again resumes from its newest checkpoint, reading the sharded model and optimizer state
+    # the same run again, as if killed after checkpoint-2 (a finished run would be left as it is),
+    # resumes from its newest checkpoint, reading the sharded model and optimizer state
+    (tmp_path / "run" / "summary.json").unlink()
     more = launch(tmp_path, sharded, *common, "train.max_steps=3", "train.resume=auto")
     assert more.returncode == 0 and "resumed from" in more.stderr and "checkpoint-2" in more.stderr, more.stderr[-3000:]

@@ -60,7 +60,7 @@ TINY = {
     "pride run examples/configs/sft-rm-online.yaml": (None, ["online_rm.online.iterations=1",
                                                               "online_rm.online.samples_per_prompt=2",
                                                               "online_rm.online.max_new_tokens=8"], 0),
-    "pride eval examples/configs/eval.yaml model.path=runs/example-dpo/model --num-runs 3": (
+    "pride eval examples/configs/eval.yaml model.path=runs/demo/dpo/model --num-runs 3": (
         None, ["eval.max_questions=2", "eval.generation.task_metrics.max_new_tokens=8"], 0),
     "pride eval score alpaca-eval annotations.json [--gamed df_gamed.csv] [--difficulty instruction_difficulty.csv]": (
         None, [], 0),
@@ -205,6 +205,8 @@ def test_readme_commands_run_in_tiny_form(tmp_path, monkeypatch, capsys):
         assert rc == expected, f"{command}\n{said[-3000:] if rc else ''}"
         if command == "pride sft examples/configs/sft.yaml":  # the demo's outputs, for the online and serve examples
             shutil.copytree(tmp_path / "runs" / "example-sft" / "model", tmp_path / "runs" / "demo" / "sft" / "model")
+        if command == "pride dpo examples/configs/dpo.yaml":  # and for the eval example
+            shutil.copytree(tmp_path / "runs" / "example-dpo" / "model", tmp_path / "runs" / "demo" / "dpo" / "model")
     assert (tmp_path / "rows.jsonl").is_file() and (tmp_path / "runs" / "example-eval" / "scores.json").is_file()
     assert (tmp_path / "runs" / "example-online" / "iteration-1" / "model" / "config.json").is_file()
     assert (tmp_path / "runs" / "my-sppo" / "iteration-3" / "model" / "config.json").is_file()

@@ -122,7 +122,7 @@ def test_dry_run_shows_every_stage_key_and_origin_of_every_shipped_recipe(path, 
     from pride.recipe import dry_run, flatten, load_recipe
 
     _, stages = load_recipe(path)
-    text = dry_run(path, [f"output_dir={tmp_path}"], world_size=4)
+    text = dry_run(path, [f"output_dir={tmp_path}"], world_size=4, all_settings=True)
     for stage in stages:
         block = text.split(f"== {stage.name} ({stage.type})")[1].split("\n== ")[0]
         assert "run (not finished yet)" in block or "runs first" in block
@@ -149,6 +149,8 @@ def test_dry_run_says_skip_run_or_resume_and_where_values_come_from(tmp_path):
     assert "global batch 8 rows = 2 process(es) x accumulation 1 x micro-batch 4 (from train.global_batch_size)" in sft
     assert 'train.learning_rate ' in sft and "= 0.002   (override)" in sft
     assert "= 1   (recipe (shared))" in sft  # train.max_steps, from the shared section
-    assert '= "sigmoid"   (default)' in dpo  # preference.loss_type
+    assert '(default)' not in dpo and "settings at pride's defaults not shown" in dpo  # only what differs
+    dpo_all = dry_run(path, ["sft.train.learning_rate=2e-3"], all_settings=True).split("== dpo (dpo)")[1]
+    assert '= "sigmoid"   (default)' in dpo_all  # preference.loss_type, with --all-settings
     assert "model.path" in dpo and "(the previous stage's model)" in dpo
     assert "cannot run with 3 process(es)" in dry_run(path, ["train.global_batch_size=8"], world_size=3)

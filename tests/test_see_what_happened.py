@@ -123,3 +123,57 @@ def test_an_online_run_writing_to_a_log_prints_progress_lines_while_sampling(tmp
     assert any(x.startswith("judging: 6/6 prompts") for x in lines)
     assert any(x.startswith("train: ") and "tok/s" in x for x in lines)
     assert not [x for x in lines if x.startswith(("train ━", "sampling ━", "judging ━"))]  # no bar drawn into a file
+
+
+def test_a_finished_stage_run_again_is_a_no_op_that_says_so(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "chat.jsonl", CHATS)
+    args = ["sft", "examples/configs/sft.yaml", f"data.sources.0.path={data}", "train.max_steps=2",
+            f"output_dir={tmp_path / 'run'}"]
+    assert main(args) == 0
+    weights = tmp_path / "run" / "model" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "finished earlier with the same settings and inputs; nothing to do" in capsys.readouterr().err
+    assert weights.stat().st_mtime_ns == stamp  # not retrained, not rewritten
+    (tmp_path / "chat.jsonl").write_text((tmp_path / "chat.jsonl").read_text() + json.dumps(CHATS[0]) + "\n")
+    assert main(args) == 0  # an input changed: it trains again
+    assert weights.stat().st_mtime_ns != stamp
+
+
+def test_data_inspect_piped_keeps_lines_and_marks_trained_tokens(tmp_path):
+    """Piped: no wrapping at any width, the text's own newlines kept and shown (⏎), trained spans
+    between ⟦ ⟧; --color always keeps the colours in a pipe."""
+    import subprocess
+    import sys
+
+    long_answer = "word " * 60 + "end"
+    data = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [
+        {"role": "user", "content": "Line one\nline two"}, {"role": "assistant", "content": long_answer}]}])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {{path: 'tiny:llama'}}\ndata: {{sources: [{{path: {data}}}]}}\n")
+    out = subprocess.run([sys.executable, "-m", "pride", "data", "inspect", str(cfg), "-n", "1"], capture_output=True,
+                         text=True, timeout=300, env={**__import__("os").environ, "COLUMNS": "40"}).stdout
+    assert "Line one⏎\nline two" in out
+    assert f"⟦{long_answer}<|eot_id|>⟧" in out  # one line, far wider than 40 columns, never wrapped
+    colored = subprocess.run([sys.executable, "-m", "pride", "data", "inspect", str(cfg), "-n", "1", "--color",
+                              "always"], capture_output=True, text=True, timeout=300).stdout
+    assert "\x1b[" in colored and "⟦" not in colored
+
+
+def test_every_saved_model_has_a_model_card_and_pride_chat_talks_to_it(tmp_path, monkeypatch, capsys):
+    import io
+
+    from huggingface_hub import ModelCard
+
+    data = write_jsonl(tmp_path / "chat.jsonl", CHATS)
+    assert main(["sft", "examples/configs/sft.yaml", f"data.sources.0.path={data}", "train.max_steps=2",
+                 f"output_dir={tmp_path / 'run'}"]) == 0
+    card = ModelCard.load(tmp_path / "run" / "model" / "README.md")  # the Hub's own parser
+    assert card.data.library_name == "transformers" and card.data.tags == ["pride", "sft"]
+    assert f"`{data}`" in card.text and '"train.learning_rate": 0.001' in card.text and "for 2 steps" in card.text
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdin", io.StringIO("Say alpha.\n/reset\nSay beta.\n/exit\nnever read\n"))
+    assert main(["chat", str(tmp_path / "run" / "model"), "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("pride chat: ") and [x[:7] for x in out[1:]] == ["model> ", "(new co", "model> "]

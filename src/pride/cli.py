@@ -67,11 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="recipe YAML (see recipes/)")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="shared key=value, or STAGE.key=value")
     run.add_argument("--dry-run", action="store_true",
-                     help="print what would run, resume or be skipped, and every setting with its origin; run nothing")
+                     help="print what would run, resume or be skipped, the checks the run makes first, and each "
+                          "setting that differs from pride's defaults with its origin; run nothing")
+    run.add_argument("--all-settings", action="store_true", help="--dry-run: every setting, defaults too")
     demo = sub.add_parser("demo", help="the main job: the whole pipeline on a toy task, on CPU")
     demo.add_argument("--output", default="runs/demo", help="directory for the demo's run")
     demo.add_argument("--quick", action="store_true", help="a smaller run (the test suite's)")
     demo.add_argument("--seed", type=int, default=0)
+    talk = sub.add_parser("chat", help="talk to a model in the terminal, through its chat template")
+    talk.add_argument("model", metavar="MODEL_DIR")
+    talk.add_argument("--system", default=None, help="a system message to start every conversation with")
+    talk.add_argument("--temperature", type=float, default=0.7)
+    talk.add_argument("--max-new-tokens", type=_ranged(1), default=512)
+    talk.add_argument("--seed", type=_ranged(0), default=0)
     plot = sub.add_parser("plot", help="training curves of one or several runs, overlaid (from metrics.jsonl)")
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or a recipe's output directory")
     plot.add_argument("-o", "--output", default="curves.png", help="the PNG to write (default: curves.png)")
@@ -82,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("-n", "--rows", type=int, default=3, help="rows to show")
     insp.add_argument("--export", default=None, metavar="FILE.jsonl",
                       help="write every kept row as training sees it (token ids, labels)")
+    insp.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                      help="trained tokens in colour (auto: on a terminal), else between ⟦ ⟧")
     return parser
 
 
@@ -165,8 +175,14 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args, parser) -> int:
     if args.command in COMMANDS:
         from pride.config import load_config
+        from pride.identity import finished_earlier
 
-        STAGES[args.command].run(load_config(args.config, args.overrides))
+        cfg = load_config(args.config, args.overrides)
+        if not STAGES[args.command].iterative and finished_earlier(cfg):  # online rounds skip their own
+            print(f"pride {args.command}: {cfg.output_dir} finished earlier with the same settings and inputs; "
+                  "nothing to do (train.resume=never trains it again)", file=sys.stderr)
+            return 0
+        STAGES[args.command].run(cfg)
         return 0
     if args.command == "serve":
         from pride.serve import serve
@@ -185,13 +201,17 @@ def _dispatch(args, parser) -> int:
         from pride.config import load_config
         from pride.data.inspect import inspect
 
-        inspect(load_config(args.config, args.overrides), n=args.rows, export=args.export)
+        inspect(load_config(args.config, args.overrides), n=args.rows, export=args.export, color=args.color)
         return 0
     if args.command == "demo":
         from pride.demo import run_demo
 
         run_demo(args.output, quick=args.quick, seed=args.seed)
         return 0
+    if args.command == "chat":
+        from pride.chat_terminal import chat
+
+        return chat(args.model, args.system, args.temperature, args.max_new_tokens, args.seed)
     if args.command == "plot":
         from pride.plot import plot_runs
 
@@ -202,7 +222,11 @@ def _dispatch(args, parser) -> int:
         from pride.recipe import dry_run, run_recipe
 
         if args.dry_run:
-            print(dry_run(args.config, args.overrides))
+            text = dry_run(args.config, args.overrides, all_settings=args.all_settings)
+            print(text)
+            stops = [line.split("STOPS: ", 1)[1] for line in text.splitlines() if "   checks: STOPS: " in line]
+            if stops:  # the real run would stop at once: say so, as it would
+                raise PrideError(f"--dry-run: the run would stop: {stops[0]}")
             return 0
         run_recipe(args.config, args.overrides)
         return 0

@@ -8,6 +8,7 @@ silently ignored setting (pydantic models forbid unknown keys).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -534,17 +535,33 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
         if not isinstance(loaded, dict):
             raise PrideError(f"{p}: the top level must be a mapping of sections, got {type(loaded).__name__}")
         tree.update(loaded)
+    given: dict[str, str] = {}
     for text in overrides:
         parts, value = parse_override(text)
         apply_override(tree, parts, value)
-    return validate_config(tree, source)
+        given[".".join(parts)] = text
+    return validate_config(tree, source, overrides=given)
 
 
-def validate_config(tree: dict, source: str, model: type[BaseModel] = Config):
+def validate_config(tree: dict, source: str, model: type[BaseModel] = Config, overrides: dict[str, str] | None = None):
+    """`overrides`: key -> the `key=value` text that set it; an error in what an override set
+    names the override, not the file."""
     try:
         return model.model_validate(tree)
     except ValidationError as e:
-        raise PrideError(f"{source}: {describe_error(e.errors()[0], model)}") from None
+        err = e.errors()[0]
+        key = ".".join(str(x) for x in err["loc"])
+        by = next((text for k, text in (overrides or {}).items() if key == k or key.startswith(k + ".")
+                   or k.startswith(key + ".")), None)
+        raise PrideError(f"{f'override {by}' if by else source}: {describe_error(err, model)}") from None
+
+
+def did_you_mean(word: str, choices) -> str:
+    """"; did you mean 'x'?" for the closest of `choices`, or "" when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def describe_error(err: dict, root: type[BaseModel]) -> str:
@@ -553,15 +570,19 @@ def describe_error(err: dict, root: type[BaseModel]) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         allowed = _allowed_keys(root, err["loc"][:-1])
-        return f"unknown key '{key}' (allowed: {', '.join(allowed)})"
+        hint = did_you_mean(key, [".".join(loc[:-1] + [a]) for a in allowed])
+        return f"unknown key '{key}'{hint} (allowed: {', '.join(allowed)})"
     if kind == "missing":
         return f"missing required key '{key}'"
     shown = err.get("input")
     message = err["msg"].removeprefix("Value error, ")
     if isinstance(shown, dict):  # a section's own check across its keys: its message names them
         return message
+    hint = ""
+    if kind == "literal_error" and isinstance(shown, str):  # a misspelt choice
+        hint = did_you_mean(shown, re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", ""))))
     shown = json.dumps(shown) if isinstance(shown, (str, int, float, bool)) or shown is None else type(shown).__name__
-    return f"key '{key}': {message} (got {shown})"
+    return f"key '{key}': {message} (got {shown}){hint}"
 
 
 def _allowed_keys(root: type[BaseModel], loc: tuple) -> list[str]:

@@ -80,3 +80,16 @@ def round_identity(cfg, n: int, previous: str) -> str:
     body = json.dumps({"settings": settings, "pride": __version__, "round": n, "previous": previous,
                        "inputs": inputs}, sort_keys=True, default=str)
     return hashlib.sha256(body.encode()).hexdigest()
+
+
+def finished_earlier(cfg) -> bool:
+    """A stage run directory whose summary.json records this config's identity (settings, pride's
+    version, the inputs' content) and whose model is saved: running it again would redo finished
+    work. `train.resume=never` always runs."""
+    from pride.io import read_record
+    from pride.rundir import is_saved_model, model_dir
+
+    if cfg.train.resume == "never":
+        return False
+    summary = read_record(Path(cfg.output_dir) / "summary.json")
+    return bool(summary) and summary.get("identity") == stage_identity(cfg) and is_saved_model(model_dir(cfg.output_dir))

@@ -117,6 +117,27 @@ def _check_reference(ref: str, key: str = "model.path", check=None) -> None:
         raise PrideError(f"{key}: model directory not found: {ref}")
 
 
+def check_model_reference(settings: ModelSettings) -> None:
+    """What loading the model checks first, without loading it: a local directory's files
+    (`pride.model_dirs`), or a hub id that is reachable or in the local cache."""
+    for ref, key in ((settings.path, "model.path"), (settings.tokenizer, "model.tokenizer")):
+        if ref is None or is_tiny(ref):
+            continue
+        _check_reference(ref, key, check=check_weights_dir if key == "model.path" and not settings.tokenizer
+                         else check_tokenizer_dir)
+        if key == "model.path" and settings.tokenizer is None and Path(ref).expanduser().is_dir():
+            check_tokenizer_dir(ref, key)
+        if not Path(ref).expanduser().is_dir():
+            from huggingface_hub import try_to_load_from_cache
+
+            from pride.hub import hub_reachable
+
+            if not hub_reachable() and not isinstance(try_to_load_from_cache(ref, "config.json"), str):
+                raise PrideError(f"{key}={ref}: not a local directory, not in the Hugging Face cache, and the hub "
+                                 f"cannot be reached; download it where there is a connection (huggingface-cli "
+                                 f"download {ref} --local-dir DIR) and set {key}=DIR")
+
+
 def load_tokenizer(settings: ModelSettings):
     ref = settings.path
     _check_reference(ref, check=None if settings.tokenizer else check_tokenizer_dir)

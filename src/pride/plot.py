@@ -102,25 +102,28 @@ def draw(series: dict[str, dict[str, tuple[list, list]]], path: Path, title: str
     rows_ = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows_, cols, figsize=(5 * cols, 3.2 * rows_), squeeze=False)
     drawn: dict = {}
+    color = {run: f"C{i % 10}" for i, run in enumerate(series)}  # a run's colour is the same in every panel
     for ax, (key, label) in zip(axes.flat, panels):
         for run, s in series.items():
             if key in s:
                 (line,) = ax.plot(*s[key], marker="o" if key == "judge" or len(s[key][0]) < 20 else None,
-                                  markersize=3, label=run)
+                                  markersize=3, label=run, color=color[run])
                 drawn.setdefault(key, {})[run] = (list(line.get_xdata()), list(line.get_ydata()))
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("round" if key == "judge" else "step")
         if key == "lr":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+        if key == "grad_norm":  # one spike would flatten every other run's curve
+            ax.set_yscale("log")
+        if key == "judge":
+            ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    for ax in axes.flat:  # every run, once, under the figure
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
+    from matplotlib.lines import Line2D
+
+    labels = list(series)  # every run, once, under the figure, in its colour
+    handles = [Line2D([], [], color=color[run]) for run in labels]
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) // 4), 1, 1))

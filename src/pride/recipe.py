@@ -27,7 +27,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pride.config import Config, apply_override, launched_processes, load_yaml, parse_override, validate_config
+from pride.config import (Config, apply_override, did_you_mean, launched_processes, load_yaml, parse_override,
+                          validate_config)
 from pride.errors import PrideError
 from pride.identity import stage_identity
 from pride.rundir import final_model, read_stage, write_stage
@@ -114,18 +115,26 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[RecipeFile
         raise PrideError(f"{path}: stage name '{clash[0]}' is also a shared section's key; name the stage otherwise "
                          f"(e.g. '{clash[0]}-1')")
     overridden: dict[str | None, set[str]] = {}  # stage name (None: shared) -> keys set on the command line
+    texts: dict[str | None, dict[str, str]] = {}  # stage name (None: shared) -> key -> the override's text
+    allowed_top = set(SHARED) | set(RecipeFile.model_fields)
     for text in overrides:
         parts, value = parse_override(text)
+        if parts[0] not in names and parts[0] not in allowed_top:
+            raise PrideError(f"override {text}: '{parts[0]}' is neither a stage of {path} "
+                             f"({', '.join(n for n in names if isinstance(n, str))}) nor a shared section "
+                             f"({', '.join(SHARED)}){did_you_mean(parts[0], [*names, *allowed_top])}")
         if parts[0] in names and len(parts) > 1:
+            texts.setdefault(parts[0], {})[".".join(parts[1:])] = text
             apply_override(tree["stages"][names.index(parts[0])], parts[1:], value)
             overridden.setdefault(parts[0], set()).add(".".join(parts[1:]))
         else:
             apply_override(tree, parts, value)
             overridden.setdefault(None, set()).add(".".join(parts))
-    recipe = validate_config(tree, str(path), RecipeFile)
+            texts.setdefault(None, {})[".".join(parts)] = text
+    recipe = validate_config(tree, str(path), RecipeFile, overrides=texts.get(None))
     unknown = set(tree) - set(SHARED) - set(RecipeFile.model_fields)
     if unknown:
-        raise PrideError(f"{path}: unknown key '{sorted(unknown)[0]}' (allowed: "
+        raise PrideError(f"{path}: unknown key '{sorted(unknown)[0]}'{did_you_mean(sorted(unknown)[0], allowed_top)} (allowed: "
                          f"{', '.join(sorted(set(SHARED) | set(RecipeFile.model_fields)))})")
     shared = {k: tree[k] for k in SHARED if k in tree}
     stages, seen, types = [], set(), {}
@@ -133,7 +142,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[RecipeFile
         if spec.name in seen:
             raise PrideError(f"{path}: stage name '{spec.name}' is used twice")
         if spec.from_ is not None and spec.from_ not in seen:
-            raise PrideError(f"{path}: stage '{spec.name}' starts from '{spec.from_}', which is not an earlier stage")
+            raise PrideError(f"{path}: stage '{spec.name}' starts from '{spec.from_}', which is not an earlier stage "
+                             f"({', '.join(seen) or 'none'}){did_you_mean(spec.from_, seen)}")
         if spec.from_ is not None and types[spec.from_] == "eval":
             raise PrideError(f"{path}: stage '{spec.name}' starts from '{spec.from_}', an eval stage, which makes no "
                              "model; name the stage that trained it")
@@ -145,13 +155,15 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[RecipeFile
         own = {k: v for k, v in tree["stages"][i].items() if k not in ("name", "type", "from")}
         bad = set(own) - set(SHARED)
         if bad:
-            raise PrideError(f"{path}: stage '{spec.name}': unknown key '{sorted(bad)[0]}' (allowed: {', '.join(SHARED)})")
+            raise PrideError(f"{path}: stage '{spec.name}': unknown key '{sorted(bad)[0]}'"
+                             f"{did_you_mean(sorted(bad)[0], SHARED)} (allowed: {', '.join(SHARED)})")
         merged = deep_merge(shared, own)
         merged["output_dir"] = str(Path(recipe.output_dir) / spec.name)
         merged = deep_merge(STAGES[spec.type].defaults, merged)
         if spec.type == "eval":
             merged = deep_merge(merged, {"eval": {"output_dir": merged["output_dir"]}})
-        config = validate_config(merged, f"{path} stage '{spec.name}'")
+        config = validate_config(merged, f"{path} stage '{spec.name}'",
+                                 overrides={**texts.get(None, {}), **texts.get(spec.name, {})})
         judge = config.online.judge.path or ""
         if judge.startswith(STAGE_REF) and types.get(judge[len(STAGE_REF):]) != "rm":
             raise PrideError(f"{path}: stage '{spec.name}': online.judge.path={judge} names no earlier rm stage "
@@ -180,11 +192,39 @@ def starting_from(stage: Stage, start: str | None, models: dict[str, str] | None
     return cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": start, "tokenizer": None})})
 
 
-def dry_run(path: str | Path, overrides: list[str] = (), world_size: int | None = None) -> str:
+def preflight(cfg: Config, kind: str, own_model: bool) -> str | None:
+    """The checks a real run makes before its first expensive step, as one line (None: all pass):
+    trackers installed and logged in, the model (its directory, or a hub id reachable or cached),
+    local data files present, the judge usable (its directory, its function, its server)."""
+    from pride.data.sources import check_local_source
+    from pride.models import check_model_reference
+    from pride.online.judges import check_judge
+    from pride.trackers import check_trackers
+
+    try:
+        if kind == "eval":
+            check_trackers(cfg.eval.report_to, "eval.report_to")
+        else:
+            check_trackers(cfg.train.report_to, "train.report_to")
+        if own_model:
+            check_model_reference(cfg.model)
+        sources = [*cfg.data.sources, *cfg.data.eval_sources] if cfg.data else []
+        for key, src in [(f"data.sources.{i}", s) for i, s in enumerate(sources)]:
+            check_local_source(src, key)
+        if kind in ("online", "sppo") and not (cfg.online.judge.path or "").startswith(STAGE_REF):
+            check_judge(cfg.online.judge)
+    except PrideError as e:
+        return str(e)
+    return None
+
+
+def dry_run(path: str | Path, overrides: list[str] = (), world_size: int | None = None,
+            all_settings: bool = False) -> str:
     """What `pride run` would do, without doing it: per stage, run / resume / skip and why, the
-    launch's processes and the accumulation they give, and every resolved key with its origin
-    (override, the stage's own section, the recipe's shared sections, the stage type's
-    defaults, pride's defaults)."""
+    checks the real run makes first (`preflight`), the launch's processes and the accumulation
+    they give, and each resolved key that differs from pride's default (`all_settings`: every
+    key) with its origin (override, the stage's own section, the recipe's shared sections, the
+    stage type's defaults, pride's defaults)."""
     from pride.config import with_global_batch
     from pride.rundir import checkpoint_dirs
 
@@ -224,12 +264,20 @@ def dry_run(path: str | Path, overrides: list[str] = (), world_size: int | None 
                      + (" (from train.global_batch_size)" if t.global_batch_size else ""))
         except PrideError as e:
             batch = f"cannot run with {world} process(es): {e}"
-        lines += ["", f"== {stage.name} ({stage.type}) -> {cfg.output_dir}", f"   {action}", f"   {batch}"]
+        problem = preflight(cfg, stage.type, own_model=start is None) if runs[stage.name] else None
+        lines += ["", f"== {stage.name} ({stage.type}) -> {cfg.output_dir}", f"   {action}",
+                  f"   checks: {'STOPS: ' + problem if problem else 'pass'}", f"   {batch}"]
         flat = flatten(cfg.model_dump(mode="json"))
         width = max(len(k) for k in flat)
+        hidden = 0
         for key, value in flat.items():
             where = "the previous stage's model" if key == "model.path" and start is not None else stage.origin[key]
+            if where == "default" and not all_settings:
+                hidden += 1
+                continue
             lines.append(f"   {key:<{width}} = {json.dumps(value, default=str)}   ({where})")
+        if hidden:
+            lines.append(f"   ({hidden} settings at pride's defaults not shown; --all-settings shows them)")
         identities[stage.name] = digest
         if model:
             models[stage.name] = model

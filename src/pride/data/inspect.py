@@ -28,12 +28,26 @@ from pride.io import write_jsonl
 from pride.models import load_chat
 
 
-def render_tokens(tokenizer, ids: list[int], mask: list[bool]) -> Text:
-    """Untrained tokens dim, trained tokens highlighted; token boundaries kept exact."""
+TRAINED, UNTRAINED, SPECIAL = "bold black on green", "dim", "bold magenta"
+OPEN, CLOSE = "⟦", "⟧"  # around trained spans when there is no colour (a pipe, a file, --color never)
+
+
+def render_tokens(tokenizer, ids: list[int], mask: list[bool], color: bool = True) -> Text:
+    """The tokens as text, token boundaries exact: trained ones highlighted (without colour: inside
+    ⟦ ⟧), special tokens marked, each newline shown as ⏎ and kept as a line break (the data's
+    own lines, never a wrap of the terminal's)."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
     text = Text()
+    previous = False
     for tid, trained in zip(ids, mask):
-        piece = tokenizer.decode([tid])
-        text.append(piece, style="bold black on green" if trained else "dim")
+        if not color and trained != previous:
+            text.append(OPEN if trained else CLOSE)
+        previous = trained
+        piece = tokenizer.decode([tid]).replace("\n", "⏎\n")
+        style = TRAINED if trained else SPECIAL if tid in special else UNTRAINED
+        text.append(piece, style=style if color else None)
+    if not color and previous:
+        text.append(CLOSE)
     return text
 
 
@@ -56,8 +70,12 @@ def training_view(cfg: Config, fmt, rows: list) -> tuple[str, list[dict]]:
     return "sft", [{"input_ids": s.input_ids, "labels": [IGNORE] + s.labels[:-1]} for s in samples]
 
 
-def inspect(cfg: Config, n: int = 3, console: Console | None = None, export: str | None = None) -> dict:
-    console = console or Console()
+def inspect(cfg: Config, n: int = 3, console: Console | None = None, export: str | None = None,
+            color: str = "auto") -> dict:
+    """`color`: auto (colour on a terminal, ⟦ ⟧ markers elsewhere), always, or never."""
+    console = console or Console(soft_wrap=True, force_terminal=True if color == "always" else None,
+                                 no_color=color == "never")
+    colored = color == "always" or (color == "auto" and console.is_terminal)
     tokenizer, fmt = load_chat(cfg.model)
     rows = load_rows(cfg.data, want="any", seed=cfg.seed)
     kind, lines = training_view(cfg, fmt, rows.train)
@@ -68,7 +86,9 @@ def inspect(cfg: Config, n: int = 3, console: Console | None = None, export: str
         for label, ids, mask in seqs:
             if label:
                 console.print(f"[bold]{label}[/]")
-            console.print(render_tokens(tokenizer, ids, mask))
+            console.print(render_tokens(tokenizer, ids, mask, colored), soft_wrap=True)
+    if not colored:
+        console.print(f"(trained tokens between {OPEN} {CLOSE}; ⏎ is a newline in the text)")
     flat = [s for seqs in sequences for s in seqs]
     lengths = [len(ids) for _, ids, _ in flat]
     trained = [sum(mask) for _, _, mask in flat]

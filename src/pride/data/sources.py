@@ -47,9 +47,17 @@ def read_source(src: SourceSettings) -> Iterator[tuple[str, dict | BadRow]]:
     if path.is_dir():
         yield from _read_with_datasets(path, src, kind="dir")
         return
-    if src.path.startswith((".", "/", "~")) or src.path.count("/") > 1 or Path(src.path).suffix:
-        raise PrideError(f"data file not found: {src.path}")
+    check_local_source(src)
     yield from _read_with_datasets(None, src, kind="hub")
+
+
+def check_local_source(src: SourceSettings, key: str = "data") -> None:
+    """A source that names a local file (a path, or a name with a suffix) must exist; a hub id
+    (`org/name`) is left to the loader."""
+    if Path(src.path).expanduser().exists():
+        return
+    if src.path.startswith((".", "/", "~")) or src.path.count("/") > 1 or Path(src.path).suffix:
+        raise PrideError(f"data file not found: {src.path}" + (f" ({key}.path)" if key != "data" else ""))
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[str, dict | BadRow]]:

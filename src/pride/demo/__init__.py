@@ -128,6 +128,7 @@ def run_demo(output: str, quick: bool = False, seed: int = 0) -> list[dict]:
     for r in results:
         r["win_rate_vs_sft"] = win_rate(scores[r["stage"]], scores["sft"], seed=seed)
     write_json(out / "results.json", results)
+    write_text(out / "report.md", report(results, held_out, shown, seed))
     console.print(answers_table(held_out, shown, [r["stage"] for r in results if r["stage"] != "base"]))
     console.print(results_table(results, seed))
     plot(results, out / "scores.png")
@@ -172,6 +173,23 @@ def answers_table(prompts: list[str], answers: dict[str, list[str]], stages: lis
     return table
 
 
+def report(results: list[dict], prompts: list[str], answers: dict[str, list[str]], seed: int, n: int = 3) -> str:
+    """report.md: the scores by stage, then a few held-out prompts with each stage's first answer."""
+    lines = [f"# pride demo (seed {seed})", "", "| stage | rule score | 95% CI | learned judge | win rate vs SFT |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in results:
+        w = r["win_rate_vs_sft"]
+        lines.append(f"| {r['stage']} | {r['score']:.3f} | [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | "
+                     f"{r['learned_judge']:+.2f} | {w['value']:.3f} |")
+    lines += ["", "## Held-out prompts, each stage's first answer", ""]
+    for i, prompt in enumerate(prompts[:n]):
+        lines += [f"### {prompt}", "", "| stage | answer |", "| --- | --- |"]
+        lines += [f"| {stage} | {a[i].replace(chr(10), ' ⏎ ').replace('|', '¦') or '(empty)'} |"
+                  for stage, a in answers.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def results_table(results: list[dict], seed: int) -> Table:
     table = Table(title=f"held-out judge score by stage (seed {seed}; 95% bootstrap intervals)")
     for col in ("stage", "rule score", "95% CI", "learned judge", "win rate vs SFT", "prompts", "train s"):
@@ -192,6 +210,8 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    base = next((r for r in results if r["stage"] == "base"), None)
+    results = [r for r in results if r["stage"] != "base"]  # at 0, it would squash the differences that matter
     names = [r["stage"] for r in results]
     colors = [{"base": "#999999", "sft": "#4c72b0", "dpo": "#55a868"}.get(n) or
               ("#c44e52" if n.startswith("online_dpo") else "#dd8452" if n.startswith("online_rm") else "#8172b2")
@@ -208,11 +228,13 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_ylabel(label)
         low, high = min(c[0] for c in ci), max(c[1] for c in ci)
         pad = (high - low) * 0.15 or 0.1
-        ax.set_ylim(min(0, low - pad) if key == "learned_judge" else 0, high + pad)
-        ax.axhline(0, color="black", linewidth=0.5)
+        ax.set_ylim(low - pad, high + pad)  # the axis spans the differences, not 0 to the top
     axes[0].set_title("what the task wants")
     axes[1].set_title("what the learned judge rewards")
-    fig.suptitle("pride demo: score by stage (95% bootstrap intervals)")
+    untrained = f"; the untrained base model: rule {base['score']:.2f}, learned judge {base['learned_judge']:+.2f}" \
+        if base else ""
+    fig.suptitle(f"pride demo: score by stage (95% bootstrap intervals; axes do not start at 0{untrained})",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -89,7 +89,7 @@ def score_table(scores: dict):
     from rich.table import Table
 
     header, rows = score_rows(scores)
-    table = Table(title="pride eval: headline scores (mean over runs; bootstrap interval in brackets)")
+    table = Table(title="pride eval: headline scores (mean ± std over runs; bootstrap interval in parentheses)")
     for i, h in enumerate(header):
         table.add_column(h, justify="left" if i == 0 else "right")
     for row in rows:

@@ -124,7 +124,7 @@ def train_preference(ctx: StageContext, rows: Rows) -> dict:
 
     objective = PreferenceObjective(s, live_reference=live, layout=layout, attention_weight=attention_weight(model.config))
     result = ctx.train(model, objective, train_data.rows, eval_data.rows, tokenizer.pad_token_id)
-    return ctx.finish(result, tokenizer, stats)
+    return ctx.finish(result, tokenizer, stats, "dpo")
 
 
 def attach_probs(rows: list[list[Sample]], pairs: list, loss_type: str) -> None:

@@ -104,7 +104,7 @@ def run_reward(cfg) -> dict:
         unwrapped = ctx.acc.unwrap_model(result.prepared).model
         (unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped).config.update(
             {"pride_tokenizer": tokenizer_digest(tokenizer)})
-        return ctx.finish(result, tokenizer, stats)
+        return ctx.finish(result, tokenizer, stats, "rm")
 
 
 __all__ = ["RewardObjective", "run_reward", "tokenize_reward_pairs"]

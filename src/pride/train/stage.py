@@ -125,14 +125,22 @@ class StageContext:
         if self.acc.is_main_process:
             write_json(self.run_dir / name, value)
 
-    def finish(self, result, tokenizer, stats: dict) -> dict:
-        """Save the final model and `summary.json` (model path, steps, data stats, last metrics)."""
+    def finish(self, result, tokenizer, stats: dict, kind: str = "sft") -> dict:
+        """Save the final model (with its model card, README.md) and `summary.json` (model path,
+        steps, data stats, last metrics); `kind`: the stage that trained it (sft, dpo, rm)."""
         out = save_final_model(self.acc, result.prepared, tokenizer, model_dir(self.run_dir))
         from pride.train.loop import distributed_summary
 
-        summary = {"model": str(out), "steps": result.steps, "data": stats,
+        from pride.identity import stage_identity
+
+        summary = {"model": str(out), "steps": result.steps, "data": stats, "identity": stage_identity(self.cfg),
                    "final": result.metrics[-1] if result.metrics else {},
                    "distributed": distributed_summary(self.acc, self.cfg.train)}
+        if self.acc.is_main_process:
+            from pride.io import write_text
+            from pride.model_card import model_card
+
+            write_text(out / "README.md", model_card(self.cfg, kind, summary))
         self.write_json(SUMMARY, summary)
         if self.acc.is_main_process:
             from pride.plot import stage_curves

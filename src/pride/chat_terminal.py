@@ -1,0 +1,51 @@
+"""`pride chat MODEL_DIR`: talk to a model in the terminal, through its own chat template.
+
+For a quick look at what a stage made: each turn is rendered exactly as training and `pride
+serve` render it (`ChatFormat`), answered by pride's engine. `/reset` starts over, `/exit` or
+end of input (Ctrl-D) ends.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def chat(model_ref: str, system: str | None = None, temperature: float = 0.7, max_new_tokens: int = 512,
+         seed: int = 0, stdin=None, stdout=None) -> int:
+    from pride.config import ModelSettings
+    from pride.engine import Engine
+    from pride.models import load_model_and_tokenizer
+
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    model, tok, fmt = load_model_and_tokenizer(ModelSettings(path=model_ref), seed=seed)
+    if fmt.fallback:
+        print(f"pride chat: warning: {model_ref} has no chat template; using ChatML, which it may never have seen",
+              file=sys.stderr)
+    engine = Engine(model, tok, max_batch_size=1, offline=True)
+    start = [{"role": "system", "content": system}] if system else []
+    messages = list(start)
+    interactive = stdin.isatty()
+    turn = 0
+    print(f"pride chat: {model_ref} (temperature {temperature}; /reset, /exit)", file=stdout, flush=True)
+    while True:
+        if interactive:
+            print("you> ", end="", file=stdout, flush=True)
+        line = stdin.readline()
+        if not line or line.strip() == "/exit":
+            return 0
+        text = line.rstrip("\n")
+        if text.strip() == "/reset":
+            messages = list(start)
+            print("(new conversation)", file=stdout, flush=True)
+            continue
+        if not text.strip():
+            continue
+        messages.append({"role": "user", "content": text})
+        (answer,), = engine.complete([fmt.encode_prompt(messages)], 1, [[seed * 1_000_003 + turn]],
+                                     temperature=temperature, max_tokens=max_new_tokens)
+        turn += 1
+        messages.append({"role": "assistant", "content": answer})
+        print(f"model> {answer}", file=stdout, flush=True)
+
+
+__all__ = ["chat"]

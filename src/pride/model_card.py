@@ -1,0 +1,58 @@
+"""A saved model's `README.md` in the Hub's model-card format: YAML metadata (base model, data,
+library, tags) and what made it: the stage, its key settings, its final metrics.
+
+Written into `model/` when a stage saves it, so a directory copied or pushed to the Hub says
+where it came from. (Evaluation scores are not written into it: `pride eval` never writes into
+the model it reads; they are in the eval directory's report.md and scores.json.)
+"""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+KEY_SETTINGS = {
+    "sft": ("train.learning_rate", "train.epochs", "train.max_steps", "train.micro_batch_size",
+            "train.global_batch_size", "train.max_length", "train.packing", "data.train_on"),
+    "rm": ("train.learning_rate", "train.epochs", "train.max_steps", "reward.max_length", "reward.truncation_side",
+           "reward.center_rewards_coefficient"),
+    "dpo": ("train.learning_rate", "train.epochs", "train.max_steps", "preference.loss_type", "preference.beta",
+            "preference.gamma", "preference.nll_weight", "preference.max_length"),
+}
+
+
+def _get(cfg, dotted: str):
+    value = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part, None)
+    return value
+
+
+def model_card(cfg, kind: str, summary: dict) -> str:
+    """The card's text for a model trained by stage `kind` (sft, dpo, rm) with `cfg`."""
+    base = cfg.model.path
+    sources = [s.path for s in (cfg.data.sources if cfg.data else [])]
+    meta = {"library_name": "transformers", "tags": ["pride", kind],
+            "pipeline_tag": "text-classification" if kind == "rm" else "text-generation"}
+    if not base.startswith("tiny:"):
+        meta["base_model"] = base
+    hub_data = [s for s in sources if s.count("/") == 1 and not s.startswith((".", "/"))]
+    if hub_data:
+        meta["datasets"] = hub_data
+    what = {"sft": "supervised fine-tuning", "dpo": "preference training (the DPO family)",
+            "rm": "a reward model (Bradley-Terry; AutoModelForSequenceClassification, one output)"}[kind]
+    settings = {k: _get(cfg, k) for k in KEY_SETTINGS[kind] if _get(cfg, k) is not None}
+    final = {k: v for k, v in (summary.get("final") or {}).items() if isinstance(v, (int, float))}
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
+             f"# {cfg.output_dir.rstrip('/').split('/')[-1]}", "",
+             f"Trained with pride by {what}, from `{base}`, for {summary.get('steps')} steps.",
+             "", "## Data", ""]
+    lines += [f"- `{s}`" for s in sources] or ["- (none)"]
+    lines += ["", "## Key settings", "", "```json", json.dumps(settings, indent=2, default=str), "```", "",
+              "The full resolved configuration is `config.yaml` in the run directory.", "",
+              "## Final training metrics", "", "```json", json.dumps(final, indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+__all__ = ["model_card"]
