@@ -57,6 +57,8 @@ TINY = {
                       "train.max_steps=1"], 0),
     "pride serve runs/example-sft/model --port 8000": (None, [], 0),
     "pride rm examples/configs/rm.yaml": (None, [], 0),
+    "pride chat runs/demo/dpo/model": (None, ["--max-new-tokens", "8"], 0),  # one line typed (below)
+    "pride plot runs/example-sft runs/example-dpo -o curves.png": (None, [], 0),
     "pride run examples/configs/sft-rm-online.yaml": (None, ["online_rm.online.iterations=1",
                                                               "online_rm.online.samples_per_prompt=2",
                                                               "online_rm.online.max_new_tokens=8"], 0),
@@ -199,6 +201,12 @@ def test_readme_commands_run_in_tiny_form(tmp_path, monkeypatch, capsys):
                 assert json.loads((tmp_path / "runs" / "my-sft" / "summary.json").read_text())["distributed"]["type"] == "FSDP"
         elif args[:2] == ["pride", "serve"]:
             rc, said = serve_once(args[1:], tmp_path), ""
+        elif args[:2] == ["pride", "chat"]:  # one line typed, then end of input
+            import io
+
+            monkeypatch.setattr("sys.stdin", io.StringIO("Hi\n"))
+            rc = main(args[1:])
+            said = capsys.readouterr().err
         else:
             rc = main(args[1:])
             said = capsys.readouterr().err
