@@ -293,3 +293,19 @@ def test_a_reward_model_with_another_tokenizer_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err and "its tokenizer is not the one this reward model was trained with" in err
     assert not (tmp_path / "online" / "iteration-1" / "generations.jsonl").exists()
+
+
+def test_a_lora_reward_model_trains_its_head_and_saves_merged(tmp_path):
+    """LoRA on a reward model: the score head trains in full (peft's SEQ_CLS keeps it), the adapter is
+    saved beside the merged model, which AutoModelForSequenceClassification loads."""
+    from transformers import AutoModelForSequenceClassification
+
+    data = preference_file(tmp_path)
+    assert main(["rm", "examples/configs/rm.yaml", "model.path=tiny:llama", f"data.sources.0.path={data}",
+                 "data.sources.0.columns={}", "train.max_steps=3", "train.learning_rate=1e-2", "model.lora={r: 4}",
+                 f"output_dir={tmp_path / 'run'}"]) == 0
+    out = tmp_path / "run" / "model"
+    trained = AutoModelForSequenceClassification.from_pretrained(out)
+    start, _, _ = load_model_and_tokenizer(ModelSettings(path="tiny:llama"), seed=0, head="score")
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert not torch.equal(trained.score.weight, start.score.weight)  # the head moved

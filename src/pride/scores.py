@@ -58,7 +58,7 @@ class SequenceScores(nn.Module):
         decoder = getattr(base, base.base_model_prefix)
         hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
         hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, target_index)
-        return score_head(base)(hidden).squeeze(-1).float()
+        return score_head(base)(hidden).squeeze(-1).to(torch.float32, copy=True)  # not a view (FSDP2 hooks)
 
 
 @torch.no_grad()
