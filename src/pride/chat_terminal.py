@@ -18,9 +18,6 @@ def chat(model_ref: str, system: str | None = None, temperature: float = 0.7, ma
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     model, tok, fmt = load_model_and_tokenizer(ModelSettings(path=model_ref), seed=seed)
-    if fmt.fallback:
-        print(f"pride chat: warning: {model_ref} has no chat template; using ChatML, which it may never have seen",
-              file=sys.stderr)
     engine = Engine(model, tok, max_batch_size=1, offline=True)
     start = [{"role": "system", "content": system}] if system else []
     messages = list(start)

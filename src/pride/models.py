@@ -220,11 +220,23 @@ def with_score_head(causal_lm, seed: int):
     return model
 
 
+def warn_fallback(fmt: ChatFormat, ref: str) -> None:
+    """A model without a chat template of its own (and none named) is rendered with ChatML: said
+    once, wherever it is loaded (training, serving, chat), naming the fallback."""
+    if fmt.fallback:
+        import sys
+
+        print(f"pride: warning: {ref} has no chat template; conversations are rendered with ChatML (<|im_start|> "
+              f"... <|im_end|>), which this model may never have seen. Save the template it was trained with into "
+              f"its tokenizer_config.json, or set model.chat_template", file=sys.stderr, flush=True)
+
+
 def load_model_and_tokenizer(settings: ModelSettings, *, seed: int = 0, device=None, dtype=None, head: str = "lm"):
     """Model, tokenizer and chat format, consistent with each other (template tokens added);
     head="score": a reward model (see `load_model`), its pad token id set for its pooling."""
     tokenizer = load_tokenizer(settings)
     fmt = chat_format(tokenizer, settings.chat_template)
+    warn_fallback(fmt, settings.path)
     missing = missing_special_tokens(tokenizer, fmt.template)
     if missing:
         tokenizer.add_tokens(missing, special_tokens=True)
@@ -258,6 +270,7 @@ def load_chat(settings: ModelSettings) -> tuple[object, ChatFormat]:
     """Tokenizer and chat format only (data preparation needs no weights)."""
     tokenizer = load_tokenizer(settings)
     fmt = chat_format(tokenizer, settings.chat_template)
+    warn_fallback(fmt, settings.path)
     missing = missing_special_tokens(tokenizer, fmt.template)
     if missing:
         tokenizer.add_tokens(missing, special_tokens=True)

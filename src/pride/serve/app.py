@@ -521,10 +521,6 @@ def serve(model_ref: str, host: str = "127.0.0.1", port: int = 8000, api_key_env
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tok, fmt = load_model_and_tokenizer(ModelSettings(path=model_ref), device=device)
     model.to(device)
-    if fmt.fallback:  # no template of its own: say which one is used instead
-        print(f"pride serve: warning: {model_ref} has no chat template; chat requests are rendered with ChatML "
-              f"(<|im_start|> ... <|im_end|>), which this model may never have seen. Save the template it was trained "
-              f"with into its tokenizer_config.json, or use /v1/completions", file=sys.stderr, flush=True)
     positions = getattr(model.config, "max_position_embeddings", None)
     if max_model_len and positions and max_model_len > positions:
         raise PrideError(f"--max-model-len {max_model_len} is longer than {model_ref}'s positions ({positions}); at "
