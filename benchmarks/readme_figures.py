@@ -3,6 +3,7 @@
     python benchmarks/readme_figures.py               # pride demo --seed 0/1/2, rewrite the table
     python benchmarks/readme_figures.py --check       # pride demo --seed 0, compare with its row
 
+It also copies the first seed's scores.png and curves.png to docs/images/ (the README shows them).
 The table and the sentence about it live between `<!-- demo-table:start -->` and
 `<!-- demo-table:end -->` in README.md and are written only by this script, with the machine
 that measured them.
@@ -31,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+IMAGES = ROOT / "docs" / "images"
 START, END = "<!-- demo-table:start -->", "<!-- demo-table:end -->"
 COLUMNS = [("sft", "SFT"), ("dpo", "DPO"), ("online_dpo_1", "online DPO 1"), ("online_dpo_2", "online DPO 2"),
            ("sppo_2", "SPPO 2"), ("online_rm_1", "learned judge 1"), ("online_rm_2", "learned judge 2")]
@@ -154,7 +156,11 @@ def main() -> int:
         runs[seed] = run_demo(seed, Path(args.output) / f"seed-{seed}")
         seconds.append(time.perf_counter() - t)
     write_block(runs, sum(seconds) / len(seconds))
-    print(f"wrote the demo table for seeds {args.seeds} into {README}")
+    first = Path(args.output) / f"seed-{args.seeds[0]}"
+    for name in ("scores.png", "curves.png"):  # the README shows the first seed's figures
+        IMAGES.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(first / name, IMAGES / f"demo-{name}")
+    print(f"wrote the demo table for seeds {args.seeds} into {README}, and seed {args.seeds[0]}'s figures into {IMAGES}")
     return 0
 
 
