@@ -120,6 +120,7 @@ def test_an_online_run_writing_to_a_log_prints_progress_lines_while_sampling(tmp
     sampling = [x for x in lines if x.startswith("sampling: ")]
     assert [x.split(",")[0] for x in sampling] == [f"sampling: {n}/6 prompts" for n in range(1, 7)] + \
         ["sampling: 6/6 prompts"]  # each prompt as it is done, then the summary line
+    assert all(x.split(", ")[-1].endswith(" tok/s") for x in sampling)  # prompts and tokens per second
     assert any(x.startswith("judging: 6/6 prompts") for x in lines)
     assert any(x.startswith("train: ") and "tok/s" in x for x in lines)
     assert not [x for x in lines if x.startswith(("train ━", "sampling ━", "judging ━"))]  # no bar drawn into a file

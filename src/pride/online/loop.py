@@ -30,7 +30,7 @@ from pride.data import Conversation, load_rows, read_rows
 from pride.data.rows import normalize
 from pride.errors import PrideError
 from pride.io import append_jsonl, make_dir, read_jsonl, read_jsonl_tolerant, write_jsonl
-from pride.models import load_chat, load_model_and_tokenizer
+from pride.models import load_chat, load_model_and_tokenizer, load_tokenizer
 from pride.online.judges import check_judge, check_judgement, make_judge
 from pride.online.pairs import make_pair
 from pride.online.policy_servers import check_reloadable, check_serving, round_servers
@@ -44,11 +44,11 @@ from pride.train.stage import StageContext
 
 
 def resumable_map(acc, it_dir: Path, name: str, prompts: list[dict], chunk_size: int, work,
-                  console=None) -> list[dict]:
+                  console=None, tokens=None) -> list[dict]:
     """Run `work(todo_prompts) -> rows` (an iterable, one row per prompt, in any order) over this
     rank's prompts not done yet, appending to `name.part-<rank>.jsonl` every `chunk_size` rows;
     return all rows in prompt order once every rank is done. `console`: the main process's
-    progress (prompts done, and the rate)."""
+    progress (prompts done, and the rate; `tokens(row)`: the tokens a row holds, shown per second)."""
     from pride.progress import Phase
 
     final = it_dir / f"{name}.jsonl"
@@ -62,9 +62,13 @@ def resumable_map(acc, it_dir: Path, name: str, prompts: list[dict], chunk_size:
     label = {"generations": "sampling", "scores": "judging"}.get(name, name)
     with Phase(console, label, mine, "prompts", enabled=console is not None and acc.is_main_process,
                completed=mine - len(todo)) as progress:
+        counted, started = 0, time.perf_counter()
         for row in work(todo) if todo else []:
             pending.append(row)
-            progress.advance()
+            if tokens is not None:
+                counted += tokens(row)
+            progress.advance(info=f"{counted / max(time.perf_counter() - started, 1e-9):.0f} tok/s"
+                             if tokens is not None else None)
             if len(pending) >= chunk_size:
                 append_jsonl(part, pending)
                 pending = []
@@ -170,8 +174,13 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
     served = (kind == "server" and not sampled) or (kind == "openai" and (not sampled or judge_waits))
     with round_servers(acc, s, model_ref, it_dir) if served else nullcontext() as urls:
         state["urls"] = urls
+        tokenizer_ = load_tokenizer(sample_settings) if acc.is_main_process else None
+
+        def sampled_tokens(row: dict) -> int:  # what the progress line's tok/s counts
+            return sum(len(tokenizer_.encode(r, add_special_tokens=False)) for r in row["responses"])
+
         generations = resumable_map(acc, it_dir, "generations", prompts, s.generation_batch_size, generate,
-                                    ctx.console)
+                                    ctx.console, sampled_tokens if acc.is_main_process else None)
         if "sampler" in state:
             state.pop("sampler").close()
     timing["sample_s"] = time.perf_counter() - t
