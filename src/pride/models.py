@@ -117,6 +117,13 @@ def _check_reference(ref: str, key: str = "model.path", check=None) -> None:
         raise PrideError(f"{key}: model directory not found: {ref}")
 
 
+def not_reachable(key: str, ref: str) -> PrideError:
+    """A hub id that is neither cached nor reachable (the preflight's and the loader's one message)."""
+    return PrideError(f"{key}={ref}: not a local directory, not in the Hugging Face cache, and the hub cannot be "
+                      f"reached (offline or HF_HUB_OFFLINE=1); download it where there is a connection "
+                      f"(huggingface-cli download {ref} --local-dir DIR) and set {key}=DIR")
+
+
 def check_model_reference(settings: ModelSettings) -> None:
     """What loading the model checks first, without loading it: a local directory's files
     (`pride.model_dirs`), or a hub id that is reachable or in the local cache."""
@@ -133,9 +140,7 @@ def check_model_reference(settings: ModelSettings) -> None:
             from pride.hub import hub_reachable
 
             if not hub_reachable() and not isinstance(try_to_load_from_cache(ref, "config.json"), str):
-                raise PrideError(f"{key}={ref}: not a local directory, not in the Hugging Face cache, and the hub "
-                                 f"cannot be reached; download it where there is a connection (huggingface-cli "
-                                 f"download {ref} --local-dir DIR) and set {key}=DIR")
+                raise not_reachable(key, ref)
 
 
 def load_tokenizer(settings: ModelSettings):
@@ -300,9 +305,7 @@ def from_pretrained(loader, ref: str, key: str = "model.path", **kwargs):
         if not isinstance(e, OSError):
             raise
         if kwargs.get("local_files_only"):
-            raise PrideError(f"{key}={ref}: not a local directory, not in the Hugging Face cache, and the hub cannot "
-                             f"be reached (offline or HF_HUB_OFFLINE=1); download it where there is a connection "
-                             f"(huggingface-cli download {ref} --local-dir DIR) and set {key}=DIR") from None
+            raise not_reachable(key, ref) from None
         raise PrideError(f"{key}={ref}: not a local directory and could not be fetched from the hub "
                          f"({str(e).splitlines()[0]}); download it elsewhere and set {key}=DIR") from None
 
