@@ -147,3 +147,24 @@ def test_eval_logs_into_the_training_runs_wandb(tmp_path, monkeypatch):
                                      "train.wandb_group=g"]), {"m": {"mt_bench": {"headline_mean": 1.0}}})
     assert calls == [{"project": "pride", "group": "g", "name": "m", "job_type": "eval",
                       "logged": {"eval/mt_bench": 1.0}}]
+
+
+def test_two_models_sharing_a_run_name_never_share_an_eval_directory(tmp_path):
+    """a/x/model and b/x/model are both named x: the second is refused before any answer, instead of
+    replacing the first's scores; the same model again, or another name, is fine."""
+    from pride.eval.run import MODELS, claim_names, default_name
+
+    out = tmp_path / "eval"
+    a, b = (tmp_path / p / "x" / "model" for p in "ab")
+    for m in (a, b):
+        m.mkdir(parents=True)
+    assert default_name(str(a)) == default_name(str(b)) == "x"
+    write = __import__("pride.io", fromlist=["write_json"]).write_json
+    write(out / MODELS, claim_names(out, [("x", str(a))], None))
+    assert claim_names(out, [("x", str(a))], None) == {"x": str(a.resolve())}  # evaluated again: its own entry
+    with pytest.raises(PrideError, match=r"the name 'x' already holds the scores of .*a/x/model.*set "
+                                         r"eval\.model_name to a name of its own \(e\.g\. b-x\)"):
+        claim_names(out, [("x", str(b))], None)
+    with pytest.raises(PrideError, match=r"choose another eval\.model_name"):
+        claim_names(out, [("x", str(b))], "eval.model_name")
+    assert claim_names(out, [("b-x", str(b))], "eval.model_name") == {"x": str(a.resolve()), "b-x": str(b.resolve())}

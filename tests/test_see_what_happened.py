@@ -178,3 +178,24 @@ def test_every_saved_model_has_a_model_card_and_pride_chat_talks_to_it(tmp_path,
     assert main(["chat", str(tmp_path / "run" / "model"), "--max-new-tokens", "4"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("pride chat: ") and [x[:7] for x in out[1:]] == ["model> ", "(new co", "model> "]
+
+
+def test_pride_plot_draws_runs_that_share_a_label_and_never_writes_over_what_it_reads(tmp_path):
+    """a/x and b/x are both labelled x's parent/x: each is drawn (the second under its path); the
+    output may not be a file the plot reads (the run's metrics stay as they were)."""
+    from pride.io import clear_inputs
+    from pride.plot import plot_runs
+
+    runs = []
+    for parent, loss in (("one", 0.5), ("two", 0.9)):
+        run = tmp_path / parent / "r" / "x"
+        run.mkdir(parents=True)
+        write_jsonl(run / "metrics.jsonl", [{"step": 1, "loss": loss}, {"step": 2, "loss": loss / 2}])
+        runs.append(run)
+    drawn = plot_runs([str(r) for r in runs], tmp_path / "both.png")
+    assert sorted(drawn["loss"].values()) == [([1, 2], [0.5, 0.25]), ([1, 2], [0.9, 0.45])]
+    before = (runs[0] / "metrics.jsonl").read_bytes()
+    clear_inputs()
+    for target in (runs[0] / "metrics.jsonl", runs[1] / "metrics.jsonl"):
+        assert main(["plot", *map(str, runs), "-o", str(target)]) == 2
+    assert (runs[0] / "metrics.jsonl").read_bytes() == before

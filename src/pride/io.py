@@ -106,13 +106,13 @@ def clear_inputs() -> None:
     _inputs.clear()
 
 
-def check_not_input(path: Path) -> None:
+def check_not_input(path: Path, may_hold: bool = False) -> None:
     """`path`, a file or directory pride is about to replace or remove, is not an input of this
     command, not inside one, and does not hold one (a run directory's `model/` that is the model
-    this run starts from)."""
+    this run starts from); `may_hold`: a directory written into, never replaced (eval.output_dir)."""
     real = Path(path).expanduser().resolve()
     for inp in _inputs:
-        if real == inp or inp in real.parents or real in inp.parents:
+        if real == inp or inp in real.parents or (real in inp.parents and not may_hold):
             what = "holds" if real in inp.parents else "is"
             raise PrideError(f"{path}: refusing to write there: it {what} an input of this run ({inp}); "
                              "choose another path or output_dir")

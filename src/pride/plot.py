@@ -70,7 +70,8 @@ def run_series(run: Path) -> dict[str, tuple[list, list]]:
 
 def find_runs(paths: list[str]) -> dict[str, Path]:
     """label -> run directory: each path a run (metrics.jsonl or rounds), or a recipe's output
-    directory (each stage with curves). Labels: the directory, with its parent's name."""
+    directory (each stage with curves). Labels: the directory, with its parent's name (the path
+    as given where two runs would share one)."""
     runs: dict[str, Path] = {}
     for given in paths:
         p = Path(given)
@@ -81,7 +82,10 @@ def find_runs(paths: list[str]) -> dict[str, Path]:
         if not candidates:
             raise PrideError(f"{p}: no metrics.jsonl here or in its stages; is it a pride run directory?")
         for c in candidates:
-            runs[f"{c.resolve().parent.name}/{c.name}"] = c
+            if any(c.resolve() == r.resolve() for r in runs.values()):
+                continue  # the same run named twice (a run and its recipe's directory): drawn once
+            label = f"{c.resolve().parent.name}/{c.name}"
+            runs[str(c) if label in runs else label] = c  # two runs that share a label: the path tells them apart
     return runs
 
 
@@ -137,8 +141,17 @@ def draw(series: dict[str, dict[str, tuple[list, list]]], path: Path, title: str
 
 
 def plot_runs(paths: list[str], out: str | Path, title: str = "training curves") -> dict:
+    """`pride plot`: the runs' curves into `out`, which may be none of the files they are read from."""
+    from pride.io import mark_inputs
+
     runs = find_runs(paths)
+    mark_inputs(*(f for run in runs.values() for f in read_files(run)))
     return draw({label: run_series(run) for label, run in runs.items()}, Path(out), title)
+
+
+def read_files(run: Path) -> list[Path]:
+    """The files `run_series` reads from a run (what a plot must never be written over)."""
+    return [f for d in [run, *rounds(run)] for f in (d / "metrics.jsonl", d / "iteration.json") if f.is_file()]
 
 
 def stage_curves(run_dir: Path, title: str) -> None:

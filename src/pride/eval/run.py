@@ -243,8 +243,15 @@ def run_eval(cfg: Config, console: Console | None = None) -> dict:
     """Evaluate, one `pride eval` per `eval.output_dir` at a time (the lock the training run
     directories use); the directory's scores.json and report.md keep every model evaluated
     into it (a model evaluated again replaces its earlier entry). Returns this run's scores."""
+    from pride.config import input_paths
+    from pride.io import check_not_input, mark_inputs
     from pride.train.stage import exclusive
 
+    # nothing it writes lands on what it reads: the model (a run directory with eval.checkpoints,
+    # which may hold its evaluations), the benchmark files and references
+    mark_inputs(*input_paths(cfg.eval), *([] if cfg.eval.checkpoints or is_tiny(cfg.model.path) else
+                                          [p for p in [cfg.model.path] if Path(p).exists()]))
+    check_not_input(Path(cfg.eval.output_dir), may_hold=True)
     with exclusive(Path(cfg.eval.output_dir), "eval.output_dir"):
         return _evaluate(cfg, console)
 
@@ -261,6 +268,34 @@ def earlier_scores(out_root: Path) -> dict:
     return scores
 
 
+MODELS = "models.json"  # in eval.output_dir: each name's model, so one name never stands for two models
+
+
+def model_identity(ref: str) -> str:
+    """What a name stands for: a local model's absolute path, else the hub id or tiny: spec."""
+    return str(Path(ref).resolve()) if Path(ref).exists() else ref
+
+
+def claim_names(out_root: Path, models: list[tuple[str, str]], named_by: str | None) -> dict:
+    """{name: model} of the directory with these models added, or one line when a name already
+    stands for another model there: its scores and answers would be replaced without a word (two
+    runs called x: a/x/model and b/x/model). `named_by`: the setting that chose the name."""
+    path = out_root / MODELS
+    known = read_json(path) if path.exists() else {}
+    if not isinstance(known, dict):
+        raise PrideError(f"{path}: not pride's {{name: model}} record; move it away or choose another "
+                         "eval.output_dir")
+    for name, ref in models:
+        mine = model_identity(ref)
+        if known.get(name, mine) != mine:
+            fix = (f"choose another {named_by}" if named_by else
+                   f"set eval.model_name to a name of its own (e.g. {Path(mine).parent.parent.name}-{name})")
+            raise PrideError(f"{out_root}: the name {name!r} already holds the scores of {known[name]}; evaluating "
+                             f"{mine} under it would replace them: {fix}, or use another eval.output_dir")
+        known[name] = mine
+    return known
+
+
 def _evaluate(cfg: Config, console: Console | None) -> dict:
     from pride.trackers import check_trackers
 
@@ -269,6 +304,8 @@ def _evaluate(cfg: Config, console: Console | None) -> dict:
     check_trackers(ev.report_to, "eval.report_to")
     out_root = Path(ev.output_dir)
     earlier = earlier_scores(out_root)  # read first: a bad file stops the run before any generation
+    write_json(out_root / MODELS, claim_names(out_root, models_to_evaluate(cfg),
+                                              "eval.model_name" if ev.model_name else None))  # before any answer
     scores: dict = {}
     pending: dict = {}  # MT-Bench pairwise-all: run -> model -> answers
     judge = None
