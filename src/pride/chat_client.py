@@ -104,6 +104,11 @@ class ChatClient:
         answer = response.model_dump(mode="json", exclude_none=False)
         if not answer.get("choices"):
             raise PrideError(f"{self.url}: the answer has no choices: {json.dumps(answer)[:200]}")
+        first, part = answer["choices"][0], "message" if route == "chat/completions" else "text"
+        if not isinstance(first, dict) or (not isinstance(first.get("message"), dict) if part == "message"
+                                           else not isinstance(first.get("text"), str)):
+            raise PrideError(f"{self.url}: not an OpenAI-compatible answer: its first choice has no {part}: "
+                             f"{json.dumps(first)[:200]}")
         return answer
 
     def _pace(self) -> None:

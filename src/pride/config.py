@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pride.errors import PrideError
-from pride.losses import LOSS_TYPES
+from pride.losses import LOSS_TYPES, PG_LOSS_TYPES
 
 
 INPUT = {"input": True}  # json_schema_extra of a setting that names a local file or directory a stage reads
@@ -232,8 +232,56 @@ class JudgeSettings(Section):
                                  "gen_preference_pairs.py): a 'role: content' line per turn")
 
 
+class GrpoSettings(Section):
+    """`online.objective: grpo | rloo`: every sample trained, weighted by its advantage over its prompt's
+    group (TRL's GRPOTrainer / RLOOTrainer names and defaults)."""
+
+    loss_type: Literal[PG_LOSS_TYPES] = Field("dapo", description="grpo: how the per-token losses are normalised "
+                                              "(TRL's loss_type); rloo has its own sequence-level loss")
+    scale_rewards: Literal["group", "batch", "none"] | None = Field(
+        None, description="advantages divided by the std of the group (grpo's default), of the round's batch, or "
+                          "not (Dr. GRPO; rloo's default: batch is RLOOTrainer's normalize_advantages)")
+    epsilon: float = Field(0.2, gt=0, description="clip range below 1 (and above, unless epsilon_high)")
+    epsilon_high: float | None = Field(None, gt=0, description="clip range above 1 (DAPO's clip-higher: 0.28; "
+                                                               "cispo: the weight's cap, 5.0 in ScaleRL)")
+    delta: float | None = Field(None, gt=1, description="two-sided clipping: the ratio capped at delta (INTELLECT-2)")
+    beta: float = Field(0.0, ge=0, description="KL to the reference (grpo: k3 per token in the loss; rloo: "
+                                               "old - ref summed, in the reward); reference as in DPO")
+    importance_sampling_level: Literal["token", "sequence"] = Field(
+        "token", description="sequence: one ratio per completion, its tokens' mean (GSPO)")
+    drop_flat_groups: bool = Field(False, description="train without prompts whose K scores are all equal (no "
+                                                      "signal; DAPO's dynamic sampling); always counted")
+    mask_truncated_completions: bool = Field(False, description="completions cut at online.max_new_tokens add no "
+                                                                "loss (DAPO); always counted")
+    sapo_temperature_pos: float = Field(1.0, gt=0, description="sapo: the gate's temperature where A > 0")
+    sapo_temperature_neg: float = Field(1.05, gt=0, description="sapo: where A <= 0")
+    vespo_k_pos: float = 2.0
+    vespo_lambda_pos: float = 3.0
+    vespo_k_neg: float = 3.0
+    vespo_lambda_neg: float = 2.0
+
+    @field_validator("loss_type", mode="before")
+    @classmethod
+    def _not_a_pairwise_loss(cls, v):
+        if v in LOSS_TYPES:
+            raise ValueError(f"{v!r} is a DPO-family loss (preference.loss_type, for online.objective dpo or sppo); "
+                             f"the GRPO family's are {', '.join(PG_LOSS_TYPES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _sequence_level_for_luspo(self):
+        if self.loss_type == "luspo" and self.importance_sampling_level != "sequence":
+            raise ValueError("online.grpo.loss_type=luspo scales GSPO's sequence ratio: it needs "
+                             "online.grpo.importance_sampling_level=sequence")
+        return self
+
+
 class OnlineSettings(Section):
     """Online DPO (LIONs: K samples, best vs worst) and SPPO self-play iterations."""
+
+    objective: Literal["dpo", "sppo", "grpo", "rloo"] = Field(
+        "dpo", description="dpo: best vs worst, any preference.loss_type; sppo: SPPO's win probabilities "
+                           "(online.pairs=sppo); grpo, rloo: every sample by its advantage (online.grpo)")
 
     iterations: int = Field(2, gt=0)
     samples_per_prompt: int = Field(5, ge=2, description="K")
@@ -273,6 +321,29 @@ class OnlineSettings(Section):
     mix_fraction: float | None = Field(None, ge=0, lt=1, description="instead of mix_offline's own fraction: as many "
                                                                      "offline pairs as make this share of the round")
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
+    grpo: GrpoSettings = Field(default_factory=GrpoSettings)
+
+    @model_validator(mode="after")
+    def _objective_settings_used(self):
+        """online.objective=sppo is SPPO's pairs; the GRPO family's settings only with its objectives
+        (compared with their defaults, so a run's own config.yaml reads back)."""
+        group = self.objective in ("grpo", "rloo")
+        if self.objective == "sppo" and self.pairs != "sppo":
+            object.__setattr__(self, "pairs", "sppo")
+        changed = [k for k, v in self.grpo if v != GrpoSettings.model_fields[k].default]
+        if not group and changed:
+            raise ValueError(f"online.grpo.{changed[0]} is for online.objective grpo or rloo (this is objective "
+                             f"{self.objective})")
+        if group and (self.pairs != "best_worst" or self.keep_ties):
+            raise ValueError(f"online.pairs and online.keep_ties make the pairs of objectives dpo and sppo; "
+                             f"objective {self.objective} trains on every sample")
+        if self.objective == "rloo" and self.grpo.loss_type != "dapo":
+            raise ValueError("online.grpo.loss_type is for objective grpo; rloo trains RLOOTrainer's own "
+                             "sequence-level loss")
+        if self.objective == "rloo" and self.grpo.scale_rewards == "group":
+            raise ValueError("online.grpo.scale_rewards=group is GRPO's; rloo's leave-one-out advantages take none "
+                             "or batch (RLOOTrainer's normalize_advantages)")
+        return self
 
     @model_validator(mode="after")
     def _sampler_settings_used(self):

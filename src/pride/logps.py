@@ -15,23 +15,27 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
-def _chunk_logps(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None):
+def _chunk_logps(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None,
+                 temperature: float = 1.0):
     logits = lm_head(hidden).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
+    if temperature != 1.0:  # the distribution a sampler drew from at that temperature (GRPO's ratios)
+        logits = logits / temperature
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
 def chunked_logps(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int,
-                  softcap: float | None = None) -> torch.Tensor:
-    """log p(targets[i] | hidden[i]) for each row of hidden [N, H], fp32, chunk by chunk."""
+                  softcap: float | None = None, temperature: float = 1.0) -> torch.Tensor:
+    """log p(targets[i] | hidden[i]) for each row of hidden [N, H], fp32, chunk by chunk (logits
+    divided by `temperature` after any softcap)."""
     out = []
     for start in range(0, hidden.shape[0], chunk_size):
         h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
         if torch.is_grad_enabled() and h.requires_grad:
-            out.append(checkpoint(_chunk_logps, lm_head, h, t, softcap, use_reentrant=False))
+            out.append(checkpoint(_chunk_logps, lm_head, h, t, softcap, temperature, use_reentrant=False))
         else:
-            out.append(_chunk_logps(lm_head, h, t, softcap))
+            out.append(_chunk_logps(lm_head, h, t, softcap, temperature))
     if not out:
         return hidden.new_zeros(0, dtype=torch.float32)
     return torch.cat(out)
@@ -40,10 +44,11 @@ def chunked_logps(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tenso
 class TokenLogps(nn.Module):
     """model inputs -> log-probs of the targets (what every objective consumes)."""
 
-    def __init__(self, model: nn.Module, chunk_size: int = 256):
+    def __init__(self, model: nn.Module, chunk_size: int = 256, temperature: float = 1.0):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
+        self.temperature = temperature
         config = getattr(model, "config", None)
         self.softcap = getattr(config, "final_logit_softcapping", None)
 
@@ -61,7 +66,7 @@ class TokenLogps(nn.Module):
         hidden = decoder(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
                          use_cache=False).last_hidden_state
         hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, target_index)
-        return chunked_logps(lm_head, hidden, target_ids, self.chunk_size, self.softcap)
+        return chunked_logps(lm_head, hidden, target_ids, self.chunk_size, self.softcap, self.temperature)
 
 
 def shared_prompt_mask(config, part: torch.Tensor, segment: torch.Tensor, position_ids: torch.Tensor,

@@ -12,6 +12,7 @@ training objective averages it over the pairs of an optimizer step.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -232,3 +233,138 @@ def bradley_terry(chosen: Tensor, rejected: Tensor, margin: Tensor | None = None
     if center_rewards_coefficient is not None:
         loss = loss + center_rewards_coefficient * (chosen + rejected) ** 2
     return loss
+
+
+# ---------------------------------------------------------------- the GRPO family (online.objective grpo / rloo)
+#
+# Notation (flat over a micro-batch's completion tokens, as `TokenLogps` gives them):
+#     logp, old, ref  per-token log-probs of the policy, of the policy that sampled (the round's
+#                     starting model) and of the reference; `seq[t]` is token t's sequence
+#     A               each sequence's advantage, broadcast to its tokens
+#     ratio           exp(logp - old) per token, or per sequence exp(mean_t(logp - old)) (GSPO)
+# Each function gives the per-token loss; `PG_LOSSES` says how a step normalises it (`units`),
+# as TRL's GRPOTrainer does for the same `loss_type` (trl 1.16 `_compute_loss`).
+
+
+def seq_mean(x: Tensor, seq: Tensor, n_seqs: int) -> Tensor:
+    """Per-sequence mean of per-token values [N] -> [n_seqs] (TRL: (x*mask).sum(-1) / mask.sum(-1).clamp(1))."""
+    total = x.new_zeros(n_seqs).index_add(0, seq, x)
+    count = x.new_zeros(n_seqs).index_add(0, seq, torch.ones_like(x))
+    return total / count.clamp(min=1)
+
+
+def importance_log_ratio(logp: Tensor, old: Tensor, seq: Tensor, n_seqs: int, level: str) -> Tensor:
+    """log ratio per token (`token`, PPO/GRPO) or the sequence's mean log ratio on each of its tokens
+    (`sequence`: GSPO, Zheng et al. 2025, arXiv:2507.18071)."""
+    log_ratio = logp - old
+    return log_ratio if level == "token" else seq_mean(log_ratio, seq, n_seqs)[seq]
+
+
+def clipped_surrogate(ratio: Tensor, adv: Tensor, epsilon: float, epsilon_high: float,
+                      delta: float | None = None) -> Tensor:
+    """PPO's clipped objective (Schulman et al. 2017, arXiv:1707.06347) as GRPO uses it (Shao et al. 2024,
+    arXiv:2402.03300): -min(r A, clip(r, 1-eps, 1+eps_high) A). eps_high > eps is DAPO's clip-higher (Yu et al.
+    2025, arXiv:2503.14476); `delta` caps r itself (two-sided clipping, INTELLECT-2, arXiv:2505.07291)."""
+    clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
+    if delta is not None:
+        ratio = torch.clamp(ratio, max=delta)
+    return -torch.min(ratio * adv, clipped * adv)
+
+
+def cispo(ratio: Tensor, adv: Tensor, logp: Tensor, epsilon_high: float) -> Tensor:
+    """CISPO (MiniMax-M1, arXiv:2506.13585): the importance weight clipped from above and detached,
+    times A times the token's log-prob: -sg(min(r, eps_high)) A logp."""
+    return -torch.clamp(ratio, max=epsilon_high).detach() * adv * logp
+
+
+def sapo(ratio: Tensor, adv: Tensor, tau_pos: float, tau_neg: float) -> Tensor:
+    """SAPO (Gao et al. 2025, arXiv:2511.20347): a soft gate instead of the clip,
+    -(4/tau) sigmoid(tau (r - 1)) A, tau = tau_pos where A > 0 else tau_neg."""
+    tau = torch.where(adv > 0, torch.full_like(adv, tau_pos), torch.full_like(adv, tau_neg))
+    return -torch.sigmoid(tau * (ratio - 1)) * 4 / tau * adv
+
+
+def vespo_weights(adv_seq: Tensor, log_ratio: Tensor, seq: Tensor, n_seqs: int, k_pos: float, lambda_pos: float,
+                  k_neg: float, lambda_neg: float) -> Tensor:
+    """VESPO's Gamma weight of each sequence (arXiv:2602.10693, as trl 1.16 `get_gamma_weights`):
+    phi(w) = exp(lambda + k log w - lambda w) on the sequence ratio w = exp(sum_t log r_t), detached;
+    (k, lambda) by the advantage's sign. Returns [n_seqs]."""
+    with torch.no_grad():
+        lower = math.log(1e-8)
+        summed = log_ratio.new_zeros(n_seqs).index_add(0, seq, torch.clamp(log_ratio, -20.0, 20.0))
+        log_w = torch.clamp(summed, lower, 20.0)
+        nonneg = adv_seq >= 0
+        k = torch.where(nonneg, torch.full_like(log_w, k_pos), torch.full_like(log_w, k_neg))
+        lam = torch.where(nonneg, torch.full_like(log_w, lambda_pos), torch.full_like(log_w, lambda_neg)).clamp(min=1e-4)
+        return torch.exp(lam + k * log_w - lam * torch.exp(log_w)).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def k3_kl(logp: Tensor, ref: Tensor) -> Tensor:
+    """Schulman's k3 estimator of KL(pi || ref) per token: exp(ref - logp) - (ref - logp) - 1 (>= 0)."""
+    d = ref - logp
+    return torch.exp(d) - d - 1
+
+
+@dataclass(frozen=True)
+class PgLoss:
+    """One policy-gradient loss: how its per-token losses of a step are normalised (`units`):
+    tokens (the step's completion tokens: DAPO's token-level mean), or sequences (a mean over the
+    step's sequences of each sequence's `per_seq` reduction)."""
+
+    units: str  # tokens | sequences
+    per_seq: str = "sum"  # with units sequences: mean (GRPO), sum (LUSPO), max_len (Dr. GRPO), batch (BNPO)
+    clipped: bool = True  # reports clip fractions
+
+
+# The one list of the GRPO family's loss types (online.grpo.loss_type), TRL's names.
+PG_LOSSES: dict[str, PgLoss] = {
+    "dapo": PgLoss("tokens"),  # DAPO (arXiv:2503.14476): tokens of the whole step
+    "grpo": PgLoss("sequences", "mean"),  # GRPO (arXiv:2402.03300): each sequence's token mean
+    "dr_grpo": PgLoss("sequences", "max_len"),  # Dr. GRPO (arXiv:2503.20783): sum / max completion length
+    "bnpo": PgLoss("sequences", "batch"),  # BNPO (arXiv:2506.02864): a micro-batch's token mean, as TRL
+    "cispo": PgLoss("tokens", clipped=False),  # CISPO (arXiv:2506.13585)
+    "sapo": PgLoss("sequences", "mean", clipped=False),  # SAPO (arXiv:2511.20347)
+    "luspo": PgLoss("sequences", "sum"),  # LUSPO (arXiv:2602.05261): GSPO scaled by length
+    "vespo": PgLoss("tokens", clipped=False),  # VESPO (arXiv:2602.10693)
+}
+PG_LOSS_TYPES = tuple(PG_LOSSES)
+
+
+def policy_gradient_loss(loss_type: str, *, logp: Tensor, old: Tensor, adv_seq: Tensor, seq: Tensor, n_seqs: int,
+                         level: str = "token", epsilon: float = 0.2, epsilon_high: float | None = None,
+                         delta: float | None = None, beta: float = 0.0, ref: Tensor | None = None,
+                         sapo_temperatures: tuple[float, float] = (1.0, 1.05),
+                         vespo: tuple[float, float, float, float] = (2.0, 3.0, 3.0, 2.0)) -> tuple[Tensor, dict]:
+    """Per-token loss of `loss_type` [N] (before normalisation), and what it reports: the ratio
+    per token and the KL per token (beta > 0). With beta > 0 the k3 KL to the reference is added
+    per token, times the ratio (trl 1.16's default use_bias_correction_kl: the unbiased reverse-KL
+    gradient, DeepSeek-V3.2, arXiv:2512.02556)."""
+    if loss_type not in PG_LOSSES:
+        raise PrideError(f"unknown online.grpo.loss_type {loss_type!r} (available: {', '.join(PG_LOSS_TYPES)})")
+    epsilon_high = epsilon if epsilon_high is None else epsilon_high
+    adv = adv_seq[seq]
+    log_ratio = logp - old
+    ratio = torch.exp(importance_log_ratio(logp, old, seq, n_seqs, level))
+    if loss_type == "cispo":
+        loss = cispo(ratio, adv, logp, epsilon_high)
+    elif loss_type == "sapo":
+        loss = sapo(ratio, adv, *sapo_temperatures)
+    elif loss_type == "vespo":
+        loss = -vespo_weights(adv_seq, log_ratio, seq, n_seqs, *vespo)[seq] * adv * logp
+    else:
+        loss = clipped_surrogate(ratio, adv, epsilon, epsilon_high, delta)
+    report = {"ratio": ratio.detach()}
+    if beta:
+        kl = k3_kl(logp, ref)
+        loss = loss + beta * kl * ratio
+        report["kl"] = kl.detach()
+    return loss, report
+
+
+def rloo_loss(logp_seq: Tensor, old_seq: Tensor, adv_seq: Tensor, epsilon: float,
+              epsilon_high: float | None = None) -> Tensor:
+    """RLOO's per-sequence loss as trl 1.16's RLOOTrainer (REINFORCE Leave-One-Out, Ahmadian et al.
+    2024, arXiv:2402.14740): the clipped surrogate on the whole sequence's ratio
+    exp(sum_t logp - sum_t old). [sequences] -> [sequences]."""
+    ratio = torch.exp(logp_seq - old_seq)
+    return clipped_surrogate(ratio, adv_seq, epsilon, epsilon if epsilon_high is None else epsilon_high)

@@ -19,7 +19,17 @@ KEY_SETTINGS = {
            "reward.center_rewards_coefficient"),
     "dpo": ("train.learning_rate", "train.epochs", "train.max_steps", "preference.loss_type", "preference.beta",
             "preference.gamma", "preference.nll_weight", "preference.max_length"),
+    "grpo": ("train.learning_rate", "train.max_steps", "online.objective", "online.samples_per_prompt",
+             "online.grpo.loss_type", "online.grpo.scale_rewards", "online.grpo.epsilon", "online.grpo.epsilon_high",
+             "online.grpo.beta", "online.grpo.importance_sampling_level"),
 }
+
+
+def hub_id(ref: str) -> bool:
+    """A Hub repository id (`org/name`), not a local directory: what the card's metadata may name."""
+    from pathlib import Path
+
+    return ref.count("/") == 1 and not ref.startswith((".", "/", "~")) and not Path(ref).exists()
 
 
 def _get(cfg, dotted: str):
@@ -35,13 +45,14 @@ def model_card(cfg, kind: str, summary: dict) -> str:
     sources = [s.path for s in (cfg.data.sources if cfg.data else [])]
     meta = {"library_name": "transformers", "tags": ["pride", kind],
             "pipeline_tag": "text-classification" if kind == "rm" else "text-generation"}
-    if not base.startswith("tiny:"):
+    if hub_id(base):  # the Hub's metadata takes ids only; a local directory is named in the text
         meta["base_model"] = base
-    hub_data = [s for s in sources if s.count("/") == 1 and not s.startswith((".", "/"))]
+    hub_data = [s for s in sources if hub_id(s)]
     if hub_data:
         meta["datasets"] = hub_data
     what = {"sft": "supervised fine-tuning", "dpo": "preference training (the DPO family)",
-            "rm": "a reward model (Bradley-Terry; AutoModelForSequenceClassification, one output)"}[kind]
+            "rm": "a reward model (Bradley-Terry; AutoModelForSequenceClassification, one output)",
+            "grpo": f"online policy-gradient rounds ({cfg.online.objective}: each sample by its advantage)"}[kind]
     settings = {k: _get(cfg, k) for k in KEY_SETTINGS[kind] if _get(cfg, k) is not None}
     final = {k: v for k, v in (summary.get("final") or {}).items() if isinstance(v, (int, float))}
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",

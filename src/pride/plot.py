@@ -117,8 +117,8 @@ def draw(series: dict[str, dict[str, tuple[list, list]]], path: Path, title: str
         ax.set_xlabel("round" if key == "judge" else "step")
         if key == "lr":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
-        if key == "grad_norm":  # one spike would flatten every other run's curve
-            ax.set_yscale("log")
+        if key == "grad_norm" and any(y > 0 for s in series.values() for y in s.get(key, ([], []))[1]):
+            ax.set_yscale("log")  # one spike would flatten every other run's curve (none drawn: all zero)
         if key == "judge":
             ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)

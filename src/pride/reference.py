@@ -217,3 +217,47 @@ def live(cfg: Config, acc: Accelerator, policy):
         p.requires_grad_(False)
     wrapper = TokenLogps(ref, cfg.train.logps_chunk_size)
     return lambda batch: wrapper(**batch.inputs())
+
+
+@torch.no_grad()
+def token_logps(acc: Accelerator, model: torch.nn.Module, rows: list[list[Sample]], pad_id: int, batch_size: int,
+                chunk_size: int = 256, temperature: float = 1.0, console=None,
+                label: str = "old log-probs") -> list[list[float]]:
+    """Per-token log-probs of each row's one sample (in the order of `rows`): the GRPO family's
+    old log-probs (the policy that sampled) and, with beta > 0, the reference's. Split across
+    ranks, gathered on all. The logits are divided by the sampling temperature, as the training
+    forward divides them, so the ratio of the two is exact."""
+    from pride.progress import Phase
+
+    wrapper = TokenLogps(model, chunk_size, temperature)
+    was_training = model.training
+    model.eval()
+    index = {(row[0].example, row[0].seq): i for i, row in enumerate(rows)}
+    batches = [list(range(i, min(i + batch_size, len(rows)))) for i in range(0, len(rows), batch_size)]
+    mine = batches[acc.process_index::acc.num_processes]
+    local = []
+    with Phase(console, label, sum(map(len, mine)), "samples",
+               enabled=console is not None and acc.is_main_process) as progress:
+        for idx in mine:
+            batch = collate([rows[i] for i in idx], pad_id, layout="repack").to(acc.device)
+            with acc.autocast():
+                logps = wrapper(**batch.inputs()).float().cpu()
+            seq = batch.target_seq.cpu()
+            for s, (example, kind) in enumerate(zip(batch.seq_example.tolist(), batch.seq_kind.tolist())):
+                local.append((index[(example, kind)], logps[seq == s].tolist()))
+            progress.advance(len(idx))
+    if was_training:
+        model.train()
+    gathered = gather_object(local) if acc.num_processes > 1 else local
+    out: list[list[float]] = [[] for _ in rows]
+    for i, values in gathered:
+        out[i] = values
+    return out
+
+
+def reference_policy(cfg: Config, acc: Accelerator, policy):
+    """The reference model of a policy-gradient round: `preference.reference_model`, loaded, or
+    None when it is the round's starting policy (whose values the old log-probs already are)."""
+    if cfg.preference.reference_model is None:
+        return None
+    return load_model(reference_settings(cfg), seed=cfg.seed, device=acc.device).to(acc.device)

@@ -30,6 +30,10 @@ class Sample:
     ref_logps: float | None = None  # DPO: the reference model's summed completion log-probs
     win_prob: float | None = None  # SPPO: the completion's estimated win probability
     margin: float | None = None  # reward models: the pair's margin (on both of its samples)
+    advantage: float | None = None  # GRPO family: the sample's advantage over its group
+    old_logps: list[float] | None = None  # GRPO family: per target, the sampling policy's log-prob
+    ref_token_logps: list[float] | None = None  # GRPO family with beta > 0: per target, the reference's
+    masked: bool | None = None  # GRPO family: a truncated completion that mask_truncated_completions leaves out
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -65,6 +69,10 @@ class Batch:
     seq_ref_logps: torch.Tensor | None = None
     seq_win_prob: torch.Tensor | None = None
     seq_margin: torch.Tensor | None = None
+    seq_advantage: torch.Tensor | None = None
+    seq_masked: torch.Tensor | None = None
+    target_old_logps: torch.Tensor | None = None  # per target, in target order
+    target_ref_logps: torch.Tensor | None = None
 
     def inputs(self) -> dict:
         """The keyword arguments of `pride.logps.TokenLogps`."""
@@ -81,10 +89,14 @@ def sequence_columns(samples: list[Sample]) -> dict:
     probabilities when every sample has them."""
     out = {"n_seqs": len(samples), "seq_kind": torch.tensor([s.seq for s in samples], dtype=torch.long),
            "seq_example": torch.tensor([s.example for s in samples], dtype=torch.long)}
-    for name in ("ref_logps", "win_prob", "margin"):
+    for name in ("ref_logps", "win_prob", "margin", "advantage", "masked"):
         values = [getattr(s, name) for s in samples]
         if samples and all(v is not None for v in values):
-            out[f"seq_{name}"] = torch.tensor(values, dtype=torch.float64)
+            out[f"seq_{name}"] = torch.tensor(values, dtype=torch.bool if name == "masked" else torch.float64)
+    for name, column in (("old_logps", "target_old_logps"), ("ref_token_logps", "target_ref_logps")):
+        values = [getattr(s, name) for s in samples]
+        if samples and all(v is not None for v in values):  # samples in layout order: their targets' order
+            out[column] = torch.tensor([x for v in values for x in v], dtype=torch.float32)
     return out
 
 

@@ -26,13 +26,13 @@ class PairData:
     ids: list[tuple[list[int], list[int], list[int]]] = field(default_factory=list)  # kept: prompt, chosen, rejected
 
 
+def completion_sample(prompt: list[int], completion: list[int], seq: int, example: int) -> Sample:
+    """prompt + completion, trained on the completion's tokens only."""
+    return Sample(prompt + completion, [IGNORE] * (len(prompt) - 1) + completion + [IGNORE], seq=seq, example=example)
+
+
 def pair_samples(prompt: list[int], chosen: list[int], rejected: list[int], example: int) -> list[Sample]:
-    out = []
-    for kind, completion in ((0, chosen), (1, rejected)):
-        ids = prompt + completion
-        labels = [IGNORE] * (len(prompt) - 1) + completion + [IGNORE]
-        out.append(Sample(ids, labels, seq=kind, example=example))
-    return out
+    return [completion_sample(prompt, chosen, 0, example), completion_sample(prompt, rejected, 1, example)]
 
 
 def truncate_prompt(prompt: list[int], limit: int, bos: int | None) -> list[int]:

@@ -141,11 +141,12 @@ class Engine:
         return [done[i] for i in range(len(prompts))]
 
     def answers(self, prompts: list[list[int]], n: int, seeds: list[list[int]] | None = None,
-                temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 256):
+                temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 256, reasons: bool = False):
         """(i, n texts) for each prompt as soon as its n choices are done; all prompts in one lane
         (max_batch_size rows at a time), choice k of prompt i sampled with seeds[i][k]. For
-        in-process callers: online sampling, the demo."""
+        in-process callers: online sampling, the demo. `reasons`: (i, n texts, n finish reasons)."""
         texts = [[""] * n for _ in prompts]
+        finish = [[""] * n for _ in prompts]
         left, done = [n] * len(prompts), []
 
         def collect(i):
@@ -153,6 +154,7 @@ class Engine:
                 if event[0] == "delta":
                     texts[i][event[1]] += event[2]
                 elif event[0] == "finish":
+                    finish[i][event[1]] = event[2]
                     left[i] -= 1
                     if not left[i]:
                         done.append(i)
@@ -167,7 +169,7 @@ class Engine:
         for _ in self.steps(requests):
             while done:
                 i = done.pop(0)
-                yield i, texts[i]
+                yield (i, texts[i], finish[i]) if reasons else (i, texts[i])
 
     # -- the worker -------------------------------------------------------------------
 

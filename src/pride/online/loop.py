@@ -166,8 +166,10 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
                                             lambda: load_model_and_tokenizer(sample_settings, seed=cfg.seed, device=acc.device),
                                             acc.device, cfg.seed, state.get("urls"))
         seeds = [[sample_seed(cfg.seed, n, p["prompt_id"], j) for j in range(k)] for p in todo]
-        for i, rs in stream_samples(state["sampler"], [p["prompt"] for p in todo], seeds, s.generation_batch_size):
-            yield {"prompt_id": todo[i]["prompt_id"], "prompt": todo[i]["prompt"], "responses": rs, "seeds": seeds[i]}
+        for i, rs, cut in stream_samples(state["sampler"], [p["prompt"] for p in todo], seeds,
+                                         s.generation_batch_size):
+            yield {"prompt_id": todo[i]["prompt_id"], "prompt": todo[i]["prompt"], "responses": rs, "seeds": seeds[i],
+                   "truncated": cut}
 
     kind, sampled = sampler_kind(s), (it_dir / "generations.jsonl").exists()
     judge_waits = judges_with_policy(s) and not (it_dir / "scores.jsonl").exists()  # it reads what the servers serve
@@ -210,6 +212,19 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
     state.pop("judge", None)
     timing["judge_s"] = time.perf_counter() - t
 
+    train_cfg = cfg.model_copy(update={"model": train_settings, "output_dir": str(it_dir), "seed": cfg.seed + n})
+    if s.objective in ("grpo", "rloo"):
+        from pride.online.groups import sample_rewards
+        from pride.train.policy_gradient import train_groups
+
+        groups = [{"prompt_id": g["prompt_id"], "prompt": g["prompt"], "responses": g["responses"],
+                   "rewards": sample_rewards(sc), "truncated": g.get("truncated") or [False] * k}
+                  for g, sc in zip(generations, scores)]
+        t = time.perf_counter()
+        trained = train_groups(ctx.within(train_cfg, it_dir), groups)
+        timing["train_s"] = time.perf_counter() - t
+        return {**round_summary(n, prompts, k, scores, timing, it_dir), **trained["round"]}
+
     pairs, dropped = [], {"identical": 0, "tie": 0}
     for g, sc in zip(generations, scores):
         pair, why = make_pair(g, sc, s.pairs, s.keep_ties)
@@ -226,21 +241,24 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
 
     t = time.perf_counter()
     data, in_memory = round_data(pairs, it_dir / "pairs.jsonl", s, cfg)
-    train_cfg = cfg.model_copy(update={"model": train_settings, "data": data, "output_dir": str(it_dir),
-                                       "seed": cfg.seed + n})
+    train_cfg = train_cfg.model_copy(update={"data": data})
     if s.keep_ties:  # the kept ties (an answer against itself) must reach the loss, not be skipped as identical
         train_cfg = train_cfg.model_copy(update={"preference": cfg.preference.model_copy(update={"keep_identical": True})})
     train_preference(ctx.within(train_cfg, it_dir), load_rows(data, "preference", train_cfg.seed, in_memory))
     timing["train_s"] = time.perf_counter() - t
 
+    return {**round_summary(n, prompts, k, scores, timing, it_dir), "pairs": len(pairs),
+            "dropped_identical": dropped["identical"], "dropped_tie": dropped["tie"]}
+
+
+def round_summary(n: int, prompts: list[dict], k: int, scores: list[dict], timing: dict, it_dir: Path) -> dict:
+    """What every round reports (iteration.json): its judge's scores, its phases' seconds, its model."""
     flat = [x for sc in scores for x in sc["scores"]]
-    summary = {"iteration": n, "prompts": len(prompts), "samples": len(prompts) * k,
-               "score_mean": statistics.fmean(flat), "score_std": statistics.pstdev(flat),
-               "score_min": min(flat), "score_max": max(flat), "pairs": len(pairs),
-               "dropped_identical": dropped["identical"], "dropped_tie": dropped["tie"],
-               **{key: round(v, 2) for key, v in timing.items()}, "seconds": round(sum(timing.values()), 1),
-               "model": str(model_dir(it_dir))}
-    return summary
+    return {"iteration": n, "prompts": len(prompts), "samples": len(prompts) * k,
+            "score_mean": statistics.fmean(flat), "score_std": statistics.pstdev(flat),
+            "score_min": min(flat), "score_max": max(flat),
+            **{key: round(v, 2) for key, v in timing.items()}, "seconds": round(sum(timing.values()), 1),
+            "model": str(model_dir(it_dir))}
 
 
 def judges_with_policy(s) -> bool:
@@ -328,12 +346,16 @@ def run_online(cfg: Config) -> list[dict]:
 
 def iteration_table(history: list[dict]) -> Table:
     table = Table(title="online iterations: judge scores of each iteration's own samples")
-    for col in ("iteration", "prompts", "score mean", "score std", "pairs", "dropped", "sample s", "judge s", "train s"):
+    groups = any("pairs" not in h for h in history)  # the GRPO family trains every sample: no pairs, flat groups
+    for col in ("iteration", "prompts", "score mean", "score std", *(("flat groups", "trained") if groups else
+                                                                      ("pairs", "dropped")),
+                "sample s", "judge s", "train s"):
         table.add_column(col, justify="right")
     for h in history:
+        middle = ((f"{h.get('flat_group_fraction', 0):.0%}", str(h.get("trained_samples", ""))) if groups else
+                  (str(h["pairs"]), str(h["dropped_identical"] + h["dropped_tie"])))
         table.add_row(str(h["iteration"]), str(h["prompts"]), f"{h['score_mean']:.4f}", f"{h['score_std']:.4f}",
-                      str(h["pairs"]), str(h["dropped_identical"] + h["dropped_tie"]), f"{h['sample_s']:.1f}",
-                      f"{h['judge_s']:.1f}", f"{h['train_s']:.1f}")
+                      *middle, f"{h['sample_s']:.1f}", f"{h['judge_s']:.1f}", f"{h['train_s']:.1f}")
     return table
 
 

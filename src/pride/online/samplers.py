@@ -1,7 +1,8 @@
 """Samplers: K responses per prompt from the current policy, behind one interface.
 
 `sample(prompts, seeds) -> [[K responses], ...]` where `seeds[i][k]` seeds prompt i's sample k;
-`stream_samples` gives (i, K responses) as each prompt is done.
+`stream_samples` gives (i, K responses, K truncated flags) as each prompt is done (truncated: the
+sample stopped at online.max_new_tokens, finish reason "length").
 
 * `VllmSampler`: offline batched vLLM (GPU), one request per sample with its own seed.
 * `EngineSampler`: pride's own generation engine (`pride.engine`) in process: all prompts
@@ -44,15 +45,15 @@ class EngineSampler:
                              offline=True)
 
     def sample(self, prompts: list[list[dict]], seeds: list[list[int]]) -> list[list[str]]:
-        out = dict(self.stream(prompts, seeds))
+        out = {i: texts for i, texts, _ in self.stream(prompts, seeds)}
         return [out[i] for i in range(len(prompts))]
 
     def stream(self, prompts: list[list[dict]], seeds: list[list[int]]):
-        """(i, K responses) for each prompt, as soon as its samples are done."""
-        for i, texts in self.engine.answers([self.fmt.encode_prompt(m) for m in prompts], self.s.samples_per_prompt,
-                                            seeds, temperature=self.s.temperature, top_p=self.s.top_p,
-                                            max_tokens=self.s.max_new_tokens):
-            yield i, [t.strip() for t in texts]
+        """(i, K responses, K truncated) for each prompt, as soon as its samples are done."""
+        for i, texts, why in self.engine.answers([self.fmt.encode_prompt(m) for m in prompts],
+                                                 self.s.samples_per_prompt, seeds, temperature=self.s.temperature,
+                                                 top_p=self.s.top_p, max_tokens=self.s.max_new_tokens, reasons=True):
+            yield i, [t.strip() for t in texts], [w == "length" for w in why]
 
     def close(self) -> None:
         self.engine = None
@@ -66,6 +67,10 @@ class VllmSampler:
         self.llm = LLM(model=model_dir, seed=seed, trust_remote_code=False, tensor_parallel_size=s.tensor_parallel_size)
 
     def sample(self, prompts: list[list[dict]], seeds: list[list[int]]) -> list[list[str]]:
+        return [texts for texts, _ in self.sample_cut(prompts, seeds)]
+
+    def sample_cut(self, prompts: list[list[dict]], seeds: list[list[int]]) -> list[tuple[list[str], list[bool]]]:
+        """(K responses, K truncated) per prompt."""
         from vllm import SamplingParams
 
         k = self.s.samples_per_prompt
@@ -78,7 +83,8 @@ class VllmSampler:
                                              max_tokens=self.s.max_new_tokens, seed=prompt_seeds[j]))
         outs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
         texts = [o.outputs[0].text.strip() for o in outs]
-        return [texts[i * k:(i + 1) * k] for i in range(len(prompts))]
+        cut = [o.outputs[0].finish_reason == "length" for o in outs]
+        return [(texts[i * k:(i + 1) * k], cut[i * k:(i + 1) * k]) for i in range(len(prompts))]
 
     def close(self) -> None:
         del self.llm
@@ -100,31 +106,34 @@ class OpenAISampler:
                                    connections=s.sampler_concurrency) for u in urls]
 
     def sample(self, prompts: list[list[dict]], seeds: list[list[int]]) -> list[list[str]]:
-        out = dict(self.stream(prompts, seeds))
+        out = {i: texts for i, texts, _ in self.stream(prompts, seeds)}
         return [out[i] for i in range(len(prompts))]
 
     def stream(self, prompts: list[list[dict]], seeds: list[list[int]]):
-        """(i, K responses) for each prompt as soon as its K requests are answered."""
+        """(i, K responses, K truncated) for each prompt as soon as its K requests are answered."""
         from concurrent.futures import ThreadPoolExecutor, as_completed
 
         k = self.s.samples_per_prompt
         texts: list[list[str]] = [[""] * k for _ in prompts]
+        cut: list[list[bool]] = [[False] * k for _ in prompts]
         left = [k] * len(prompts)
 
-        def one(i: int, j: int) -> tuple[int, int, str]:
+        def one(i: int, j: int) -> tuple[int, int, str, bool]:
             client = self.clients[i % len(self.clients)]
-            return i, j, client.text(prompts[i], temperature=self.s.temperature, top_p=self.s.top_p,
-                                     max_tokens=self.s.max_new_tokens, seed=seeds[i][j]).strip()
+            response = client.complete(prompts[i], temperature=self.s.temperature, top_p=self.s.top_p,
+                                       max_tokens=self.s.max_new_tokens, seed=seeds[i][j])
+            choice = response["choices"][0]
+            return i, j, (choice["message"]["content"] or "").strip(), choice.get("finish_reason") == "length"
 
         with ThreadPoolExecutor(max_workers=self.s.sampler_concurrency, thread_name_prefix="pride-sample") as pool:
             futures = [pool.submit(one, i, j) for i in range(len(prompts)) for j in range(k)]
             try:
                 for future in as_completed(futures):
-                    i, j, text = future.result()
-                    texts[i][j] = text
+                    i, j, text, truncated = future.result()
+                    texts[i][j], cut[i][j] = text, truncated
                     left[i] -= 1
                     if not left[i]:
-                        yield i, texts[i]
+                        yield i, texts[i], cut[i]
             finally:  # an error (after the client's retries), or the caller stopped: send no more
                 for future in futures:
                     future.cancel()
@@ -148,14 +157,15 @@ def served_name(url: str, api_key_env: str | None) -> str:
 
 
 def stream_samples(sampler: Sampler, prompts: list[list[dict]], seeds: list[list[int]], chunk_size: int):
-    """(i, K responses) per prompt as they are done: pride's engine streams them out of one
-    continuous batch; the other samplers answer `chunk_size` prompts at a time."""
+    """(i, K responses, K truncated) per prompt as they are done: pride's engine and the servers stream
+    them; vLLM in process answers `chunk_size` prompts at a time."""
     if hasattr(sampler, "stream"):
         yield from sampler.stream(prompts, seeds)
         return
     for start in range(0, len(prompts), chunk_size):
-        for j, texts in enumerate(sampler.sample(prompts[start:start + chunk_size], seeds[start:start + chunk_size])):
-            yield start + j, texts
+        chunk = sampler.sample_cut(prompts[start:start + chunk_size], seeds[start:start + chunk_size])
+        for j, (texts, cut) in enumerate(chunk):
+            yield start + j, texts, cut
 
 
 def sampler_kind(s: OnlineSettings) -> str:
