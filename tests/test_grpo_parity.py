@@ -163,3 +163,61 @@ def test_grpo_loss_and_gradients_match_trl(start, trainers, loss_type, level, be
         diff = (our_grads[name] - their_grads[name]).abs().max().item()
         scale_ = their_grads[name].abs().max().item()
         assert diff <= 1e-6 + 1e-4 * scale_, (name, diff, scale_)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_rloo_advantages_loss_and_gradients_match_rloo_trainer(start, tmp_path_factory, normalize):
+    """RLOOTrainer with its KL penalty in the reward (beta 0.05, its default): the policy that sampled
+    (moved once) is not the reference (the saved start), and training has moved it again."""
+    from datasets import Dataset
+
+    path, start_model, tok, _, rows = start
+    reset_accelerate()
+    args = trl.RLOOConfig(output_dir=str(tmp_path_factory.mktemp("rloo")), per_device_train_batch_size=len(GROUPS) * K,
+                          num_generations=K, max_completion_length=MAX_COMPLETION, beta=0.05, report_to="none",
+                          use_cpu=True, bf16=False, fp16=False, normalize_advantages=normalize, epsilon_high=0.28)
+    trainer = trl.RLOOTrainer(model=str(path), args=args, processing_class=tok,
+                              train_dataset=Dataset.from_list([{"prompt": g["prompt"]} for g in GROUPS]),
+                              reward_funcs=lambda completions, **kw: [0.0] * len(completions))
+    prompt_ids = [row[0].input_ids[:len(row[0].input_ids) - row[0].n_targets] for row in rows]
+    completion_ids = [row[0].input_ids[len(p):] for row, p in zip(rows, prompt_ids)]
+    rewards = torch.tensor([r for g in GROUPS for r in g["rewards"]], dtype=torch.float32).unsqueeze(1)
+    trainer._generate = lambda prompts: (prompt_ids, completion_ids, ["x"] * len(rows))
+    trainer._calculate_rewards = lambda *a: rewards
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    perturb(trainer.model)  # the policy that sampled
+    inputs = trainer._generate_and_score_completions([{"prompt": g["prompt"]} for g in GROUPS for _ in range(K)])
+    perturb(trainer.model)  # and the one training now
+    loss = trainer.compute_loss(trainer.model, inputs)
+    loss.backward()
+    their_grads = {n: p.grad for n, p in trainer.model.named_parameters() if p.grad is not None}
+    reset_accelerate()
+
+    sampler = copy.deepcopy(start_model)
+    perturb(sampler)
+    acc = Accelerator(cpu=True)
+    old = reference.token_logps(acc, sampler, rows, tok.pad_token_id, batch_size=3, chunk_size=8)
+    ref = reference.token_logps(acc, start_model, rows, tok.pad_token_id, batch_size=3, chunk_size=8)
+    kl = [[0.0] * K for _ in GROUPS]
+    for row, o, r in zip(rows, old, ref):
+        kl[row[0].example][row[0].seq] = sum(o) - sum(r)
+    adv, _ = advantages([g["rewards"] for g in GROUPS], "rloo", "batch" if normalize else "none", kl, 0.05)
+    # the KL sums in another order (pride: Python over each completion's tokens; TRL: a padded row's sum)
+    torch.testing.assert_close(torch.tensor(adv).reshape(-1), inputs["advantages"], atol=1e-5, rtol=0)
+    assert any(abs(x) > 1e-3 for x in sum(kl, []))  # the penalty is really there
+    for row, values in zip(rows, old):
+        row[0].old_logps, row[0].advantage, row[0].masked = values, adv[row[0].example][row[0].seq], False
+    model = sampler
+    perturb(model)
+    model.train()
+    settings = GrpoSettings(epsilon=0.2, epsilon_high=0.28, beta=0.05, scale_rewards="batch" if normalize else "none")
+    objective = PolicyGradientObjective(settings, "rloo", 1.0, MAX_COMPLETION)
+    loss_sum, _ = objective(objective.wrap(model, 8), collate(rows, tok.pad_token_id, layout="repack"))
+    ours = loss_sum / objective.units(rows)
+    ours.backward()
+    torch.testing.assert_close(ours.detach(), loss.detach(), atol=1e-5, rtol=1e-5)
+    for name, p in model.named_parameters():
+        diff = (p.grad - their_grads[name]).abs().max().item()
+        scale_ = their_grads[name].abs().max().item()
+        assert diff <= 1e-6 + 1e-4 * scale_, (name, diff, scale_)
