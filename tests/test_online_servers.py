@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from pride.config import ModelSettings
 from pride.engine import Engine
@@ -299,3 +300,54 @@ def test_an_llm_judge_at_a_closed_port_stops_the_run_before_sampling():
     url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(PrideError, match=f"online.judge.url {url}: the judge does not answer"):
         check_judge(JudgeSettings(type="llm", url=[url], model="judge"))
+
+
+TRAIN_KILLER = textwrap.dedent("""
+    import os, signal, sys
+    import pride.train.loop as loop
+    real = loop.save_checkpoint
+    def save_checkpoint(acc, run_dir, step, *a, **k):
+        out = real(acc, run_dir, step, *a, **k)
+        if str(run_dir).endswith("iteration-2") and step == 2:  # round 2's training, a checkpoint written
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+    loop.save_checkpoint = save_checkpoint
+    from pride.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.slow
+def test_grpo_rounds_on_a_server_killed_in_round_2s_training_resume_and_equal_an_uninterrupted_run(tmp_path):
+    """objective grpo, sampler=server, 2 rounds: kill -9 after round 2's second checkpoint, run again:
+    every round's samples, groups (rewards, advantages) and final weights equal a run never killed."""
+    from safetensors.torch import load_file
+
+    start = saved_tiny(tmp_path / "start")
+    (tmp_path / "killer.py").write_text(TRAIN_KILLER)
+    (tmp_path / "empty.yaml").write_text("# from the command line\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    runs = {}
+    for name in ("killed", "whole"):
+        args = [str(tmp_path / "empty.yaml"),
+                *round_args(tmp_path, start, "online.sampler=server", "online.objective=grpo",
+                            "online.server_args=[--strict-seeds, --threads, '2']", "train.save_steps=1",
+                            "train.micro_batch_size=8", f"output_dir={tmp_path / name}")]
+        if name == "killed":
+            killed = subprocess.run([sys.executable, str(tmp_path / "killer.py"), "online", *args],
+                                    capture_output=True, text=True, env=env)
+            assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+            assert (tmp_path / name / "iteration-2" / "checkpoints" / "checkpoint-2").is_dir()
+            assert not (tmp_path / name / "iteration-2" / "model").exists()
+        done = subprocess.run([sys.executable, "-m", "pride", "online", *args], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert ("resumed from" in done.stderr) == (name == "killed"), done.stderr[-3000:]
+        runs[name] = tmp_path / name
+    for n in (1, 2):
+        it = {k: v / f"iteration-{n}" for k, v in runs.items()}
+        for f in ("generations.jsonl", "scores.jsonl", "groups.jsonl"):
+            assert (it["killed"] / f).read_text() == (it["whole"] / f).read_text(), (n, f)
+        a, b = (load_file(str(it[k] / "model" / "model.safetensors")) for k in ("killed", "whole"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), n
+    groups = [json.loads(x) for x in (runs["whole"] / "iteration-2" / "groups.jsonl").read_text().splitlines()]
+    assert any(abs(a) > 0 for g in groups for a in g["advantages"])  # the rounds had something to learn

@@ -365,6 +365,11 @@ def train(
         optimizer = torch.optim.AdamW(_param_groups(wrapper, cfg.weight_decay), lr=lr,
                                       betas=(cfg.adam_beta1, cfg.adam_beta2))
     scheduler = _scheduler(cfg, optimizer, total_steps)
+    # an online stage trains a round after a round on one accelerator: what the last round prepared and
+    # registered would be saved into this round's checkpoints too (model_1, a second scheduler), and a
+    # run resumed in this round, which never trained the earlier ones, could not load them
+    acc.free_memory()
+    acc._custom_objects.clear()  # not cleared by free_memory (accelerate 1.x): the registered schedulers
     wrapper, optimizer = acc.prepare(wrapper, optimizer)
     acc.register_for_checkpointing(scheduler)
     # after prepare: FSDP's parameters are new (sharded) ones
