@@ -460,3 +460,58 @@ def test_a_judge_answering_html_with_status_200_is_one_line_naming_the_url():
             judge.judge([[{"role": "user", "content": "q"}]], [["a", "b"]])
     finally:
         server.shutdown()
+
+
+def test_grpo_rounds_train_every_sample_by_its_advantage_and_log_what_the_field_logs(tmp_path):
+    """Two GRPO rounds in process: groups.jsonl holds each prompt's rewards and GRPOTrainer's advantages
+    of them (`online.groups`, checked against TRL in test_grpo_parity), flat groups and truncated
+    completions are counted (and dropped / masked when asked), the loop logs clip fractions and
+    lengths per step, iteration.json the rewards' spread per round, and pride plot draws them."""
+    from pride.cli import main
+    from pride.online.groups import advantages
+    from pride.plot import plot_runs
+
+    out = tmp_path / "run"
+    assert main(["online", str(write_empty(tmp_path)), *online_config(tmp_path, out), "online.objective=grpo",
+                 "online.grpo.drop_flat_groups=true", "online.grpo.mask_truncated_completions=true",
+                 "online.grpo.epsilon_high=0.28", "online.grpo.beta=0.04"]) == 0
+    for n in (1, 2):
+        it = out / f"iteration-{n}"
+        groups = [json.loads(x) for x in (it / "groups.jsonl").read_text().splitlines()]
+        scores = [json.loads(x) for x in (it / "scores.jsonl").read_text().splitlines()]
+        gens = [json.loads(x) for x in (it / "generations.jsonl").read_text().splitlines()]
+        assert [g["rewards"] for g in groups] == [s["scores"] for s in scores]
+        adv, flat = advantages([g["rewards"] for g in groups], "grpo", "group")
+        assert [g["advantages"] for g in groups] == adv and [g["flat"] for g in groups] == flat
+        assert [g["truncated"] for g in groups] == [r["truncated"] for r in gens]
+        info = json.loads((it / "iteration.json").read_text())
+        stats = json.loads((it / "data_stats.json").read_text())
+        assert info["flat_group_fraction"] == sum(flat) / 12 and stats["flat_groups"] == sum(flat)
+        assert stats["trained_samples"] == 4 * (12 - sum(flat))  # flat groups dropped
+        assert stats["truncated"] == sum(map(sum, (r["truncated"] for r in gens))) > 0  # 6 new tokens cut many
+        assert stats["masked"] == sum(sum(g["truncated"]) for g, f in zip(groups, flat) if not f)
+        metrics = [json.loads(x) for x in (it / "metrics.jsonl").read_text().splitlines()]
+        assert all({"clip_ratio/low_mean", "clip_ratio/high_mean", "kl", "completion_length"} <= set(m)
+                   and 0 <= m["clip_ratio/high_mean"] <= 1 and m["kl"] >= 0 for m in metrics)
+    drawn = plot_runs([str(out)], tmp_path / "curves.png")
+    label = f"{tmp_path.name}/run"
+    assert drawn["flat_groups"][label] == ([1, 2], [json.loads((out / f"iteration-{n}" / "iteration.json").read_text())
+                                                     ["flat_group_fraction"] for n in (1, 2)])
+    assert set(drawn) >= {"clip_ratio/low_mean", "kl", "completion_length", "reward_std", "judge"}
+
+
+def test_rloo_round_from_a_pairwise_judge_uses_each_samples_mean_win_probability(tmp_path):
+    """A pairwise judge's matrix gives each sample its mean win probability over the others."""
+    from pride.online.groups import rloo_advantages, sample_rewards
+
+    m = [[0.0, 2.0, -1.0], [-2.0, 0.0, 0.5], [1.0, -0.5, 0.0]]
+    rewards = sample_rewards({"scores": [0, 0, 0], "matrix": m})
+    assert rewards == pytest.approx([(sig(2) + sig(-1)) / 2, (sig(-2) + sig(0.5)) / 2, (sig(1) + sig(-0.5)) / 2])
+    adv = rloo_advantages(torch.tensor([rewards]), normalize=False)[0].tolist()
+    assert adv == pytest.approx([r - (sum(rewards) - r) / 2 for r in rewards], abs=1e-6)  # float32 arithmetic
+
+
+def write_empty(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("# from the command line\n")
+    return path

@@ -20,7 +20,13 @@ PANELS = [("loss", "training loss"), ("eval/loss", "eval loss"), ("lr", "learnin
           ("grad_norm", "gradient norm"), ("rewards/margins", "DPO reward margin"),
           ("rewards/accuracies", "DPO reward accuracy"), ("margin", "reward model margin"),
           ("accuracy", "reward model accuracy"), ("eval/accuracy", "reward model eval accuracy"),
-          ("judge", "online: judge score of each round's samples")]
+          ("clip_ratio/low_mean", "GRPO: tokens clipped low (ratio < 1-eps, A < 0)"),
+          ("clip_ratio/high_mean", "GRPO: tokens clipped high (ratio > 1+eps_high, A > 0)"),
+          ("kl", "GRPO: KL to the reference (k3)"), ("completion_length", "GRPO: completion length (tokens)"),
+          ("judge", "online: judge score of each round's samples"),
+          ("reward_std", "GRPO: reward std of each round's samples"),
+          ("flat_groups", "GRPO: share of prompts whose K scores are all equal")]
+ROUND_PANELS = {"judge": "score_mean", "reward_std": "reward_std", "flat_groups": "flat_group_fraction"}  # iteration.json
 
 
 def _records(path: Path) -> list[dict]:
@@ -42,7 +48,8 @@ def rounds(run: Path) -> list[Path]:
 
 def run_series(run: Path) -> dict[str, tuple[list, list]]:
     """{metric: (x, y)} of one run: its steps, or for online rounds steps counted on across rounds
-    and the judge's mean score per round (x: the round)."""
+    and per round (x: the round) the judge's mean score, and for the GRPO family the rewards' std and
+    the share of flat groups."""
     series: dict[str, tuple[list, list]] = {}
 
     def add(records: list[dict], offset: int) -> int:
@@ -60,11 +67,12 @@ def run_series(run: Path) -> dict[str, tuple[list, list]]:
     for it in rounds(run):
         if (it / "metrics.jsonl").is_file():
             offset += add(_records(it / "metrics.jsonl"), offset)
-        info = read_record(it / "iteration.json")
-        if info and isinstance(info.get("score_mean"), (int, float)):
-            xs, ys = series.setdefault("judge", ([], []))
-            xs.append(info["iteration"])
-            ys.append(float(info["score_mean"]))
+        info = read_record(it / "iteration.json") or {}
+        for key, field in ROUND_PANELS.items():
+            if isinstance(info.get(field), (int, float)):
+                xs, ys = series.setdefault(key, ([], []))
+                xs.append(info["iteration"])
+                ys.append(float(info[field]))
     return series
 
 
@@ -110,16 +118,16 @@ def draw(series: dict[str, dict[str, tuple[list, list]]], path: Path, title: str
     for ax, (key, label) in zip(axes.flat, panels):
         for run, s in series.items():
             if key in s:
-                (line,) = ax.plot(*s[key], marker="o" if key == "judge" or len(s[key][0]) < 20 else None,
+                (line,) = ax.plot(*s[key], marker="o" if key in ROUND_PANELS or len(s[key][0]) < 20 else None,
                                   markersize=3, label=run, color=color[run])
                 drawn.setdefault(key, {})[run] = (list(line.get_xdata()), list(line.get_ydata()))
         ax.set_title(label, fontsize=10)
-        ax.set_xlabel("round" if key == "judge" else "step")
+        ax.set_xlabel("round" if key in ROUND_PANELS else "step")
         if key == "lr":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
         if key == "grad_norm" and any(y > 0 for s in series.values() for y in s.get(key, ([], []))[1]):
             ax.set_yscale("log")  # one spike would flatten every other run's curve (none drawn: all zero)
-        if key == "judge":
+        if key in ROUND_PANELS:
             ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
