@@ -55,6 +55,10 @@ TINY = {
     "online.judge.type=pairrm online.judge.path=/models/PairRM-hf online.prompt_split=split online.iterations=3": (
         ONLINE_YAML, ["data.max_rows=6", "online.samples_per_prompt=3", "online.max_new_tokens=6",
                       "train.max_steps=1"], 0),
+    "pride online examples/configs/online-grpo.yaml": (None, [
+        "online.judge.function=tests.test_readme_commands:distinct_characters", "data.max_rows=4",
+        "online.iterations=1", "online.samples_per_prompt=3", "online.max_new_tokens=8",
+        "online.grpo.drop_flat_groups=false", "train.max_steps=1"], 0),
     "pride serve runs/example-sft/model --port 8000": (None, [], 0),
     "pride rm examples/configs/rm.yaml": (None, [], 0),
     "pride chat runs/demo/dpo/model": (None, ["--max-new-tokens", "8"], 0),  # one line typed (below)
