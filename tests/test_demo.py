@@ -35,7 +35,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert [r["stage"] for r in results] == ["base", "sft", "dpo", "online_dpo_1", "online_dpo_2", "sppo_1",
-                                             "online_rm_1"]
+                                             "online_grpo_1", "online_rm_1"]
     for r in results:
         assert set(r) >= {"stage", "score", "ci", "win_rate_vs_sft", "n_prompts", "seconds", "learned_judge"}
         assert r["ci"][0] <= r["score"] <= r["ci"][1] and r["n_prompts"] == 100
@@ -56,7 +56,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     rerun = json.loads((out / "results.json").read_text())
     assert again.returncode == 0 and [{**r, "eval_seconds": 0} for r in rerun] == [{**r, "eval_seconds": 0}
                                                                                   for r in results]
-    assert again.stdout.count("finished earlier with the same inputs, skipped") == 6, again.stdout[-2000:]
+    assert again.stdout.count("finished earlier with the same inputs, skipped") == 7, again.stdout[-2000:]
     assert all(r["eval_seconds"] < 1 for r in rerun)  # read back, not sampled again
     # the same seed gives the same numbers: re-scoring a stage reproduces its per-prompt scores
     again = per_prompt_scores(str(out / "sft" / "model"), ["Write the word abc 3 times."] * 3, samples=2)

@@ -5,7 +5,8 @@ demo builds a tiny random-init Llama, then runs, as a recipe (`DIR/recipe.yaml`,
 with `pride run`): SFT on imperfect demonstrations -> offline DPO (with an NLL term) on
 pairs that cover only part of what the policy is asked -> two online DPO rounds (samples
 from the policy, judged by the rule, best vs worst) and, from the same DPO model, two SPPO
-rounds; and the route real use takes, where the true goal is not a judge: a reward model
+rounds and two GRPO rounds (every sample trained by its advantage: the same prompts, K and
+judge, so the three objectives are compared at equal samples); and the route real use takes, where the true goal is not a judge: a reward model
 trained on the offline pairs (from SFT), and from DPO two online rounds judged by it.
 
 Every stage is scored on held-out prompts that no stage trains on (sampled answers, mean rule
@@ -33,10 +34,12 @@ from pride.io import write_json, write_jsonl, write_text
 from pride.rundir import iteration_dir, model_dir, read_iteration
 
 FULL = {"sft_rows": 3000, "sft_epochs": 10, "sft_micro_batch": 4, "pref_rows": 1000, "online_prompts": 400, "online_iterations": 2,
-        "sppo_iterations": 2, "rm_iterations": 2, "eval_prompts": 300, "eval_samples": 4}
+        "sppo_iterations": 2, "grpo_iterations": 2, "rm_iterations": 2, "eval_prompts": 300, "eval_samples": 4}
 QUICK = {"sft_rows": 1200, "sft_epochs": 12, "sft_micro_batch": 4, "pref_rows": 400, "online_prompts": 120,
-         "online_iterations": 2, "sppo_iterations": 1, "rm_iterations": 1, "eval_prompts": 100, "eval_samples": 2}
-ROUNDS = (("online_dpo", "online_iterations"), ("sppo", "sppo_iterations"), ("online_rm", "rm_iterations"))
+         "online_iterations": 2, "sppo_iterations": 1, "grpo_iterations": 1, "rm_iterations": 1, "eval_prompts": 100,
+         "eval_samples": 2}
+ROUNDS = (("online_dpo", "online_iterations"), ("sppo", "sppo_iterations"), ("online_grpo", "grpo_iterations"),
+          ("online_rm", "rm_iterations"))
 
 
 def demo_recipe(out: Path, size: dict, seed: int) -> dict:
@@ -67,6 +70,13 @@ def demo_recipe(out: Path, size: dict, seed: int) -> dict:
              "train": {"learning_rate": 1e-4},
              "online": {**online, "iterations": size["sppo_iterations"]},
              "preference": {"beta": 0.05, "nll_weight": 1.0}},
+            # GRPO on the same prompts, K and judge (DAPO's loss and dynamic sampling, TRL's defaults otherwise);
+            # a step takes 8 prompts' groups, as a DPO round's step takes 8 prompts' pairs
+            {"name": "online_grpo", "type": "online", "from": "dpo",
+             "data": {"sources": [{"path": str(out / "data" / "prompts.jsonl")}]},
+             "train": {"learning_rate": 3e-4, "micro_batch_size": 8 * online["samples_per_prompt"]},
+             "online": {**online, "objective": "grpo", "iterations": size["grpo_iterations"],
+                        "grpo": {"drop_flat_groups": True}}},
             # the usual route in real use: a reward model learned from the offline pairs judges the rounds
             {"name": "rm", "type": "rm", "from": "sft",
              "data": {"sources": [{"path": str(out / "data" / "preference.jsonl")}]},
@@ -214,7 +224,8 @@ def plot(results: list[dict], path: Path) -> None:
     results = [r for r in results if r["stage"] != "base"]  # at 0, it would squash the differences that matter
     names = [r["stage"] for r in results]
     colors = [{"base": "#999999", "sft": "#4c72b0", "dpo": "#55a868"}.get(n) or
-              ("#c44e52" if n.startswith("online_dpo") else "#dd8452" if n.startswith("online_rm") else "#8172b2")
+              ("#c44e52" if n.startswith("online_dpo") else "#dd8452" if n.startswith("online_rm") else
+               "#937860" if n.startswith("online_grpo") else "#8172b2")
               for n in names]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for ax, key, label in ((axes[0], "score", "rule score (held-out)"),
