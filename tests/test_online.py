@@ -515,3 +515,49 @@ def write_empty(tmp_path):
     path = tmp_path / "empty.yaml"
     path.write_text("# from the command line\n")
     return path
+
+
+SEMI_KILLER = textwrap.dedent("""
+    import os, signal, sys
+    import pride.train.policy_gradient as pg
+    real = pg.train_groups
+    def train_groups(ctx, groups):
+        if ctx.run_dir.name == "iteration-3":  # rounds 1 and 2 trained in memory only, round 3 sampled and judged
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(ctx, groups)
+    pg.train_groups = train_groups
+    from pride.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_semi_online_rounds_in_memory_equal_saved_rounds_and_a_kill_restarts_from_the_last_saved(tmp_path):
+    """online.save_every=3 over 3 GRPO rounds: rounds 1 and 2 hand their weights on in memory (no model/),
+    and every round's samples and the final weights equal those of a run that saves each round. Killed
+    at round 3's training, a re-run restarts from the last saved model (the start): rounds 1 and 2 are
+    trained again from their own samples, and the result is the same."""
+    from safetensors.torch import load_file
+
+    from pride.cli import main
+
+    common = [str(write_empty(tmp_path)), *online_config(tmp_path, tmp_path / "x"), "online.objective=grpo",
+              "online.iterations=3", "train.learning_rate=1e-3"]
+    assert main(["online", *common, f"output_dir={tmp_path / 'saved'}"]) == 0
+    (tmp_path / "killer.py").write_text(SEMI_KILLER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    args = ["online", *common, "online.save_every=3", f"output_dir={tmp_path / 'semi'}"]
+    killed = subprocess.run([sys.executable, str(tmp_path / "killer.py"), *args], capture_output=True, text=True,
+                            env=env)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not any((tmp_path / "semi" / f"iteration-{n}" / "model").exists() for n in (1, 2, 3))
+    resumed = subprocess.run([sys.executable, "-m", "pride", *args], capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for n in (1, 2, 3):
+        a, b = (tmp_path / run / f"iteration-{n}" for run in ("saved", "semi"))
+        assert (a / "generations.jsonl").read_text() == (b / "generations.jsonl").read_text(), n
+        assert (a / "groups.jsonl").read_text() == (b / "groups.jsonl").read_text(), n
+        assert json.loads((b / "iteration.json").read_text())["saved"] == (n == 3)
+        assert (b / "model").exists() == (n == 3)
+    first, second = (load_file(str(tmp_path / run / "iteration-3" / "model" / "model.safetensors"))
+                     for run in ("saved", "semi"))
+    assert all(torch.equal(first[k], second[k]) for k in first)  # the same code on the same CPU: exact

@@ -322,6 +322,10 @@ class OnlineSettings(Section):
                                                                      "offline pairs as make this share of the round")
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
     grpo: GrpoSettings = Field(default_factory=GrpoSettings)
+    save_every: int = Field(1, gt=0, description="save a round's model/ every N rounds and at the end; the rounds "
+                                                 "between hand their weights to the next in memory (semi-online "
+                                                 "rounds with pride's engine in one process); a resume restarts "
+                                                 "from the last saved round")
 
     @model_validator(mode="after")
     def _objective_settings_used(self):
@@ -356,6 +360,10 @@ class OnlineSettings(Section):
         if self.sampler != "server" and (self.server_args or self.server != "auto"):
             raise ValueError(f"online.server and online.server_args are for sampler=server (this is "
                              f"sampler={self.sampler})")
+        if self.save_every > self.iterations:
+            raise ValueError(f"online.save_every={self.save_every} is more than online.iterations={self.iterations}: "
+                             "only the last round would be saved, which it is anyway; set save_every to at most "
+                             "the number of rounds")
         if self.mix_fraction is not None and self.mix_offline is None:
             raise ValueError("online.mix_fraction sets the share of online.mix_offline's rows, which is not set")
         return self

@@ -141,7 +141,10 @@ def sample_seed(seed: int, iteration: int, prompt_id: str, j: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1  # 63 bits: torch, vLLM and OpenAI-style seeds take it
 
 
-def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str) -> dict:
+def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str, live: tuple | None = None,
+                  save: bool = True) -> tuple[dict, tuple | None]:
+    """Round n from `model_ref` (or `live`: the round before's (model, tokenizer, format), in memory);
+    returns its summary and, when its model is not saved (`save`), that model in memory."""
     from pride.train.preference import train_preference
 
     cfg, acc = ctx.cfg, ctx.acc
@@ -162,21 +165,25 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
 
     def generate(todo: list[dict]):
         if "sampler" not in state:
-            state["sampler"] = make_sampler(s, model_ref,
-                                            lambda: load_model_and_tokenizer(sample_settings, seed=cfg.seed, device=acc.device),
-                                            acc.device, cfg.seed, state.get("urls"))
+            load = (lambda: live) if live is not None else \
+                (lambda: load_model_and_tokenizer(sample_settings, seed=cfg.seed, device=acc.device))
+            state["sampler"] = make_sampler(s, model_ref, load, acc.device, cfg.seed, state.get("urls"))
         seeds = [[sample_seed(cfg.seed, n, p["prompt_id"], j) for j in range(k)] for p in todo]
+        started = time.perf_counter()
         for i, rs, cut in stream_samples(state["sampler"], [p["prompt"] for p in todo], seeds,
                                          s.generation_batch_size):
+            timing["generate_s"] = timing.get("generate_s", 0.0) + time.perf_counter() - started
             yield {"prompt_id": todo[i]["prompt_id"], "prompt": todo[i]["prompt"], "responses": rs, "seeds": seeds[i],
                    "truncated": cut}
+            started = time.perf_counter()
 
     kind, sampled = sampler_kind(s), (it_dir / "generations.jsonl").exists()
     judge_waits = judges_with_policy(s) and not (it_dir / "scores.jsonl").exists()  # it reads what the servers serve
     served = (kind == "server" and not sampled) or (kind == "openai" and (not sampled or judge_waits))
     with round_servers(acc, s, model_ref, it_dir) if served else nullcontext() as urls:
         state["urls"] = urls
-        tokenizer_ = load_tokenizer(sample_settings) if acc.is_main_process else None
+        tokenizer_ = (live[1] if live is not None else load_tokenizer(sample_settings)) if acc.is_main_process \
+            else None
 
         def sampled_tokens(row: dict) -> int:  # what the progress line's tok/s counts
             return sum(len(tokenizer_.encode(r, add_special_tokens=False)) for r in row["responses"])
@@ -196,7 +203,8 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
 
     def score_batch(todo: list[dict]) -> list[dict]:
         if "judge" not in state:
-            fmt = load_chat(sample_settings)[1] if s.judge.prompt_format == "chat_template" else None
+            fmt = (live[2] if live is not None else load_chat(sample_settings)[1]) \
+                if s.judge.prompt_format == "chat_template" else None
             state["judge"] = make_judge(s.judge, acc.device, fmt)
             if judges_with_policy(s):  # self-rewarding: the judge must be this round's model too
                 check_serving(urls_of(s.judge.url), model_ref, s.judge.api_key_env)
@@ -221,9 +229,11 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
                    "rewards": sample_rewards(sc), "truncated": g.get("truncated") or [False] * k}
                   for g, sc in zip(generations, scores)]
         t = time.perf_counter()
-        trained = train_groups(ctx.within(train_cfg, it_dir), groups)
+        round_ctx = ctx.within(train_cfg, it_dir, live, save)
+        trained = train_groups(round_ctx, groups)
         timing["train_s"] = time.perf_counter() - t
-        return {**round_summary(n, prompts, k, scores, timing, it_dir), **trained["round"]}
+        return ({**round_summary(n, prompts, k, scores, timing, it_dir, round_ctx), **trained["round"]},
+                handed_on(round_ctx))
 
     pairs, dropped = [], {"identical": 0, "tie": 0}
     for g, sc in zip(generations, scores):
@@ -244,21 +254,35 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
     train_cfg = train_cfg.model_copy(update={"data": data})
     if s.keep_ties:  # the kept ties (an answer against itself) must reach the loss, not be skipped as identical
         train_cfg = train_cfg.model_copy(update={"preference": cfg.preference.model_copy(update={"keep_identical": True})})
-    train_preference(ctx.within(train_cfg, it_dir), load_rows(data, "preference", train_cfg.seed, in_memory))
+    round_ctx = ctx.within(train_cfg, it_dir, live, save)
+    train_preference(round_ctx, load_rows(data, "preference", train_cfg.seed, in_memory))
     timing["train_s"] = time.perf_counter() - t
 
-    return {**round_summary(n, prompts, k, scores, timing, it_dir), "pairs": len(pairs),
-            "dropped_identical": dropped["identical"], "dropped_tie": dropped["tie"]}
+    return ({**round_summary(n, prompts, k, scores, timing, it_dir, round_ctx), "pairs": len(pairs),
+             "dropped_identical": dropped["identical"], "dropped_tie": dropped["tie"]}, handed_on(round_ctx))
 
 
-def round_summary(n: int, prompts: list[dict], k: int, scores: list[dict], timing: dict, it_dir: Path) -> dict:
-    """What every round reports (iteration.json): its judge's scores, its phases' seconds, its model."""
+def handed_on(round_ctx: StageContext) -> tuple | None:
+    """What the next round starts from in memory: the model this round trained and did not save, with
+    the tokenizer and format it came with (None: the next round loads this round's model/)."""
+    if round_ctx.trained is None:
+        return None
+    return (round_ctx.trained, *round_ctx.loaded)
+
+
+def round_summary(n: int, prompts: list[dict], k: int, scores: list[dict], timing: dict, it_dir: Path,
+                  round_ctx: StageContext) -> dict:
+    """What every round reports (iteration.json): its judge's scores, its phases' seconds (sampling,
+    judging, training in all; and inside them generation alone, the old / reference log-probs pass
+    and the training loop), its model (saved, or kept in memory for the next round)."""
     flat = [x for sc in scores for x in sc["scores"]]
+    phases = {**timing, **round_ctx.timing}
+    whole = ("sample_s", "judge_s", "train_s")
     return {"iteration": n, "prompts": len(prompts), "samples": len(prompts) * k,
             "score_mean": statistics.fmean(flat), "score_std": statistics.pstdev(flat),
             "score_min": min(flat), "score_max": max(flat),
-            **{key: round(v, 2) for key, v in timing.items()}, "seconds": round(sum(timing.values()), 1),
-            "model": str(model_dir(it_dir))}
+            **{key: round(v, 2) for key, v in phases.items()}, "seconds": round(sum(timing[w] for w in whole), 1),
+            "model": str(model_dir(it_dir)), "saved": round_ctx.save_model}
 
 
 def judges_with_policy(s) -> bool:
@@ -279,6 +303,22 @@ def check_sampler_launch(cfg: Config, processes: int) -> None:
     if (kind == "server" or kind == "openai" and s.iterations > 1) and cfg.model.path.startswith("tiny:"):
         raise PrideError(f"model.path={cfg.model.path}: a tiny: model exists only inside this process; a "
                          f"{kind} sampler must load a directory (save it first), or use online.sampler=transformers")
+
+
+def check_save_every(cfg: Config, processes: int) -> None:
+    """online.save_every > 1 hands a round's model to the next in memory: only where the next round
+    samples in this process (pride's engine) from the one model this process trained."""
+    s, m = cfg.online, cfg.model
+    if s.save_every == 1:
+        return
+    why = (f"online.sampler={sampler_kind(s)} samples from a model directory (servers and vLLM load from disk)"
+           if sampler_kind(s) != "transformers" else
+           f"this launch has {processes} processes (each would hold its own shard or copy)" if processes > 1 else
+           "model.lora trains an adapter that each round merges when it saves" if m.lora is not None else
+           "model.load_in_4bit: a 4-bit model is saved merged and reloaded" if m.load_in_4bit else None)
+    if why:
+        raise PrideError(f"online.save_every={s.save_every} keeps rounds' models in memory, but {why}: use "
+                         "online.save_every=1 here")
 
 
 def round_data(pairs: list[dict], path: Path, s, cfg: Config) -> tuple[DataSettings, dict]:
@@ -314,22 +354,28 @@ def run_online(cfg: Config) -> list[dict]:
         check_reloadable(cfg.online)  # and a server that would sample a stale policy in round 2
         if cfg.online.mix_offline is not None:
             read_rows(cfg.online.mix_offline, "preference", cfg.data.on_bad_row, {})
-        model_ref, previous = cfg.model.path, ""
+        check_save_every(cfg, ctx.acc.num_processes)
+        model_ref, previous, live = cfg.model.path, "", None
         history = []
         for n in range(1, cfg.online.iterations + 1):
             it_dir = iteration_dir(ctx.run_dir, n)
             identity = round_identity(cfg, n, previous)
-            summary = read_iteration(it_dir)
+            summary = read_iteration(it_dir)  # finished, with its model saved
             if summary is not None and summary.get("identity") == identity:
                 ctx.console.print(f"iteration {n}: finished earlier with the same settings and inputs, skipped")
+                live = None
             else:
                 if ctx.acc.is_main_process and start_round(it_dir, identity):
                     ctx.console.print(f"iteration {n}: its settings or inputs changed since it ran; "
                                       f"removed its earlier work from {it_dir}")
                 ctx.acc.wait_for_everyone()
                 ctx.console.rule(f"iteration {n}")
-                summary = {**run_iteration(ctx, n, prompts_for_iteration(prompts, cfg, n), model_ref),
-                           "identity": identity}
+                # semi-online: a round's model is saved every online.save_every rounds and at the end; the
+                # rounds between hand theirs on in memory (a resume redoes them from the last saved one,
+                # reusing their samples and scores: the same weights give the same samples)
+                save = n % cfg.online.save_every == 0 or n == cfg.online.iterations
+                result, live = run_iteration(ctx, n, prompts_for_iteration(prompts, cfg, n), model_ref, live, save)
+                summary = {**result, "identity": identity}
                 if ctx.acc.is_main_process:
                     write_iteration(it_dir, summary)
             history.append(summary)

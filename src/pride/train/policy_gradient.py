@@ -15,6 +15,7 @@ that `loss_type`: the loop divides a step's loss by its units (completion tokens
 from __future__ import annotations
 
 import statistics
+import time
 
 import torch
 
@@ -162,6 +163,7 @@ def train_groups(ctx: StageContext, groups: list[dict]) -> dict:
     rows, stats = tokenize_groups(groups, fmt, cfg.preference.max_length, cfg.preference.max_prompt_length, where)
     temperature = cfg.online.temperature if cfg.online.temperature > 0 else 1.0
     pad, batch, chunk = tokenizer.pad_token_id, cfg.preference.reference_batch_size, cfg.train.logps_chunk_size
+    started = time.perf_counter()
     old = reference.token_logps(acc, model, rows, pad, batch, chunk, temperature, console)
     ref = None
     if s.beta:
@@ -169,6 +171,7 @@ def train_groups(ctx: StageContext, groups: list[dict]) -> dict:
         ref = old if ref_model is None else reference.token_logps(acc, ref_model, rows, pad, batch, chunk, temperature,
                                                                   console, "reference log-probs")
         del ref_model
+    ctx.timing["reference_s"] = time.perf_counter() - started
     # RLOO's KL penalty in the reward: per sample, the sum of its (old - ref) token log-probs
     kl = [[0.0] * len(g["responses"]) for g in groups]
     for row, o, r in zip(rows, old, ref or old):

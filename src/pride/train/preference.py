@@ -11,6 +11,8 @@ with LoRA, disables the adapter) for comparison. Online rounds train through
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from pride import reference
@@ -113,11 +115,13 @@ def train_preference(ctx: StageContext, rows: Rows) -> dict:
     if s.loss_type not in REFERENCE_FREE and s.reference == "live":
         live = reference.live(cfg, ctx.acc, model)
     elif s.loss_type not in REFERENCE_FREE:
+        started = time.perf_counter()
         for data, pairs, name in splits:
             if data.rows:
                 where = [p.where for p in pairs]
                 reference.attach(data.rows, reference.precompute(ctx, model, tokenizer, data, where,
                                                                  ctx.run_dir / name, layout))
+        ctx.timing["reference_s"] = time.perf_counter() - started
     if s.loss_type in NEEDS_WIN_PROB:
         for data, pairs, _ in splits:
             attach_probs(data.rows, [pairs[i] for i in data.kept], s.loss_type)

@@ -15,7 +15,7 @@ import os
 import random
 import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,13 @@ class StageContext:
     acc: Accelerator
     console: Console
     run_dir: Path
+    # an online round handed its starting model in memory (the round before trained it: semi-online,
+    # online.save_every), whether its own model is saved, and that model once trained
+    preloaded: tuple | None = None
+    save_model: bool = True
+    trained: torch.nn.Module | None = None
+    loaded: tuple | None = None  # (tokenizer, chat format) of the model `load_model` gave
+    timing: dict = field(default_factory=dict)  # seconds of the phases inside a round's training (iteration.json)
 
     @classmethod
     @contextmanager
@@ -92,29 +99,48 @@ class StageContext:
             finally:
                 clear_inputs()  # the next stage of a recipe may write what this one read (the demo's data)
 
-    def within(self, cfg: Config, run_dir: Path) -> "StageContext":
-        """A training run inside this stage (an online round): same accelerator, own config and directory."""
+    def within(self, cfg: Config, run_dir: Path, preloaded: tuple | None = None,
+               save_model: bool = True) -> "StageContext":
+        """A training run inside this stage (an online round): same accelerator, own config and directory;
+        `preloaded`: its starting (model, tokenizer, format), already in memory; `save_model`: False
+        keeps the trained model in memory only (`trained`) for the next round."""
         seed_everything(cfg.seed)
         if self.acc.is_main_process:
             make_dir(run_dir)
         self.acc.wait_for_everyone()
-        return replace(self, cfg=cfg, run_dir=Path(run_dir))
+        return replace(self, cfg=cfg, run_dir=Path(run_dir), preloaded=preloaded, save_model=save_model, trained=None,
+                       loaded=None, timing={})
 
     def load_model(self, head: str = "lm"):
         """Model (trainable weights per `train.precision`, on the device) + tokenizer + chat format;
         head="score": a reward model."""
-        model, tokenizer, fmt = load_model_and_tokenizer(self.cfg.model, seed=self.cfg.seed, device=self.acc.device,
-                                                         head=head)
-        note = apply_precision(model, self.cfg.train.precision)
-        if note:
-            self.console.print(note)
+        if self.preloaded is not None:  # the previous round's trained model: its weights already train as set
+            model, tokenizer, fmt = self.preloaded
+        else:
+            model, tokenizer, fmt = load_model_and_tokenizer(self.cfg.model, seed=self.cfg.seed,
+                                                             device=self.acc.device, head=head)
+            note = apply_precision(model, self.cfg.train.precision)
+            if note:
+                self.console.print(note)
+        self.loaded = (tokenizer, fmt)
         return model.to(self.acc.device), tokenizer, fmt
 
     def train(self, model, objective, rows, eval_rows, pad_id: int):
         """The one loop, resuming from this run's checkpoints; config.yaml once training starts."""
         from pride.train.loop import run_identity, train
 
+        import time
+
         check_not_input(model_dir(self.run_dir))  # before training, not after: the result could not be saved
+        started = time.perf_counter()
+        try:
+            return self._train(model, objective, rows, eval_rows, pad_id)
+        finally:
+            self.timing["loop_s"] = time.perf_counter() - started
+
+    def _train(self, model, objective, rows, eval_rows, pad_id: int):
+        from pride.train.loop import run_identity, train
+
         return train(self.cfg.train, accelerator=self.acc, model=model, objective=objective, rows=rows,
                      eval_rows=eval_rows, pad_id=pad_id, run_dir=self.run_dir, seed=self.cfg.seed,
                      console=self.console, identity=run_identity(self.cfg),
@@ -127,12 +153,22 @@ class StageContext:
 
     def finish(self, result, tokenizer, stats: dict, kind: str = "sft") -> dict:
         """Save the final model (with its model card, README.md) and `summary.json` (model path,
-        steps, data stats, last metrics); `kind`: the stage that trained it (sft, dpo, rm)."""
-        out = save_final_model(self.acc, result.prepared, tokenizer, model_dir(self.run_dir))
+        steps, data stats, last metrics); `kind`: the stage that trained it (sft, dpo, rm, grpo). With
+        `save_model` False (a semi-online round) the model stays in memory only (`trained`)."""
         from pride.train.loop import distributed_summary
 
         from pride.identity import stage_identity
 
+        if not self.save_model:
+            self.trained = self.acc.unwrap_model(result.prepared).model
+            self.trained.eval()
+            summary = {"model": None, "steps": result.steps, "data": stats, "identity": stage_identity(self.cfg),
+                       "final": result.metrics[-1] if result.metrics else {},
+                       "distributed": distributed_summary(self.acc, self.cfg.train)}
+            self.write_json(SUMMARY, summary)
+            self.console.print("[bold green]done[/]: model kept in memory for the next round (online.save_every)")
+            return summary
+        out = save_final_model(self.acc, result.prepared, tokenizer, model_dir(self.run_dir))
         summary = {"model": str(out), "steps": result.steps, "data": stats, "identity": stage_identity(self.cfg),
                    "final": result.metrics[-1] if result.metrics else {},
                    "distributed": distributed_summary(self.acc, self.cfg.train)}
