@@ -94,3 +94,74 @@ def test_tokenizer_path_separate_from_the_model():
 
     tok = load_tokenizer(ModelSettings(path=str(real_tokenizer_dir("llama3")), tokenizer=str(real_tokenizer_dir("mistral"))))
     assert tok.bos_token == "<s>" and len(tok) == len(load_tokenizer(ModelSettings(path=str(real_tokenizer_dir("mistral")))))
+
+
+def test_a_model_is_what_its_directory_says_it_is(tmp_path):
+    """A reward model's directory is not a policy (training, serving and the reload route refuse it);
+    another model's tokenizer as model.tokenizer, and a config whose special ids fall outside its
+    vocabulary, are one line naming the two numbers; the reload route refuses a config that changes
+    the computation (activation, rope, norm epsilon), naming the field."""
+    import json
+
+    import httpx
+
+    from pride.cli import main
+    from pride.config import ModelSettings
+    from pride.engine import Engine
+    from pride.errors import PrideError
+    from pride.models import load_model_and_tokenizer, with_score_head
+    from pride.serve.app import create_app, weights_loader
+    from tests.test_serve import saved_tiny, start
+
+    policy = saved_tiny(tmp_path / "policy")
+    m, tok, fmt = load_model_and_tokenizer(ModelSettings(path=str(policy)))
+    with_score_head(load_model_and_tokenizer(ModelSettings(path=str(policy)))[0], 0).save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                             {"role": "assistant", "content": "Hello"}]}) + "\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {{sources: [{{path: {data}}}]}}\ntrain: {{max_steps: 1}}\n")
+    rm_line = r"a reward model \(LlamaForSequenceClassification: a score head, no LM head\), not a model that writes"
+    for command in (["sft", str(cfg), f"model.path={tmp_path / 'rm'}", f"output_dir={tmp_path / 'o'}"],
+                    ["serve", str(tmp_path / "rm"), "--port", "0"]):
+        with pytest.raises(PrideError, match=rm_line):
+            load_model_and_tokenizer(ModelSettings(path=str(tmp_path / "rm")))
+        assert main(command) == 2
+    # another model's tokenizer: more tokens than embedding rows; or another beginning-of-sequence id
+    from tests.real_tokenizers import real_tokenizer_dir
+
+    with pytest.raises(PrideError, match=r"model\.tokenizer=.*: 32000 tokens, but .* has \d+ embedding rows"):
+        load_model_and_tokenizer(ModelSettings(path=str(policy), tokenizer=str(real_tokenizer_dir("mistral"))))
+    moved = saved_tiny(tmp_path / "moved")
+    config = json.loads((moved / "config.json").read_text())
+    config["bos_token_id"] = (tok.bos_token_id + 1) % config["vocab_size"]
+    (moved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PrideError, match=rf"its beginning-of-sequence token is id {tok.bos_token_id} .* config says "
+                                         rf"{config['bos_token_id']}"):
+        load_model_and_tokenizer(ModelSettings(path=str(moved), tokenizer=str(policy)))
+    config["bos_token_id"], config["pad_token_id"] = tok.bos_token_id, config["vocab_size"] + 5
+    (moved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PrideError, match=rf"config\.json: pad_token_id {config['vocab_size'] + 5} is outside the "
+                                         rf"vocabulary of vocab_size {config['vocab_size']}"):
+        load_model_and_tokenizer(ModelSettings(path=str(moved)))
+    # the reload route: a reward model, and a config that computes otherwise
+    engine = Engine(m, tok, max_batch_size=2)
+    server, base = start(create_app(engine, fmt, "tiny", None, 64, 64, model_path=str(policy),
+                                    load_weights=weights_loader(m, tok)))
+    try:
+        answer = httpx.post(base + "/update_weights_from_disk", json={"model_path": str(tmp_path / "rm")}, timeout=60)
+        assert answer.status_code == 400 and "a reward model" in answer.json()["message"]
+        rope = {"rope_theta": 1234.0, "rope_type": "default"}
+        for field, value in (("hidden_act", "gelu"), ("rms_norm_eps", 1e-3), ("rope_parameters", rope)):
+            other = saved_tiny(tmp_path / f"other-{field}")
+            config = json.loads((other / "config.json").read_text())
+            config[field] = value
+            (other / "config.json").write_text(json.dumps(config))
+            answer = httpx.post(base + "/update_weights_from_disk", json={"model_path": str(other)}, timeout=60)
+            assert answer.status_code == 400 and f"has {field}=" in answer.json()["message"], (field, answer.text)
+        same = saved_tiny(tmp_path / "same", seed=3)
+        assert httpx.post(base + "/update_weights_from_disk", json={"model_path": str(same)}, timeout=60).status_code == 200
+    finally:
+        server.should_exit = True
+        engine.stop()

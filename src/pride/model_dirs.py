@@ -50,12 +50,35 @@ def check_not_adapter(d: Path, key: str) -> None:
 
 
 def check_weights_dir(path: str, key: str) -> None:
-    """Before loading weights: a model directory, not an adapter, with JSON files that parse."""
+    """Before loading weights: a model directory, not an adapter, with JSON files that parse and a
+    vocabulary that holds its own special tokens."""
     d = Path(path).expanduser()
     check_not_adapter(d, key)
     check_json_files(d)
     if not (d / "config.json").is_file():
         raise PrideError(f"{key}={path}: not a model directory (no config.json there)")
+    config = read_json(d / "config.json")
+    config = config.get("text_config", config) if isinstance(config.get("text_config"), dict) else config
+    vocab = config.get("vocab_size")
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        ids = config.get(name)
+        for token in ids if isinstance(ids, list) else [ids]:
+            if isinstance(vocab, int) and isinstance(token, int) and not 0 <= token < vocab:
+                raise PrideError(f"{d / 'config.json'}: {name} {token} is outside the vocabulary of vocab_size "
+                                 f"{vocab} (ids 0 to {vocab - 1}); the config does not belong to these weights")
+
+
+def check_causal_lm(path: str, key: str) -> None:
+    """A chat model is a causal LM: a reward model's directory (a score head, no LM head) would be
+    loaded with a random LM head and answer bytes, so it is refused where a policy is loaded."""
+    d = Path(path).expanduser()
+    if not (d / "config.json").is_file():
+        return
+    architectures = read_json(d / "config.json").get("architectures") or []
+    if architectures and all(a.endswith("ForSequenceClassification") for a in architectures):
+        raise PrideError(f"{key}={path}: a reward model ({architectures[0]}: a score head, no LM head), not a model "
+                         "that writes text; it would generate with a random LM head. Use the policy it was trained "
+                         "beside, or judge with it (online.judge.type=reward_model)")
 
 
 def check_tokenizer_dir(path: str, key: str) -> None:

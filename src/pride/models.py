@@ -17,7 +17,7 @@ import torch
 from pride.chat import ChatFormat, chat_format, missing_special_tokens
 from pride.config import ModelSettings
 from pride.errors import PrideError
-from pride.model_dirs import check_chat_template, check_tokenizer_dir, check_weights_dir
+from pride.model_dirs import check_causal_lm, check_chat_template, check_tokenizer_dir, check_weights_dir
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -134,6 +134,8 @@ def check_model_reference(settings: ModelSettings) -> None:
                          else check_tokenizer_dir)
         if key == "model.path" and settings.tokenizer is None and Path(ref).expanduser().is_dir():
             check_tokenizer_dir(ref, key)
+        if key == "model.path" and Path(ref).expanduser().is_dir():
+            check_weights_dir(ref, key)
         if not Path(ref).expanduser().is_dir():
             from huggingface_hub import try_to_load_from_cache
 
@@ -172,6 +174,8 @@ def load_model(settings: ModelSettings, *, seed: int = 0, device: str | torch.de
     head new (random, seeded) unless the directory already has one."""
     ref = settings.path
     _check_reference(ref, check=check_weights_dir)
+    if head == "lm" and not is_tiny(ref):
+        check_causal_lm(ref, "model.path")
     dtype = dtype or resolve_dtype(settings.dtype, device)
     attn = resolve_attention(settings.attn_implementation, device, causal_lm_class(settings))
     quantization = _bnb_4bit(dtype) if settings.load_in_4bit else None
@@ -249,11 +253,31 @@ def load_model_and_tokenizer(settings: ModelSettings, *, seed: int = 0, device=N
         tokenizer.chat_template = fmt.template.jinja()  # saved with the model: same format at inference
     model = load_model(settings, seed=seed, device=device, dtype=dtype, tokenizer=tokenizer, head=head)
     embeddings = model.get_input_embeddings().weight.shape[0]
+    if settings.tokenizer:
+        check_tokenizer_fits(tokenizer, model, settings, len(tokenizer) - len(missing))
     if len(tokenizer) > embeddings:
         model.resize_token_embeddings(len(tokenizer))
     if head == "score":  # transformers pools at the last token that is not padding (TRL sets it too)
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer, fmt
+
+
+def check_tokenizer_fits(tokenizer, model, settings: ModelSettings, own: int) -> None:
+    """`model.tokenizer` from another directory must be this model's: its vocabulary (before the chat
+    template's tokens pride adds) within the embeddings, and the beginning-of-sequence token the
+    model's config names. Another family's tokenizer would train on ids the model never learnt,
+    silently. (Its end-of-sequence token may differ: LIONs' ChatML tokenizers end turns with
+    <|im_end|> on base models whose config names another.)"""
+    rows = model.get_input_embeddings().weight.shape[0]
+    where = f"model.tokenizer={settings.tokenizer}"
+    if own > rows:
+        raise PrideError(f"{where}: {own} tokens, but {settings.path} has {rows} embedding rows; it is another "
+                         "model's tokenizer (unset model.tokenizer, or name this model's)")
+    bos = getattr(model.config, "bos_token_id", None)
+    if isinstance(bos, int) and tokenizer.bos_token_id is not None and tokenizer.bos_token_id != bos:
+        raise PrideError(f"{where}: its beginning-of-sequence token is id {tokenizer.bos_token_id} "
+                         f"({tokenizer.bos_token!r}), but {settings.path}'s config says {bos}; it is another "
+                         "model's tokenizer (unset model.tokenizer, or name this model's)")
 
 
 def disable_dropout(model: torch.nn.Module) -> int:

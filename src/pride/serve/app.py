@@ -580,7 +580,26 @@ def same_shape_state(model, tok, new, new_tok, path: str) -> dict:
     if new_tok.get_vocab() != tok.get_vocab() or new_tok.chat_template != tok.chat_template:
         raise PrideError(f"{path}: its tokenizer or chat template differs from the served one; start a server "
                          "for it instead")
+    mine, theirs = config_fields(model.config), config_fields(new.config)
+    changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    if changed:  # same shapes, other computation (activation, rope, norm epsilon, ...): the old config would run
+        k = changed[0]
+        raise PrideError(f"{path}: its config.json has {k}={theirs.get(k)!r} where the served model has "
+                         f"{mine.get(k)!r}; the served config would compute with its weights. Start a server for "
+                         "it instead")
     return state
+
+
+# config.json fields that do not change what a forward computes (names, versions, loading and caching hints)
+NOT_COMPUTATION = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache", "architectures",
+                   "_attn_implementation", "_attn_implementation_autoset", "attn_implementation", "pride_tokenizer",
+                   "_commit_hash", "output_attentions", "output_hidden_states", "return_dict", "tie_encoder_decoder",
+                   "pad_token_id", "id2label", "label2id", "num_labels"}  # a head's labels: its shape says enough
+
+
+def config_fields(config) -> dict:
+    """A model config's fields that decide its computation (see NOT_COMPUTATION)."""
+    return {k: v for k, v in config.to_dict().items() if k not in NOT_COMPUTATION}
 
 
 def _server_class():
