@@ -11,7 +11,7 @@ and groups whose K scores differ. Built once into --work and reused.
 1. **pride vs TRL** on the demo's task ("Write the word W n times."), its rule as the reward
    function, K=4 samples per prompt at temperature 1, at most 40 new tokens, 128 prompts,
    32 completions (8 prompts) per optimizer step, so 16 steps and 512 samples on every side,
-   learning rate 1e-5, cosine schedule with 10% warmup, one thread each:
+   learning rate 1e-4, cosine schedule with 10% warmup, one thread each:
    * `pride grpo`: `online.objective: grpo`, 2 rounds of 64 prompts (pride's engine samples a
      round's prompts from the round's starting model; `save_every: 2`: round 1 hands its
      weights to round 2 in memory), DAPO's loss and TRL's defaults otherwise;
@@ -51,7 +51,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SHAPE = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=6, num_attention_heads=8,
              num_key_value_heads=4)
-K, MAX_NEW, PROMPTS, PER_STEP, LR = 4, 40, 128, 32, 1e-5
+K, MAX_NEW, PROMPTS, PER_STEP, LR = 4, 40, 128, 32, 1e-4
 
 
 def build(work: Path) -> Path:
@@ -122,7 +122,7 @@ def side_trl(kind: str, model: Path, out: Path) -> None:
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(model)
     ds = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts(PROMPTS, 7)])
-    common = dict(output_dir=str(out), learning_rate=LR, lr_scheduler_type="cosine", warmup_ratio=0.1,
+    common = dict(output_dir=str(out), learning_rate=LR, lr_scheduler_type="cosine", warmup_steps=0.1,
                   num_train_epochs=1, use_cpu=True, report_to="none", save_strategy="no", logging_steps=4,
                   bf16=False, fp16=False, temperature=1.0, max_completion_length=MAX_NEW, seed=0)
     if kind == "grpo":

@@ -145,9 +145,10 @@ class Fake(BaseHTTPRequestHandler):
 
     lock = threading.Lock()
 
-    def do_GET(self):
+    def do_GET(self):  # it serves the starting model, model.path (as vLLM's /models names it: root)
         found = self.path.endswith("/models")
-        send_json(self, {"data": [{"id": "fake"}]} if found else {"detail": "Not Found"}, 200 if found else 404)
+        send_json(self, {"data": [{"id": "fake", "root": "tiny:llama"}]} if found else {"detail": "Not Found"},
+                  200 if found else 404)
 
     def do_POST(self):
         with Fake.lock:
@@ -194,6 +195,22 @@ def test_samples_and_llm_verdicts_do_not_depend_on_the_concurrency(tmp_path):
     assert len(scores) == 12 and all(len(s["verdicts"]) == 4 and s["verdicts"][0][0] is None for s in scores)
     gens = [json.loads(x) for x in files[16]["generations.jsonl"].splitlines()]
     assert all(r["responses"] == [("x" * (s % 7) + f" {s}").strip() for s in r["seeds"]] for r in gens)
+
+
+def test_one_round_against_a_server_serving_another_model_is_refused_before_sampling(tmp_path, pride_serve):
+    """iterations=1 is no exception: a server that serves another model than model.path is not sampled."""
+    from pride.config import load_config
+    from pride.errors import PrideError
+    from pride.online.loop import run_online
+
+    start, url = pride_serve
+    other = saved_tiny(tmp_path / "other", seed=5)
+    with pytest.raises(PrideError, match=rf"{url}: serves {start}, not this round's model {other}"):
+        run_online(load_config(None, round_args(tmp_path, other, "online.sampler=openai", f"online.sampler_url={url}",
+                                                "online.iterations=1")))
+    assert not list((tmp_path / "run").glob("iteration-1/generations*"))
+    run_online(load_config(None, round_args(tmp_path, start, "online.sampler=openai", f"online.sampler_url={url}",
+                                            "online.iterations=1", "train.max_steps=1")))
 
 
 KILLER = textwrap.dedent("""

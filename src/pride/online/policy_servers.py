@@ -42,13 +42,22 @@ def model_ref_for_server(model_ref: str) -> str:
     return str(p.resolve()) if p.exists() else model_ref
 
 
-def served_model(url: str, api_key_env: str | None = None) -> str | None:
-    """The model directory the server says it serves, or None when it cannot say (no such route)."""
+def served_model(url: str, api_key_env: str | None = None, listed: bool = False) -> str | None:
+    """The model directory the server says it serves, or None when it cannot say (no such route).
+    `listed`: else the `root` GET /models gives (vLLM's OpenAI server: the path or id it was started on)."""
     try:
         r = httpx.get(root(url) + "/get_model_info", headers=auth_headers(api_key_env), timeout=TIMEOUT)
     except httpx.HTTPError as e:
         raise PrideError(f"{url}: cannot reach the sampling server ({e})") from None
     if r.status_code in (404, 405, 501):  # no such route (501: a server that has no GET at all)
+        if listed:
+            from pride.chat_client import listed_models
+
+            try:
+                found = listed_models(url, api_key_env).json()["data"][0].get("root")
+            except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+                return None
+            return found if isinstance(found, str) else None
         return None
     if r.status_code != 200:
         raise PrideError(f"{url}: GET /get_model_info answered HTTP {r.status_code}: {r.text[:200]}")
@@ -90,11 +99,16 @@ def load_round_model(urls: list[str], model_ref: str, api_key_env: str | None) -
 
 
 def check_serving(urls: list[str], model_ref: str, api_key_env: str | None) -> None:
-    """Every server says it serves `model_ref`: else this process must not sample from it."""
+    """Every server says it serves `model_ref`: else this process must not sample from it (and a
+    server that cannot say is not sampled either: it may serve anything)."""
     path = model_ref_for_server(model_ref)
     for url in urls:
-        now = served_model(url, api_key_env)
-        if now != path:
+        now = served_model(url, api_key_env, listed=True)
+        if now is None:
+            raise PrideError(f"{url}: cannot tell which model it serves (no /get_model_info, and GET /models names "
+                             f"no root), so it may not serve this round's model {path}; serve {path} with pride "
+                             "serve, sglang or vLLM, or use online.sampler=server")
+        if model_ref_for_server(now) != path:
             raise PrideError(f"{url}: serves {now}, not this round's model {path}; a round never samples "
                              "another round's model")
 
@@ -108,7 +122,7 @@ def round_servers(acc, s: OnlineSettings, model_ref: str, it_dir: Path):
             if acc.is_main_process:
                 load_round_model(urls, model_ref, s.sampler_api_key_env)
             acc.wait_for_everyone()
-            check_serving(urls, model_ref, s.sampler_api_key_env)
+        check_serving(urls, model_ref, s.sampler_api_key_env)  # every round, one round too: never a stale policy
         yield urls
         return
     with ExitStack() as stack:
