@@ -124,17 +124,18 @@ def side_trl(kind: str, model: Path, out: Path) -> None:
     ds = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts(PROMPTS, 7)])
     common = dict(output_dir=str(out), learning_rate=LR, lr_scheduler_type="cosine", warmup_steps=0.1,
                   num_train_epochs=1, use_cpu=True, report_to="none", save_strategy="no", logging_steps=4,
-                  bf16=False, fp16=False, temperature=1.0, max_completion_length=MAX_NEW, seed=0)
+                  bf16=False, fp16=False, temperature=1.0, seed=0)
     if kind == "grpo":
         import trl
 
-        args = trl.GRPOConfig(per_device_train_batch_size=PER_STEP, num_generations=K, **common)
+        args = trl.GRPOConfig(per_device_train_batch_size=PER_STEP, num_generations=K, max_completion_length=MAX_NEW,
+                              **common)
         trainer = trl.GRPOTrainer(model=str(model), reward_funcs=reward, args=args, train_dataset=ds,
                                   processing_class=tok)
     else:
         from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
-        args = OnlineDPOConfig(per_device_train_batch_size=PER_STEP // 2, beta=0.1, **common)
+        args = OnlineDPOConfig(per_device_train_batch_size=PER_STEP // 2, beta=0.1, max_new_tokens=MAX_NEW, **common)
         trainer = OnlineDPOTrainer(model=str(model), reward_funcs=reward, args=args, train_dataset=ds,
                                    processing_class=tok)
     trainer.train()

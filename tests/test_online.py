@@ -561,3 +561,19 @@ def test_semi_online_rounds_in_memory_equal_saved_rounds_and_a_kill_restarts_fro
     first, second = (load_file(str(tmp_path / run / "iteration-3" / "model" / "model.safetensors"))
                      for run in ("saved", "semi"))
     assert all(torch.equal(first[k], second[k]) for k in first)  # the same code on the same CPU: exact
+
+
+def test_a_round_without_pairs_says_which_of_three_causes_it_was():
+    """Every sample empty (naming the sampler), a judge that never gave a verdict (naming its URL), or
+    answers that really tied: three lines, not one advice for all."""
+    from pride.online.loop import no_pairs
+
+    s = OnlineSettings(samples_per_prompt=2, judge=JudgeSettings(type="llm", url="http://127.0.0.1:9/v1", model="j"))
+    empty = [{"responses": ["", ""]}, {"responses": ["", ""]}]
+    assert no_pairs(empty, [{"scores": [0, 0]}] * 2, s, ["http://127.0.0.1:8/v1"]).startswith(
+        "every sample came back empty (http://127.0.0.1:8/v1 answered '' to all 2 prompts x 2)")
+    said = [{"responses": ["a", "b"]}]
+    undecided = [{"scores": [0.0, 0.0], "verdicts": [[None, None], [None, None]]}]
+    assert no_pairs(said, undecided, s, None).startswith("the judge at http://127.0.0.1:9/v1 gave no verdict")
+    tied = [{"scores": [0.0, 0.0], "verdicts": [[None, 0.0], [0.0, None]]}]
+    assert no_pairs(said, tied, s, None).startswith("the answers of every prompt tied or were identical")

@@ -228,6 +228,8 @@ def _dispatch(args, parser) -> int:
             if stops:  # the real run would stop at once: say so, as it would
                 raise PrideError(f"--dry-run: the run would stop: {stops[0]}")
             return 0
+        if args.all_settings:  # it only widens what --dry-run shows: alone it would run the whole recipe
+            raise PrideError("--all-settings shows every setting in a --dry-run; add --dry-run (nothing was run)")
         run_recipe(args.config, args.overrides)
         return 0
     parser.error(f"unknown command {args.command!r}")

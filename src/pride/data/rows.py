@@ -256,8 +256,8 @@ def _score(row: dict, name: str) -> float | None:
     v = row.get(name)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
-        raise RowError(name, f"expected a number, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise RowError(name, f"expected a finite number, got {v!r}")
     return float(v)
 
 

@@ -66,7 +66,11 @@ def row_scores(matrix: list[list[float]]) -> list[float]:
 class FunctionJudge:
     """A Python function `module:function(prompt: str, response: str) -> float` (rule rewards)."""
 
-    def __init__(self, spec: str | None):
+    def __init__(self, spec: str | None, path: str | None = None):
+        if not spec and path:  # a path, and no type: the judge it names is a model, not a function
+            raise PrideError(f"online.judge.path={path} names a model to judge with: set online.judge.type "
+                             "(reward_model for a reward model, or a recipe's stage:NAME; pairrm for PairRM); "
+                             "the default type, function, takes online.judge.function")
         if not spec or ":" not in spec:
             raise PrideError("online.judge.function must be 'module:function' (e.g. mypackage.rewards:score)")
         module, name = spec.split(":", 1)
@@ -193,12 +197,14 @@ class LLMJudge:
         self.clients = [ChatClient(u, s.model, s.api_key_env, connections=s.concurrency) for u in urls(s.url)]
         self.concurrency = s.concurrency
 
-    def verdict(self, question: str, a: str, b: str, server: int = 0) -> float:
+    def verdict(self, question: str, a: str, b: str, server: int = 0) -> float | None:
+        """1 (A better), -1 (B), 0 (a tie), or None: the answer holds no verdict (counted as a tie in
+        the matrix, kept as None in `verdicts` so a judge that never decides is told from real ties)."""
         text = self.clients[server % len(self.clients)].text(
             [{"role": "user", "content": PAIRWISE_PROMPT.format(question=question, a=a, b=b)}], temperature=0,
             max_tokens=1024)
         found = VERDICT.findall(text)
-        return {"A": 1.0, "B": -1.0}.get(found[-1], 0.0) if found else 0.0
+        return {"A": 1.0, "B": -1.0}.get(found[-1], 0.0) if found else None
 
     def judge(self, prompts, candidates):
         from pride.chat_client import map_concurrently
@@ -213,7 +219,8 @@ class LLMJudge:
         out = []
         for p, cands in enumerate(candidates):
             k = len(cands)
-            m = [[0.0 if i == j else (v[p, i, j] - v[p, j, i]) / 2 for j in range(k)] for i in range(k)]
+            m = [[0.0 if i == j else ((v[p, i, j] or 0.0) - (v[p, j, i] or 0.0)) / 2 for j in range(k)]
+                 for i in range(k)]
             verdicts = [[None if i == j else v[p, i, j] for j in range(k)] for i in range(k)]
             out.append(Judgement(row_scores(m), m, verdicts))
         return out
@@ -239,7 +246,7 @@ def check_judge(s: JudgeSettings) -> None:
         check_weights_dir(s.path, "online.judge.path")
         check_tokenizer_dir(s.path, "online.judge.path")
     if s.type == "function":
-        FunctionJudge(s.function)
+        FunctionJudge(s.function, s.path)
     if s.type == "llm" and (not s.url or not s.model):
         raise PrideError("online.judge.type=llm needs online.judge.url and online.judge.model")
     if s.type == "llm":
@@ -268,7 +275,7 @@ def make_judge(s: JudgeSettings, device, fmt=None) -> Judge:
     """`fmt`: the policy's chat format, for `prompt_format: chat_template` (PairRM only)."""
     check_judge(s)
     if s.type == "function":
-        return FunctionJudge(s.function)
+        return FunctionJudge(s.function, s.path)
     if s.type == "reward_model":
         return RewardModelJudge(s, device)
     if s.type == "pairrm":

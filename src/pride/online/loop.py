@@ -246,8 +246,7 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
         write_jsonl(it_dir / "pairs.jsonl", pairs)
     acc.wait_for_everyone()
     if not pairs:
-        raise PrideError(f"iteration {n}: every prompt was dropped (all responses identical or tied): "
-                         "raise online.temperature or samples_per_prompt")
+        raise PrideError(f"iteration {n}: every prompt was dropped: {no_pairs(generations, scores, s, state.get('urls'))}")
 
     t = time.perf_counter()
     data, in_memory = round_data(pairs, it_dir / "pairs.jsonl", s, cfg)
@@ -268,6 +267,22 @@ def handed_on(round_ctx: StageContext) -> tuple | None:
     if round_ctx.trained is None:
         return None
     return (round_ctx.trained, *round_ctx.loaded)
+
+
+def no_pairs(generations: list[dict], scores: list[dict], s, urls: list[str] | None) -> str:
+    """Why a round has no pair, one cause at a time: nothing was sampled, the judge never decided,
+    or the answers really tied."""
+    where = ", ".join(urls) if urls else f"online.sampler={sampler_kind(s)}"
+    if all(r == "" for g in generations for r in g["responses"]):
+        return (f"every sample came back empty ({where} answered '' to all {len(generations)} prompts x "
+                f"{s.samples_per_prompt}); check that the sampler serves a model that writes (its chat template, "
+                "online.max_new_tokens)")
+    verdicts = [v for sc in scores for row in sc.get("verdicts") or [] for v in row]
+    if verdicts and all(v is None for v in verdicts):
+        return (f"the judge at {', '.join(urls_of(s.judge.url))} gave no verdict ([[A]], [[B]] or [[C]]) on any of "
+                f"{len(verdicts)} comparisons; check online.judge.model and what it answers")
+    return ("the answers of every prompt tied or were identical: raise online.temperature or "
+            "online.samples_per_prompt")
 
 
 def round_summary(n: int, prompts: list[dict], k: int, scores: list[dict], timing: dict, it_dir: Path,
