@@ -41,7 +41,6 @@ import json
 import os
 import platform
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -56,7 +55,7 @@ K, MAX_NEW, PROMPTS, PER_STEP, LR = 4, 40, 128, 32, 1e-4
 
 def build(work: Path) -> Path:
     """The SFT'd ~5M model and the prompt files (cached in `work`)."""
-    from pride.demo.task import prompt_rows, sft_rows
+    from pride.demo.task import sft_rows
     from pride.io import write_jsonl
 
     model = work / "sft" / "model"

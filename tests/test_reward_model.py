@@ -234,14 +234,42 @@ def test_pride_eval_reward_accuracy_per_source_subset_and_section(tmp_path):
     for r, ok in zip(rows, right):
         by_subset.setdefault(r["subset"], []).append(ok)
     per_subset = {s: sum(v) / len(v) for s, v in by_subset.items()}
-    assert result["subsets"] == pytest.approx(per_subset, abs=0)  # counts of the same comparisons: exact
+    # counts of the same comparisons, times 100 on both sides: exact
+    assert result["subsets"] == pytest.approx({k: v * 100 for k, v in per_subset.items()}, abs=0)
     theirs, counts, mapping = rewardbench_official()
-    expected = theirs(counts, mapping, per_subset)
-    assert {k: result["rewardbench"][k] for k in expected} == expected
+    expected = theirs(counts, mapping, per_subset)  # fractions, and 0 for a section with no subset scored
+    scored = [k for k, v in mapping.items() if set(v) & set(per_subset)]
+    assert {k: result["rewardbench"][k] for k in scored} == {k: expected[k] * 100 for k in scored}
+    assert set(scored) == set(result["rewardbench"]["sections_scored"]) and "Chat Hard" in scored
+    assert "subsets_not_in_sections" not in result
     assert result["sources"][str(bench)]["accuracy"] == 100 * sum(right) / 16
     assert result["sources"][str(plain)]["accuracy"] == 100 * sum(right[:6]) / 6
     assert result["accuracy"] == 100 * (sum(right) + sum(right[:6])) / 22 and result["pairs"] == 22
     assert result["ci_lower"] <= result["accuracy"] <= result["ci_upper"]
+
+
+def test_reward_accuracy_takes_fractions_and_max_questions_and_says_what_its_sections_leave_out(tmp_path, capsys):
+    """A source's fraction and eval.max_questions choose the pairs scored; a subset RewardBench does
+    not know is named and warned about, and a section with no row is left out, not shown as 0."""
+    data = preference_file(tmp_path)
+    assert main(["rm", "examples/configs/rm.yaml", "model.path=tiny:llama", f"data.sources.0.path={data}",
+                 "data.sources.0.columns={}", "train.max_steps=1", f"output_dir={tmp_path / 'run'}"]) == 0
+    rows = [{"prompt": f"Question {i}?", "chosen": f"Answer {i}.", "rejected": "No.",
+             "subset": ["alpacaeval-easy", "my-own"][i % 2]} for i in range(20)]
+    bench = write_jsonl(tmp_path / "bench.jsonl", rows)
+    other = write_jsonl(tmp_path / "other.jsonl", rows[:10])
+    for extra, pairs in (([], {str(bench): 10, str(other): 10}), (["eval.max_questions=3"], {str(bench): 3, str(other): 3})):
+        cfg = tmp_path / "e.yaml"
+        cfg.write_text(f"model: {{path: {tmp_path / 'run' / 'model'}}}\neval:\n  benchmarks: [reward_accuracy]\n"
+                       f"  reward_sources: [{{path: {bench}, fraction: 0.5}}, {{path: {other}}}]\n"
+                       f"  output_dir: {tmp_path / 'out'}\n")
+        assert main(["eval", str(cfg), *extra]) == 0
+        (result,) = json.loads((tmp_path / "out" / "scores.json").read_text())["run"]["reward_accuracy"]["runs"]
+        assert {k: v["pairs"] for k, v in result["sources"].items()} == pairs
+        assert result["subsets_not_in_sections"] == ["my-own"]
+        assert result["rewardbench"]["sections_scored"] == ["Chat"] and "Safety" not in result["rewardbench"]
+        assert result["rewardbench"]["Chat"] == result["subsets"]["alpacaeval-easy"]  # one subset: its own, in %
+    assert "subsets RewardBench does not know are left out of its section scores: my-own" in capsys.readouterr().err
 
 
 def test_online_rounds_judged_by_a_trained_reward_model(tmp_path):
@@ -309,3 +337,45 @@ def test_a_lora_reward_model_trains_its_head_and_saves_merged(tmp_path):
     start, _, _ = load_model_and_tokenizer(ModelSettings(path="tiny:llama"), seed=0, head="score")
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert not torch.equal(trained.score.weight, start.score.weight)  # the head moved
+
+
+def test_data_inspect_of_a_reward_model_config_exports_what_the_reward_model_trains_on(tmp_path):
+    """A config with a reward section (pride rm's) is inspected as the reward model trains: whole
+    conversations cut to reward.max_length on its side; --stage dpo shows the pairs DPO would train."""
+    from pride.config import load_config
+    from pride.models import load_chat
+    from pride.data import load_rows
+
+    data = preference_file(tmp_path)
+    out = tmp_path / "rows.jsonl"
+    base = ["model.path=tiny:llama", f"data.sources.0.path={data}", "data.sources.0.columns={}",
+            "reward.max_length=24", "reward.truncation_side=left"]
+    assert main(["data", "inspect", "examples/configs/rm.yaml", *base, "--export", str(out)]) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    cfg = load_config("examples/configs/rm.yaml", base)
+    rows = load_rows(cfg.data, want="preference", seed=cfg.seed).train
+    expected, _ = tokenize_reward_pairs(rows, load_chat(cfg.model)[1], cfg.reward)
+    assert lines == [{"chosen_ids": c.input_ids, "rejected_ids": r.input_ids} for c, r in expected]
+    assert max(len(x["chosen_ids"]) for x in lines) == 24  # cut as the reward model is
+    assert main(["data", "inspect", "examples/configs/rm.yaml", *base, "--stage", "dpo", "--export", str(out)]) == 0
+    assert set(json.loads(out.read_text().splitlines()[0])) == {"prompt_ids", "chosen_ids", "rejected_ids"}
+
+
+def test_an_eval_stage_from_an_rm_stage_scores_the_reward_model(tmp_path):
+    """Evaluating a reward model is what reward_accuracy is for: `from: rm` is allowed for an eval stage
+    of that benchmark (any other stage from an rm stage is still refused)."""
+    import yaml
+
+    data = preference_file(tmp_path)
+    recipe = {"model": {"path": "tiny:llama"}, "output_dir": str(tmp_path / "out"), "train": {"max_steps": 1},
+              "stages": [{"name": "rm", "type": "rm", "data": {"sources": [{"path": str(data)}]}},
+                         {"name": "acc", "type": "eval", "from": "rm",
+                          "eval": {"benchmarks": ["reward_accuracy"], "reward_sources": [{"path": str(data)}]}}]}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(tmp_path / "r.yaml")]) == 0
+    scores = json.loads((tmp_path / "out" / "acc" / "scores.json").read_text())
+    (name,) = scores
+    assert scores[name]["reward_accuracy"]["runs"][0]["pairs"] > 0
+    recipe["stages"][1] = {"name": "dpo", "type": "dpo", "from": "rm", "data": {"sources": [{"path": str(data)}]}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(tmp_path / "r.yaml")]) == 2

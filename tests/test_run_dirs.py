@@ -73,7 +73,7 @@ def test_resume_with_other_settings_is_refused_naming_them(tmp_path, data, monke
 def test_a_second_process_on_the_same_run_dir_stops_clearly(tmp_path, data):
     (tmp_path / "run").mkdir()
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pride.train.stage import exclusive; from pathlib import Path\n"
+        "import sys, time; from pride.rundir import exclusive; from pathlib import Path\n"
         f"with exclusive(Path({str(tmp_path / 'run')!r})):\n    print('held', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     try:

@@ -178,6 +178,27 @@ def test_every_saved_model_has_a_model_card_and_pride_chat_talks_to_it(tmp_path,
     assert main(["chat", str(tmp_path / "run" / "model"), "--max-new-tokens", "4"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("pride chat: ") and [x[:7] for x in out[1:]] == ["model> ", "(new co", "model> "]
+    # the card names a local base in its text only: the Hub's metadata takes Hub ids
+    from pride.config import load_config
+    from pride.model_card import model_card
+
+    local = load_config(None, [f"model.path={tmp_path / 'run' / 'model'}", f"data.sources.0.path={data}"])
+    text = model_card(local, "sft", {"steps": 1})
+    assert "base_model" not in text.split("---")[1] and f"from `{tmp_path / 'run' / 'model'}`" in text
+    hub = load_config(None, ["model.path=Qwen/Qwen2.5-0.5B", "data.sources.0.path=org/data"])
+    meta = __import__("yaml").safe_load(model_card(hub, "sft", {"steps": 1}).split("---")[1])
+    assert meta["base_model"] == "Qwen/Qwen2.5-0.5B" and meta["datasets"] == ["org/data"]
+    # a line that is not UTF-8, and one longer than the model's positions: each refused, and the chat goes on
+    from transformers import AutoConfig
+
+    positions = AutoConfig.from_pretrained(tmp_path / "run" / "model").max_position_embeddings
+    typed = b"caf\xe9\n" + b"x" * (positions + 10) + b"\nSay alpha.\n/exit\n"
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(typed), encoding="utf-8"))
+    assert main(["chat", str(tmp_path / "run" / "model"), "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "pride chat: that line is not UTF-8 text (byte 3); type it again", out
+    assert out[2].startswith("pride chat: the conversation would be ") and f"context is {positions} tokens" in out[2]
+    assert out[3].startswith("model> ") and len(out) == 4
 
 
 def test_pride_plot_draws_runs_that_share_a_label_and_never_writes_over_what_it_reads(tmp_path):

@@ -103,7 +103,7 @@ def test_a_second_model_evaluated_into_the_same_directory_keeps_the_first_and_on
     from pride.config import load_config
     from pride.errors import PrideError
     from pride.eval.run import run_eval
-    from pride.train.stage import exclusive
+    from pride.rundir import exclusive
 
     out = tmp_path / "out"
     base = ["model.path=tiny:llama", "eval.benchmarks=[task_metrics]", f"eval.output_dir={out}", "eval.server=pride",

@@ -17,7 +17,10 @@ def chat(model_ref: str, system: str | None = None, temperature: float = 0.7, ma
     from pride.models import load_model_and_tokenizer
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    if hasattr(stdin, "reconfigure"):  # bytes that are not UTF-8 become one line's refusal, not a traceback
+        stdin.reconfigure(errors="strict")
     model, tok, fmt = load_model_and_tokenizer(ModelSettings(path=model_ref), seed=seed)
+    context = getattr(model.config, "max_position_embeddings", None) or 4096  # as pride serve takes it
     engine = Engine(model, tok, max_batch_size=1, offline=True)
     start = [{"role": "system", "content": system}] if system else []
     messages = list(start)
@@ -27,7 +30,11 @@ def chat(model_ref: str, system: str | None = None, temperature: float = 0.7, ma
     while True:
         if interactive:
             print("you> ", end="", file=stdout, flush=True)
-        line = stdin.readline()
+        try:
+            line = stdin.readline()
+        except UnicodeDecodeError as e:
+            print(f"pride chat: that line is not UTF-8 text (byte {e.start}); type it again", file=stdout, flush=True)
+            continue
         if not line or line.strip() == "/exit":
             return 0
         text = line.rstrip("\n")
@@ -38,8 +45,14 @@ def chat(model_ref: str, system: str | None = None, temperature: float = 0.7, ma
         if not text.strip():
             continue
         messages.append({"role": "user", "content": text})
-        (answer,), = engine.complete([fmt.encode_prompt(messages)], 1, [[seed * 1_000_003 + turn]],
-                                     temperature=temperature, max_tokens=max_new_tokens)
+        ids = fmt.encode_prompt(messages)
+        if len(ids) >= context:  # as pride serve refuses it: the model has no positions past its context
+            messages.pop()
+            print(f"pride chat: the conversation would be {len(ids)} tokens; this model's context is {context} "
+                  "tokens. Say less, or /reset", file=stdout, flush=True)
+            continue
+        (answer,), = engine.complete([ids], 1, [[seed * 1_000_003 + turn]], temperature=temperature,
+                                     max_tokens=min(max_new_tokens, context - len(ids)))
         turn += 1
         messages.append({"role": "assistant", "content": answer})
         print(f"model> {answer}", file=stdout, flush=True)

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("-n", "--rows", type=int, default=3, help="rows to show")
     insp.add_argument("--export", default=None, metavar="FILE.jsonl",
                       help="write every kept row as training sees it (token ids, labels)")
+    insp.add_argument("--stage", choices=["sft", "dpo", "rm"], default=None,
+                      help="whose rows: preference pairs as dpo or rm trains them (default: rm when the config has a "
+                           "reward section)")
     insp.add_argument("--color", choices=["auto", "always", "never"], default="auto",
                       help="trained tokens in colour (auto: on a terminal), else between ⟦ ⟧")
     return parser
@@ -201,7 +204,8 @@ def _dispatch(args, parser) -> int:
         from pride.config import load_config
         from pride.data.inspect import inspect
 
-        inspect(load_config(args.config, args.overrides), n=args.rows, export=args.export, color=args.color)
+        inspect(load_config(args.config, args.overrides), n=args.rows, export=args.export, color=args.color,
+                stage=args.stage)
         return 0
     if args.command == "demo":
         from pride.demo import run_demo

@@ -501,6 +501,9 @@ class Config(Section):
         if asked and d is not None and not d.eval_sources and not d.eval_fraction:
             raise ValueError(f"{asked} evaluates on held-out rows, and there are none: set data.eval_sources or "
                              "data.eval_fraction, or leave it unset")
+        if asked and self.online.objective in ("grpo", "rloo"):
+            raise ValueError(f"{asked}: online.objective={self.online.objective} trains on its own samples and has no "
+                             "held-out loss to evaluate; leave it unset (pride eval scores the rounds' models)")
         return self
 
 

@@ -50,7 +50,8 @@ def checkpoint_weights(checkpoint: Path) -> dict:
 
 @contextmanager
 def exported(checkpoint: str | Path):
-    """Yield an HF directory with the checkpoint's weights (merged LoRA), removed afterwards."""
+    """Yield an HF directory with the checkpoint's weights (merged LoRA), removed afterwards: a causal
+    LM, or for a reward model's run (a score head in the weights) a sequence-classification model."""
     from pride.config import load_config
     from pride.io import disk_error
     from pride.models import load_model_and_tokenizer
@@ -58,8 +59,17 @@ def exported(checkpoint: str | Path):
     checkpoint = Path(checkpoint)
     run_dir = checkpoint.parent.parent
     cfg = load_config(run_dir / "config.yaml")
-    model, tokenizer, _ = load_model_and_tokenizer(cfg.model, seed=cfg.seed, device="cpu")
     state = {k[len("model."):]: v for k, v in checkpoint_weights(checkpoint).items() if k.startswith("model.")}
+    scored = any(k == "score.weight" or k.endswith(".score.weight") for k in state)  # a reward model's run
+    model, tokenizer, _ = load_model_and_tokenizer(cfg.model, seed=cfg.seed, device="cpu",
+                                                   head="score" if scored else "lm")
+    if scored:  # saved as pride rm saves its model: a judge cuts and pools as training did
+        from pride.scores import tokenizer_digest
+
+        tokenizer.model_max_length, tokenizer.truncation_side = cfg.reward.max_length, cfg.reward.truncation_side
+        tokenizer.init_kwargs["truncation_side"] = cfg.reward.truncation_side
+        (model.get_base_model() if hasattr(model, "get_base_model") else model).config.update(
+            {"pride_tokenizer": tokenizer_digest(tokenizer)})
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k]:  # a tied LM head is not stored twice
         raise PrideError(f"{checkpoint}: its weights do not fit the model of {run_dir / 'config.yaml'} "

@@ -56,7 +56,23 @@ def stage_inputs(cfg) -> list[str]:
     references, benchmark files, lm-eval task folders)."""
     from pride.config import input_paths
 
-    return list(dict.fromkeys(p for p in input_paths(cfg) if p))
+    return list(dict.fromkeys([*(p for p in input_paths(cfg) if p), *user_code(cfg)]))
+
+
+def user_code(cfg) -> list[str]:
+    """The source files of the user's code a stage imports (a function judge's module), so an edit
+    to it re-runs the rounds it judged, as an edited data file does."""
+    import importlib.util
+
+    judge = getattr(getattr(cfg, "online", None), "judge", None)
+    if judge is None or judge.type != "function" or not judge.function or ":" not in judge.function:
+        return []
+    try:
+        spec = importlib.util.find_spec(judge.function.split(":", 1)[0])
+    except (ImportError, ValueError):
+        return []  # not importable: the judge's own check says so, in one line
+    origin = getattr(spec, "origin", None) if spec is not None else None
+    return [origin] if origin and origin.endswith(".py") and Path(origin).is_file() else []
 
 
 def stage_identity(cfg, upstream: str = "") -> str:

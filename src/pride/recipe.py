@@ -147,9 +147,10 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[RecipeFile
         if spec.from_ is not None and types[spec.from_] == "eval":
             raise PrideError(f"{path}: stage '{spec.name}' starts from '{spec.from_}', an eval stage, which makes no "
                              "model; name the stage that trained it")
-        if spec.from_ is not None and not STAGES[types[spec.from_]].policy:
+        if spec.from_ is not None and not STAGES[types[spec.from_]].policy and not reward_eval(tree["stages"][i], spec):
             raise PrideError(f"{path}: stage '{spec.name}' starts from '{spec.from_}', a reward model, not a policy; "
-                             f"judge with it instead (online.judge.path: {STAGE_REF}{spec.from_})")
+                             f"judge with it instead (online.judge.path: {STAGE_REF}{spec.from_}), or evaluate it "
+                             "with an eval stage of eval.benchmarks [reward_accuracy]")
         seen.add(spec.name)
         types[spec.name] = spec.type
         own = {k: v for k, v in tree["stages"][i].items() if k not in ("name", "type", "from")}
@@ -175,6 +176,12 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[RecipeFile
         origin = {k: _origin(k, layers) for k in flatten(config.model_dump(mode="json"))}
         stages.append(Stage(spec.name, spec.type, spec.from_, config, origin))
     return recipe, stages
+
+
+def reward_eval(own: dict, spec) -> bool:
+    """An eval stage whose only benchmark is reward_accuracy: what evaluating a reward model is."""
+    benchmarks = ((own.get("eval") or {}).get("benchmarks") if isinstance(own.get("eval"), dict) else None) or []
+    return spec.type == "eval" and list(benchmarks) == ["reward_accuracy"]
 
 
 def starting_from(stage: Stage, start: str | None, models: dict[str, str] | None = None) -> Config:

@@ -10,9 +10,12 @@
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
-from pride.io import read_record, write_json
+from pride.errors import PrideError
+from pride.io import make_dir, read_record, write_json
 
 MODEL = "model"
 METRICS = "metrics.jsonl"
@@ -97,8 +100,16 @@ def clear_run(run_dir: str | Path) -> list[str]:
 
 
 def read_stage(run_dir: str | Path) -> dict | None:
-    """A finished recipe stage's record, or None."""
-    return read_record(Path(run_dir) / STAGE_MARKER)
+    """A finished recipe stage's record, or None: also when what it made is gone (its model, or an
+    eval stage's scores.json, deleted since): a stage without its outputs is not finished."""
+    info = read_record(Path(run_dir) / STAGE_MARKER)
+    if info is None:
+        return None
+    if info.get("model") and not is_saved_model(info["model"]):
+        return None
+    if info.get("type") == "eval" and not (Path(run_dir) / "scores.json").is_file():
+        return None
+    return info
 
 
 def write_stage(run_dir: str | Path, info: dict) -> None:
@@ -130,3 +141,25 @@ def start_round(it_dir: str | Path, identity: str) -> bool:
 
 def write_iteration(it_dir: str | Path, info: dict) -> None:
     write_json(Path(it_dir) / ITERATION_SUMMARY, info)
+
+
+@contextmanager
+def exclusive(run_dir: Path, setting: str = "output_dir"):
+    """One pride process per run directory (per rank): a second one stops with a clear message
+    instead of interleaving metrics and mixing models and configs."""
+    from filelock import FileLock, Timeout
+
+    make_dir(run_dir)
+    lock = FileLock(str(run_dir / f".pride-lock-rank{os.environ.get('RANK', '0')}"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise PrideError(f"{run_dir} is in use by another pride process (it holds {lock.lock_file}); "
+                         f"wait for it to finish or choose another {setting}") from None
+    except OSError as e:  # a read-only filesystem, no permission
+        raise PrideError(f"{run_dir}: cannot write there ({e.strerror}); choose another {setting}") from None
+    try:
+        yield
+    finally:  # no lock file left behind once the run ends (removed while still held)
+        Path(lock.lock_file).unlink(missing_ok=True)
+        lock.release()

@@ -3,7 +3,8 @@
 Training (`pride rm`) and judging (`online.judge.type: reward_model`, `pride eval`) both come
 through here, so a conversation is templated, cut and pooled the same way in both:
 `conversation_ids` renders it with the model's chat template and cuts it to the saved
-`model_max_length` on the saved `truncation_side`; `SequenceScores` runs the decoder on
+`model_max_length` on the saved `truncation_side` (`load_reward_model`: a directory's model,
+tokenizer and format, checked to belong together); `SequenceScores` runs the decoder on
 padding-free rows (`data.packing.collate`) and applies the score head at each sequence's last
 token, found from the rows' layout, never from the pad token id (which transformers' own
 pooling relies on, and which can equal a template's end-of-turn token).
@@ -80,3 +81,41 @@ def tokenizer_digest(tokenizer) -> str:
     chat template. Saved in its config; a judge refuses a tokenizer that differs."""
     body = json.dumps([sorted(tokenizer.get_vocab().items()), tokenizer.chat_template], default=str)
     return hashlib.sha256(body.encode()).hexdigest()
+
+
+def load_reward_model(path: str, device, key: str = "online.judge.path"):
+    """Tokenizer, chat format and model of a reward-model directory, checked to belong together
+    (`reward_tokenizer`)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from pride.models import from_pretrained
+
+    tok, fmt = reward_tokenizer(path, key)
+    model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, path, key=key).to(device).eval()
+    return tok, fmt, model
+
+
+def reward_tokenizer(path: str, key: str = "online.judge.path"):
+    """A reward model's tokenizer and chat format, before any weights load: a sequence-
+    classification directory with a chat template of its own, and the tokenizer it was trained
+    with (`pride rm` records its digest in config.json; any other: no larger than the embeddings)."""
+    from pride.config import ModelSettings
+    from pride.model_dirs import read_json
+    from pride.models import load_chat
+
+    from pride.model_dirs import check_score_head
+
+    check_score_head(path, key)
+    tok, fmt = load_chat(ModelSettings(path=path))
+    if fmt.fallback:
+        raise PrideError(f"{key}={path}: no chat template; a reward model scores conversations rendered with the "
+                         "template it was trained with: save that template into its tokenizer_config.json")
+    from pathlib import Path
+
+    config = read_json(Path(path).expanduser() / "config.json")
+    trained, rows = config.get("pride_tokenizer"), config.get("vocab_size")
+    if (trained is not None and trained != tokenizer_digest(tok)) or (isinstance(rows, int) and len(tok) > rows):
+        raise PrideError(f"{key}={path}: its tokenizer is not the one this reward model was trained with "
+                         f"({len(tok)} tokens{', another vocabulary or chat template' if trained else ''}; the model "
+                         f"has {rows} embedding rows); put back the tokenizer files `pride rm` saved with it")
+    return tok, fmt

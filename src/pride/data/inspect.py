@@ -4,7 +4,10 @@ Like axolotl's `preprocess --debug`: the quickest way to see that a template and
 do what you think before paying for a run. The rows go through the same tokenization as
 training (truncation included), and `--export FILE.jsonl` writes exactly those ids:
 SFT `{"input_ids", "labels"}` (labels -100 where not trained, unshifted as in transformers),
-preference `{"prompt_ids", "chosen_ids", "rejected_ids"}` (completions without the prompt).
+preference `{"prompt_ids", "chosen_ids", "rejected_ids"}` (completions without the prompt), a
+reward model's pairs (`--stage rm`, or a config with a `reward` section) `{"chosen_ids",
+"rejected_ids"}` (each whole conversation, cut as `reward.max_length` and `truncation_side` say;
+its last token, where the score is read, is the one marked).
 With `train.packing: split` each line is one training row cut from the stream of samples, with
 `segment_lengths` (attention stays within a segment; a cut sample's target across the cut is -100).
 """
@@ -51,10 +54,16 @@ def render_tokens(tokenizer, ids: list[int], mask: list[bool], color: bool = Tru
     return text
 
 
-def training_view(cfg: Config, fmt, rows: list) -> tuple[str, list[dict]]:
-    """Each kept row as training sees it (the `--export` lines)."""
+def training_view(cfg: Config, fmt, rows: list, stage: str | None = None) -> tuple[str, list[dict]]:
+    """Each kept row as training sees it (the `--export` lines). `stage` rm: a reward model's pairs,
+    each conversation whole and cut as `reward.max_length` and `truncation_side` say."""
     convs = [r for r in rows if isinstance(r, Conversation)]
     pairs = [r for r in rows if isinstance(r, PreferencePair)]
+    if pairs and stage == "rm":
+        from pride.train.reward import tokenize_reward_pairs
+
+        samples, _ = tokenize_reward_pairs(pairs, fmt, cfg.reward)
+        return "rm", [{"chosen_ids": c.input_ids, "rejected_ids": r.input_ids} for c, r in samples]
     if pairs:
         s = cfg.preference
         data = tokenize_pairs(pairs, fmt, s.max_length, s.max_prompt_length, on_bad_row=cfg.data.on_bad_row,
@@ -71,14 +80,17 @@ def training_view(cfg: Config, fmt, rows: list) -> tuple[str, list[dict]]:
 
 
 def inspect(cfg: Config, n: int = 3, console: Console | None = None, export: str | None = None,
-            color: str = "auto") -> dict:
-    """`color`: auto (colour on a terminal, ⟦ ⟧ markers elsewhere), always, or never."""
+            color: str = "auto", stage: str | None = None) -> dict:
+    """`color`: auto (colour on a terminal, ⟦ ⟧ markers elsewhere), always, or never. `stage`: which
+    stage's rows (sft, dpo, rm); default: rm when the config has a `reward` section, else by the rows."""
     console = console or Console(soft_wrap=True, force_terminal=True if color == "always" else None,
                                  no_color=color == "never")
     colored = color == "always" or (color == "auto" and console.is_terminal)
     tokenizer, fmt = load_chat(cfg.model)
     rows = load_rows(cfg.data, want="any", seed=cfg.seed)
-    kind, lines = training_view(cfg, fmt, rows.train)
+    if stage is None and cfg.reward.model_fields_set:  # a reward model's config (pride rm): its own cut
+        stage = "rm"
+    kind, lines = training_view(cfg, fmt, rows.train, stage)
     console.print(f"[bold]template[/]: {fmt.name}   [bold]train_on[/]: {cfg.data.train_on}")
     sequences = [_shown(kind, line) for line in lines]
     for i, seqs in enumerate(sequences[:n]):
@@ -92,7 +104,7 @@ def inspect(cfg: Config, n: int = 3, console: Console | None = None, export: str
     flat = [s for seqs in sequences for s in seqs]
     lengths = [len(ids) for _, ids, _ in flat]
     trained = [sum(mask) for _, _, mask in flat]
-    limit = cfg.preference.max_length if kind == "preference" else cfg.train.max_length
+    limit = {"preference": cfg.preference.max_length, "rm": cfg.reward.max_length}.get(kind, cfg.train.max_length)
     counts = {
         "train_rows": len(rows.train),
         "kept_rows": len(lines),
@@ -121,6 +133,9 @@ def inspect(cfg: Config, n: int = 3, console: Console | None = None, export: str
 def _shown(kind: str, line: dict) -> list[tuple[str, list[int], list[bool]]]:
     if kind == "sft":
         return [("", line["input_ids"], [x != IGNORE for x in line["labels"]])]
+    if kind == "rm":  # a reward model scores the whole conversation at its last token
+        return [(label, line[key], [False] * (len(line[key]) - 1) + [True])
+                for label, key in (("chosen", "chosen_ids"), ("rejected", "rejected_ids"))]
     p = line["prompt_ids"]
     return [(label, p + line[key], [False] * len(p) + [True] * len(line[key]))
             for label, key in (("chosen", "chosen_ids"), ("rejected", "rejected_ids"))]

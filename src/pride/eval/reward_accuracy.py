@@ -10,6 +10,10 @@ allenai/reward-bench, saved as JSONL or parquet) also get per-subset accuracy an
 section scores, each section the mean of its subsets weighted by RewardBench's example counts
 (`rewardbench.utils.calculate_scores_per_section` with its `EXAMPLE_COUNTS` and
 `SUBSET_MAPPING`, rewardbench 0.1.4, copied below), and `score`, the mean of the sections scored.
+Every number is a percentage; a section none of whose subsets has a row is left out (not 0), and
+subsets RewardBench does not know are named (`subsets_not_in_sections`) and warned about.
+A source's `fraction` takes that share of its rows (seeded, as training sources take theirs), and
+`eval.max_questions` the first N pairs of each source.
 """
 
 from __future__ import annotations
@@ -58,13 +62,15 @@ def accuracy_with_ci(correct: list[int], rounds: int, seed: int) -> dict:
             "ci_upper": float(np.percentile(means, 97.5)) * 100, "pairs": len(arr)}
 
 
-def run(model_dir: str, sources, rounds: int = 100, seed: int = 0, batch_size: int = 16, device=None) -> dict:
+def run(model_dir: str, sources, rounds: int = 100, seed: int = 0, batch_size: int = 16, device=None,
+        max_pairs: int | None = None, warn=None) -> dict:
     """Accuracy (%) of the reward model in `model_dir` on each source's pairs and overall."""
+    import random
+
     import torch
 
-    from pride.data import read_rows
-    from pride.online.judges import load_reward_model
-    from pride.scores import conversation_ids, score_conversations
+    from pride.data import read_rows, take_fraction
+    from pride.scores import conversation_ids, load_reward_model, score_conversations
 
     if not sources:
         raise PrideError("eval.benchmarks has reward_accuracy: set eval.reward_sources (preference files)")
@@ -72,10 +78,12 @@ def run(model_dir: str, sources, rounds: int = 100, seed: int = 0, batch_size: i
     tok, fmt, model = load_reward_model(model_dir, device, key="model.path")
     max_length = tok.model_max_length if tok.model_max_length < 10**7 else 2048
     per_source, every, by_subset = {}, [], {}
+    rng = random.Random(seed)
     for src in sources:
         pairs = read_rows(src, "preference", "error", {})
         if not pairs:
             raise PrideError(f"eval.reward_sources: {src.path}: no preference pair in it")
+        pairs = take_fraction(pairs, src.fraction, rng)[:max_pairs]
         ids = [conversation_ids(fmt, p.prompt, text, max_length, tok.truncation_side)[0]
                for p in pairs for text in (p.chosen, p.rejected)]
         scores = score_conversations(model, ids, tok.pad_token_id, batch_size, device)
@@ -87,11 +95,19 @@ def run(model_dir: str, sources, rounds: int = 100, seed: int = 0, batch_size: i
                 by_subset.setdefault(p.subset, []).append(c)
     out = {**accuracy_with_ci(every, rounds, seed), "sources": per_source}
     if by_subset:
-        out["subsets"] = {s: float(np.mean(v)) for s, v in sorted(by_subset.items())}
+        fractions = {s: float(np.mean(v)) for s, v in sorted(by_subset.items())}
+        out["subsets"] = {s: v * 100 for s, v in fractions.items()}
+        unknown = sorted(set(by_subset) - set(EXAMPLE_COUNTS))
+        if unknown:
+            out["subsets_not_in_sections"] = unknown
+            if warn is not None:
+                warn(f"reward_accuracy: subsets RewardBench does not know are left out of its section scores: "
+                     f"{', '.join(unknown)} (their accuracy is under 'subsets')")
         if set(by_subset) & set(EXAMPLE_COUNTS):
-            sections = section_scores(out["subsets"])
+            sections = section_scores(fractions)
             scored = [s for s, subsets in SUBSET_MAPPING.items() if set(subsets) & set(by_subset)]
-            out["rewardbench"] = {**sections, "score": float(np.mean([sections[s] for s in scored])) * 100,
+            out["rewardbench"] = {**{s: sections[s] * 100 for s in scored},
+                                  "score": float(np.mean([sections[s] for s in scored])) * 100,
                                   "sections_scored": scored}
     return out
 

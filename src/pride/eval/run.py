@@ -245,7 +245,7 @@ def run_eval(cfg: Config, console: Console | None = None) -> dict:
     into it (a model evaluated again replaces its earlier entry). Returns this run's scores."""
     from pride.config import input_paths
     from pride.io import check_not_input, mark_inputs
-    from pride.train.stage import exclusive
+    from pride.rundir import exclusive
 
     # nothing it writes lands on what it reads: the model (a run directory with eval.checkpoints,
     # which may hold its evaluations), the benchmark files and references
@@ -332,8 +332,9 @@ def _evaluate(cfg: Config, console: Console | None) -> dict:
                                 per_bench[b].append(result)
                 if "reward_accuracy" in ev.benchmarks:
                     console.print(f"[bold]{name}[/] run {r}: reward_accuracy")
-                    per_bench["reward_accuracy"].append(reward_accuracy.run(ref, ev.reward_sources,
-                                                                            ev.bootstrap_rounds, seed))
+                    per_bench["reward_accuracy"].append(reward_accuracy.run(
+                        ref, ev.reward_sources, ev.bootstrap_rounds, seed, max_pairs=ev.max_questions,
+                        warn=lambda line: console.print(f"[yellow]warning[/]: {line}")))
                 for b in ev.benchmarks:
                     if b.startswith("open_llm"):
                         console.print(f"[bold]{name}[/] run {r}: {b} (lm-eval)")

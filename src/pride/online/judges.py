@@ -18,7 +18,7 @@ import torch
 
 from pride.config import JudgeSettings
 from pride.errors import PrideError
-from pride.model_dirs import check_not_adapter, check_score_head, check_tokenizer_dir, check_weights_dir
+from pride.model_dirs import check_not_adapter, check_tokenizer_dir, check_weights_dir
 
 
 @dataclass
@@ -90,6 +90,8 @@ class RewardModelJudge:
     token)."""
 
     def __init__(self, s: JudgeSettings, device):
+        from pride.scores import load_reward_model
+
         self.tok, self.fmt, self.model = load_reward_model(s.path, device)
         saved = self.tok.model_max_length
         self.max_length = s.max_length or (saved if saved and saved < 10**7 else 2048)  # HF's "no limit": 1e30
@@ -108,41 +110,6 @@ class RewardModelJudge:
             out.append(Judgement(scores[at:at + len(cands)]))
             at += len(cands)
         return out
-
-
-def load_reward_model(path: str, device, key: str = "online.judge.path"):
-    """Tokenizer, chat format and model of a reward-model directory, checked to belong together
-    (`reward_tokenizer`)."""
-    from transformers import AutoModelForSequenceClassification
-
-    from pride.models import from_pretrained
-
-    tok, fmt = reward_tokenizer(path, key)
-    model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, path, key=key).to(device).eval()
-    return tok, fmt, model
-
-
-def reward_tokenizer(path: str, key: str = "online.judge.path"):
-    """A reward model's tokenizer and chat format, before any weights load: a sequence-
-    classification directory with a chat template of its own, and the tokenizer it was trained
-    with (`pride rm` records its digest in config.json; any other: no larger than the embeddings)."""
-    from pride.config import ModelSettings
-    from pride.model_dirs import read_json
-    from pride.models import load_chat
-    from pride.scores import tokenizer_digest
-
-    check_score_head(path, key)
-    tok, fmt = load_chat(ModelSettings(path=path))
-    if fmt.fallback:
-        raise PrideError(f"{key}={path}: no chat template; a reward model scores conversations rendered with the "
-                         "template it was trained with: save that template into its tokenizer_config.json")
-    config = read_json(Path(path).expanduser() / "config.json")
-    trained, rows = config.get("pride_tokenizer"), config.get("vocab_size")
-    if (trained is not None and trained != tokenizer_digest(tok)) or (isinstance(rows, int) and len(tok) > rows):
-        raise PrideError(f"{key}={path}: its tokenizer is not the one this reward model was trained with "
-                         f"({len(tok)} tokens{', another vocabulary or chat template' if trained else ''}; the model "
-                         f"has {rows} embedding rows); put back the tokenizer files `pride rm` saved with it")
-    return tok, fmt
 
 
 def role_lines(messages: list[dict]) -> str:
@@ -241,6 +208,8 @@ def check_judge(s: JudgeSettings) -> None:
         raise PrideError(f"online.judge.path={s.path}: not a model directory (no config.json there); it must be "
                          f"{what}")
     if s.type == "reward_model":
+        from pride.scores import reward_tokenizer
+
         reward_tokenizer(s.path)
     if what:
         check_weights_dir(s.path, "online.judge.path")

@@ -354,7 +354,9 @@ def round_data(pairs: list[dict], path: Path, s, cfg: Config) -> tuple[DataSetti
         offline = len(read_rows(s.mix_offline, "preference", cfg.data.on_bad_row, {}))
         wanted = round(len(pairs) * s.pair_fraction * s.mix_fraction / (1 - s.mix_fraction))
         sources.append(s.mix_offline.model_copy(update={"fraction": min(1.0, max(wanted, 1) / offline)}))
-    return DataSettings(sources=sources, on_bad_row=cfg.data.on_bad_row), {str(path): rows}
+    # held-out preference rows (data.eval_sources) are each round's eval set: its eval cadence evaluates them
+    return DataSettings(sources=sources, eval_sources=cfg.data.eval_sources, on_bad_row=cfg.data.on_bad_row), \
+        {str(path): rows}
 
 
 def run_online(cfg: Config) -> list[dict]:

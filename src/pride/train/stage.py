@@ -26,6 +26,7 @@ from rich.console import Console
 from pride.config import Config, with_global_batch, write_resolved
 from pride.errors import PrideError
 from pride.io import check_not_input, clear_inputs, disk_error, make_dir, share, write_problem
+from pride.rundir import exclusive
 from pride.io import write_json
 from pride.models import load_model_and_tokenizer
 from pride.rundir import SUMMARY, model_dir
@@ -35,28 +36,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-@contextmanager
-def exclusive(run_dir: Path, setting: str = "output_dir"):
-    """One pride process per run directory (per rank): a second one stops with a clear message
-    instead of interleaving metrics and mixing models and configs."""
-    from filelock import FileLock, Timeout
-
-    make_dir(run_dir)
-    lock = FileLock(str(run_dir / f".pride-lock-rank{os.environ.get('RANK', '0')}"), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise PrideError(f"{run_dir} is in use by another pride process (it holds {lock.lock_file}); "
-                         f"wait for it to finish or choose another {setting}") from None
-    except OSError as e:  # a read-only filesystem, no permission
-        raise PrideError(f"{run_dir}: cannot write there ({e.strerror}); choose another {setting}") from None
-    try:
-        yield
-    finally:  # no lock file left behind once the run ends (removed while still held)
-        Path(lock.lock_file).unlink(missing_ok=True)
-        lock.release()
 
 
 @dataclass
@@ -126,9 +105,8 @@ class StageContext:
         return model.to(self.acc.device), tokenizer, fmt
 
     def train(self, model, objective, rows, eval_rows, pad_id: int):
-        """The one loop, resuming from this run's checkpoints; config.yaml once training starts."""
-        from pride.train.loop import run_identity, train
-
+        """The one loop, resuming from this run's checkpoints; config.yaml once training starts (its
+        seconds go to `timing["loop_s"]`)."""
         import time
 
         check_not_input(model_dir(self.run_dir))  # before training, not after: the result could not be saved
