@@ -97,7 +97,7 @@ def side_pride(objective: str, model: Path, work: Path, out: Path) -> None:
     data = work / "data" / "bench_prompts.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     k = K if objective == "grpo" else 2
-    per_step = PER_STEP if objective == "grpo" else PER_STEP // 2  # completions (grpo) or pairs (dpo) per step
+    per_step = PER_STEP // k  # prompts per step: a prompt's group (grpo) or its pair (dpo)
     args = ["online", str(work / "empty.yaml"), f"model.path={model}", f"data.sources.0.path={data}",
             "data.shuffle=false", f"output_dir={out}", "online.iterations=2", "online.prompt_split=split",
             f"online.samples_per_prompt={k}", "online.temperature=1.0", f"online.max_new_tokens={MAX_NEW}",
@@ -210,7 +210,7 @@ def overhead(model: Path, work: Path) -> dict:
                      f"output_dir={run}", "online.iterations=3", f"online.samples_per_prompt={K}",
                      "online.temperature=1.0", f"online.max_new_tokens={MAX_NEW}", "online.generation_batch_size=16",
                      "online.judge.function=online_objectives:judge_one", "online.objective=grpo",
-                     f"online.save_every={save_every}", f"train.learning_rate={LR}", f"train.micro_batch_size={PER_STEP}",
+                     f"online.save_every={save_every}", f"train.learning_rate={LR}", f"train.micro_batch_size={PER_STEP // K}",
                      "seed=0"]) == 0
         rounds = []
         for n in (1, 2, 3):

@@ -9,8 +9,8 @@ objective the loop trains with.
 
 Tolerances are the DPO parity tests': loss 1e-5; gradients per tensor 1e-6 + 1e-4 x max |gradient|.
 Both sides sum the same fp32 terms in another order (TRL pads each sequence in its own row; pride
-packs them and gathers the completion positions). Advantages: 1e-6 (the same float32 operations;
-only the std's summation order may differ).
+packs them, computes a group's prompt once under a block mask, and gathers the completion positions).
+Advantages: 1e-6 (the same float32 operations; only the std's summation order may differ).
 """
 
 import copy
@@ -66,11 +66,12 @@ def reset_accelerate():
 
 
 def trl_inputs(trainer, rows):
-    """TRL's inputs for compute_loss from pride's token ids and the fixed rewards."""
-    prompt_ids = [row[0].input_ids[:len(row[0].input_ids) - row[0].n_targets] for row in rows]
-    completion_ids = [row[0].input_ids[len(p):] for row, p in zip(rows, prompt_ids)]
+    """TRL's inputs for compute_loss from pride's token ids (each group's samples) and the fixed rewards."""
+    samples = [x for row in rows for x in row]
+    prompt_ids = [x.input_ids[:len(x.input_ids) - x.n_targets] for x in samples]
+    completion_ids = [x.input_ids[len(p):] for x, p in zip(samples, prompt_ids)]
     rewards = torch.tensor([r for g in GROUPS for r in g["rewards"]], dtype=torch.float32).unsqueeze(1)
-    trainer._generate = lambda prompts: (prompt_ids, completion_ids, None, ["x"] * len(rows), None, {}, None, None)
+    trainer._generate = lambda prompts: (prompt_ids, completion_ids, None, ["x"] * len(samples), None, {}, None, None)
     trainer._calculate_rewards = lambda *a: rewards
     examples = [{"prompt": g["prompt"]} for g in GROUPS for _ in range(K)]
     return trainer._generate_and_score_completions(examples)
@@ -123,39 +124,41 @@ def trl_loss(trainer, rows, settings: GrpoSettings, moved: bool):
     return loss.detach(), grads, inputs["advantages"]
 
 
-def pride_loss(start, settings: GrpoSettings, moved: bool, temperature: float):
+def pride_loss(start, settings: GrpoSettings, moved: bool, temperature: float, layout: str):
     _, start_model, tok, _, rows = start
     acc = Accelerator(cpu=True)
     old = reference.token_logps(acc, start_model, rows, tok.pad_token_id, batch_size=3, chunk_size=8,
-                                temperature=temperature)
+                                temperature=temperature, layout=layout)
     adv, _ = advantages([g["rewards"] for g in GROUPS], "grpo", settings.scale_rewards)
-    for row, values in zip(rows, old):
-        row[0].old_logps, row[0].advantage, row[0].masked = values, adv[row[0].example][row[0].seq], False
+    for x, values in zip([x for row in rows for x in row], old):
+        x.old_logps, x.advantage, x.masked = values, adv[x.example][x.seq], False
     model = copy.deepcopy(start_model)
     if moved:
         perturb(model)
     model.train()
-    objective = PolicyGradientObjective(settings, "grpo", temperature, MAX_COMPLETION)
-    loss_sum, metrics = objective(objective.wrap(model, 8), collate(rows, tok.pad_token_id, layout="repack"))
+    objective = PolicyGradientObjective(settings, "grpo", temperature, MAX_COMPLETION, layout)
+    loss_sum, metrics = objective(objective.wrap(model, 8), collate(rows, tok.pad_token_id, layout=layout))
     loss = loss_sum / objective.units(rows)
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     return loss.detach(), grads, torch.tensor(adv).reshape(-1)
 
 
-CASES = [(lt, level, beta, moved, scale) for lt in ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "vespo")
+# each group's prompt computed once (pride's default), and each sample alone (what flash-attention runs)
+CASES = [(lt, level, beta, moved, scale, "group") for lt in ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "vespo")
          for level in ("token", "sequence") for beta, moved, scale in ((0.0, False, "group"), (0.04, True, "batch"))]
-CASES += [("luspo", "sequence", 0.0, True, "none"), ("dapo", "token", 0.04, False, "none"),
-          ("grpo", "token", 0.0, True, "none")]
+CASES += [("luspo", "sequence", 0.0, True, "none", "group"), ("dapo", "token", 0.04, False, "none", "group"),
+          ("grpo", "token", 0.0, True, "none", "group"), ("dapo", "token", 0.04, True, "group", "repack"),
+          ("grpo", "sequence", 0.0, True, "batch", "repack")]
 
 
-@pytest.mark.parametrize("loss_type,level,beta,moved,scale", CASES)
-def test_grpo_loss_and_gradients_match_trl(start, trainers, loss_type, level, beta, moved, scale):
+@pytest.mark.parametrize("loss_type,level,beta,moved,scale,layout", CASES)
+def test_grpo_loss_and_gradients_match_trl(start, trainers, loss_type, level, beta, moved, scale, layout):
     settings = GrpoSettings(loss_type=loss_type, importance_sampling_level=level, beta=beta, scale_rewards=scale,
                             epsilon=0.2, epsilon_high=5.0 if loss_type == "cispo" else 0.28)
     temperature = 0.7 if moved else 1.0  # TRL divides the logits by the sampling temperature; so does pride
     theirs, their_grads, their_adv = trl_loss(trainers(temperature), start[4], settings, moved)
-    ours, our_grads, our_adv = pride_loss(start, settings, moved, temperature)
+    ours, our_grads, our_adv = pride_loss(start, settings, moved, temperature, layout)
     torch.testing.assert_close(our_adv, their_adv, atol=1e-6, rtol=0)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
     assert our_grads.keys() == their_grads.keys()
@@ -179,10 +182,11 @@ def test_rloo_advantages_loss_and_gradients_match_rloo_trainer(start, tmp_path_f
     trainer = trl.RLOOTrainer(model=str(path), args=args, processing_class=tok,
                               train_dataset=Dataset.from_list([{"prompt": g["prompt"]} for g in GROUPS]),
                               reward_funcs=lambda completions, **kw: [0.0] * len(completions))
-    prompt_ids = [row[0].input_ids[:len(row[0].input_ids) - row[0].n_targets] for row in rows]
-    completion_ids = [row[0].input_ids[len(p):] for row, p in zip(rows, prompt_ids)]
+    samples = [x for row in rows for x in row]
+    prompt_ids = [x.input_ids[:len(x.input_ids) - x.n_targets] for x in samples]
+    completion_ids = [x.input_ids[len(p):] for x, p in zip(samples, prompt_ids)]
     rewards = torch.tensor([r for g in GROUPS for r in g["rewards"]], dtype=torch.float32).unsqueeze(1)
-    trainer._generate = lambda prompts: (prompt_ids, completion_ids, ["x"] * len(rows))
+    trainer._generate = lambda prompts: (prompt_ids, completion_ids, ["x"] * len(samples))
     trainer._calculate_rewards = lambda *a: rewards
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1
@@ -197,17 +201,17 @@ def test_rloo_advantages_loss_and_gradients_match_rloo_trainer(start, tmp_path_f
     sampler = copy.deepcopy(start_model)
     perturb(sampler)
     acc = Accelerator(cpu=True)
-    old = reference.token_logps(acc, sampler, rows, tok.pad_token_id, batch_size=3, chunk_size=8)
-    ref = reference.token_logps(acc, start_model, rows, tok.pad_token_id, batch_size=3, chunk_size=8)
+    old = reference.token_logps(acc, sampler, rows, tok.pad_token_id, batch_size=3, chunk_size=8, layout="group")
+    ref = reference.token_logps(acc, start_model, rows, tok.pad_token_id, batch_size=3, chunk_size=8, layout="group")
     kl = [[0.0] * K for _ in GROUPS]
-    for row, o, r in zip(rows, old, ref):
-        kl[row[0].example][row[0].seq] = sum(o) - sum(r)
+    for x, o, r in zip(samples, old, ref):
+        kl[x.example][x.seq] = sum(o) - sum(r)
     adv, _ = advantages([g["rewards"] for g in GROUPS], "rloo", "batch" if normalize else "none", kl, 0.05)
     # the KL sums in another order (pride: Python over each completion's tokens; TRL: a padded row's sum)
     torch.testing.assert_close(torch.tensor(adv).reshape(-1), inputs["advantages"], atol=1e-5, rtol=0)
     assert any(abs(x) > 1e-3 for x in sum(kl, []))  # the penalty is really there
-    for row, values in zip(rows, old):
-        row[0].old_logps, row[0].advantage, row[0].masked = values, adv[row[0].example][row[0].seq], False
+    for x, values in zip(samples, old):
+        x.old_logps, x.advantage, x.masked = values, adv[x.example][x.seq], False
     model = sampler
     perturb(model)
     model.train()

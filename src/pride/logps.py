@@ -71,20 +71,21 @@ class TokenLogps(nn.Module):
 
 def shared_prompt_mask(config, part: torch.Tensor, segment: torch.Tensor, position_ids: torch.Tensor,
                        dtype: torch.dtype):
-    """Masks for `[prompt, chosen, rejected]` units (data.packing.collate_shared): a token sees
-    earlier tokens of its own unit, except that rejected never sees chosen; sliding-window layers
+    """Masks for `[prompt, chosen, rejected]` units (data.packing.collate_shared) and `[prompt,
+    answer 1, ..., answer K]` units (collate_groups): a token sees earlier tokens of its own unit's
+    prompt and of its own answer, never another answer's; sliding-window layers
     also drop keys more than `sliding_window` positions back. Models with several layer types get
     one mask per type (transformers takes that mapping as the attention mask).
 
     sdpa/eager get additive 4D masks [B, 1, T, T]; flex_attention gets `BlockMask`s built from the
     same rule, so blocks a unit never attends (chosen x rejected, other units) are skipped."""
-    from pride.data.packing import CHOSEN, REJECTED
+    from pride.data.packing import PROMPT
 
     window = getattr(config, "sliding_window", None)
 
-    def rule(b, q, k, windowed: bool):
+    def rule(b, q, k, windowed: bool):  # the unit's prompt, or the query's own answer (a pair's or a group's)
         ok = (segment[b, q] == segment[b, k]) & (k <= q)
-        ok = ok & ~((part[b, q] == REJECTED) & (part[b, k] == CHOSEN))
+        ok = ok & ((part[b, k] == PROMPT) | (part[b, k] == part[b, q]))
         return ok & ((position_ids[b, q] - position_ids[b, k]) < window) if windowed else ok
 
     if getattr(config, "_attn_implementation", None) == "flex_attention":

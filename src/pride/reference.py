@@ -222,8 +222,9 @@ def live(cfg: Config, acc: Accelerator, policy):
 @torch.no_grad()
 def token_logps(acc: Accelerator, model: torch.nn.Module, rows: list[list[Sample]], pad_id: int, batch_size: int,
                 chunk_size: int = 256, temperature: float = 1.0, console=None,
-                label: str = "old log-probs") -> list[list[float]]:
-    """Per-token log-probs of each row's one sample (in the order of `rows`): the GRPO family's
+                label: str = "old log-probs", layout: str = "repack") -> list[list[float]]:
+    """Per-token log-probs of each sample of the rows (in their order; `layout` group: a row's
+    samples share its prompt, computed once; `batch_size` counts samples): the GRPO family's
     old log-probs (the policy that sampled) and, with beta > 0, the reference's. Split across
     ranks, gathered on all. The logits are divided by the sampling temperature, as the training
     forward divides them, so the ratio of the two is exact."""
@@ -232,24 +233,31 @@ def token_logps(acc: Accelerator, model: torch.nn.Module, rows: list[list[Sample
     wrapper = TokenLogps(model, chunk_size, temperature)
     was_training = model.training
     model.eval()
-    index = {(row[0].example, row[0].seq): i for i, row in enumerate(rows)}
-    batches = [list(range(i, min(i + batch_size, len(rows)))) for i in range(0, len(rows), batch_size)]
+    samples = [s for row in rows for s in row]
+    index = {(s.example, s.seq): i for i, s in enumerate(samples)}
+    batches, current = [], []
+    for i, row in enumerate(rows):  # whole rows, about batch_size samples a batch
+        current.append(i)
+        if sum(len(rows[j]) for j in current) >= batch_size:
+            batches.append(current)
+            current = []
+    batches += [current] if current else []
     mine = batches[acc.process_index::acc.num_processes]
     local = []
-    with Phase(console, label, sum(map(len, mine)), "samples",
+    with Phase(console, label, sum(len(rows[i]) for idx in mine for i in idx), "samples",
                enabled=console is not None and acc.is_main_process) as progress:
         for idx in mine:
-            batch = collate([rows[i] for i in idx], pad_id, layout="repack").to(acc.device)
+            batch = collate([rows[i] for i in idx], pad_id, layout=layout).to(acc.device)
             with acc.autocast():
                 logps = wrapper(**batch.inputs()).float().cpu()
             seq = batch.target_seq.cpu()
             for s, (example, kind) in enumerate(zip(batch.seq_example.tolist(), batch.seq_kind.tolist())):
                 local.append((index[(example, kind)], logps[seq == s].tolist()))
-            progress.advance(len(idx))
+            progress.advance(sum(len(rows[i]) for i in idx))
     if was_training:
         model.train()
     gathered = gather_object(local) if acc.num_processes > 1 else local
-    out: list[list[float]] = [[] for _ in rows]
+    out: list[list[float]] = [[] for _ in samples]
     for i, values in gathered:
         out[i] = values
     return out

@@ -153,7 +153,9 @@ def repack(rows: list[list[Sample]]) -> list[list[Sample]]:
     return [[samples[i] for i in g] for g in groups]
 
 
-PROMPT, CHOSEN, REJECTED, PADDING = 0, 1, 2, 3  # parts of a shared-prompt pair
+# parts of a shared-prompt unit: the prompt, then each answer its own part (a pair's chosen and
+# rejected, a group's answers 1..K); a token sees the prompt and its own part only
+PROMPT, CHOSEN, REJECTED, PADDING = 0, 1, 2, -1
 
 
 def prompt_length(sample: Sample) -> int:
@@ -185,6 +187,40 @@ def collate_shared(rows: list[list[Sample]], pad_id: int, attention_weight: floa
             raise PrideError("shared-prompt layout: chosen and rejected must start with the same prompt")
         pairs.append((c, r, p))
     units = build_units(pairs, share_choice(pairs, attention_weight))
+    return lay_out_units(units, rows, pad_id)
+
+
+def collate_groups(rows: list[list[Sample]], pad_id: int) -> Batch:
+    """Groups (a prompt's K answers, one row each: the GRPO family) as `[prompt, answer 1, ..., answer K]`,
+    the prompt computed once: each answer's positions continue from the prompt's end and it sees
+    the prompt and itself only (the mask of `collate_shared`, with K answers). The prompt's last
+    position predicts every answer's first token. Units re-packed into rows no longer than the
+    longest unit."""
+    units = []
+    for row in rows:
+        p = prompt_length(row[0])
+        if any(s.input_ids[:p] != row[0].input_ids[:p] or prompt_length(s) != p for s in row):
+            raise PrideError("group layout: a group's answers must start with the same prompt")
+        units.append(_group_unit(row, p))
+    return lay_out_units(units, rows, pad_id)
+
+
+def _group_unit(samples: list[Sample], p: int):
+    """`[prompt, answer 1, ..., answer K]`; answer j (part 1 + j) placed after the answers before it."""
+    ids, pos, parts, targets, at = list(samples[0].input_ids[:p]), list(range(p)), [PROMPT] * p, [], p
+    for j, s in enumerate(samples):
+        n = len(s) - p
+        ids += s.input_ids[p:]
+        pos += list(range(p, p + n))
+        parts += [1 + j] * n
+        targets.append((s, lambda t, shift=at - p: t if t < p else t + shift))
+        at += n
+    return ids, pos, parts, targets
+
+
+def lay_out_units(units: list[tuple], rows: list[list[Sample]], pad_id: int) -> Batch:
+    """Units (ids, positions, parts, targets) packed into rows as a `Batch` with the shared-prompt mask's
+    `part` and `segment`."""
     groups = pack_bfd([len(u[0]) for u in units], max(len(u[0]) for u in units))
     width = max(sum(len(units[i][0]) for i in g) for g in groups)
     ids = torch.full((len(groups), width), pad_id, dtype=torch.long)
@@ -272,7 +308,8 @@ def collate(rows: list[list[Sample]], pad_id: int, flat: bool = False, layout: s
     """Rows of samples -> model inputs plus the targets the objective needs.
 
     layout: "rows" keeps the rows as given (SFT: already packed, or one sample each),
-    "shared" computes each pair's prompt once (`collate_shared`), "repack" re-packs the
+    "shared" computes each pair's prompt once (`collate_shared`), "group" each group's
+    (`collate_groups`), "repack" re-packs the
     micro-batch's samples (see `repack`: padding-free pairs), "split"
     puts each sample in its own padded row. flat=True lays everything out as one row
     (flash-attention varlen: no padding at all). Returns input_ids/position_ids [B, T],
@@ -281,6 +318,8 @@ def collate(rows: list[list[Sample]], pad_id: int, flat: bool = False, layout: s
     """
     if layout == "shared" and not flat:
         return collate_shared(rows, pad_id, attention_weight)
+    if layout == "group" and not flat:
+        return collate_groups(rows, pad_id)
     if flat:
         rows = [[s for row in rows for s in row]]
     elif layout == "repack":

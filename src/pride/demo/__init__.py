@@ -71,10 +71,10 @@ def demo_recipe(out: Path, size: dict, seed: int) -> dict:
              "online": {**online, "iterations": size["sppo_iterations"]},
              "preference": {"beta": 0.05, "nll_weight": 1.0}},
             # GRPO on the same prompts, K and judge (DAPO's loss and dynamic sampling, TRL's defaults otherwise);
-            # a step takes 8 prompts' groups, as a DPO round's step takes 8 prompts' pairs
+            # a step takes 8 prompts' groups (micro_batch_size counts prompts), as a DPO round's takes 8 pairs
             {"name": "online_grpo", "type": "online", "from": "dpo",
              "data": {"sources": [{"path": str(out / "data" / "prompts.jsonl")}]},
-             "train": {"learning_rate": 3e-4, "micro_batch_size": 8 * online["samples_per_prompt"]},
+             "train": {"learning_rate": 3e-4},
              "online": {**online, "objective": "grpo", "iterations": size["grpo_iterations"],
                         "grpo": {"drop_flat_groups": True}}},
             # the usual route in real use: a reward model learned from the offline pairs judges the rounds

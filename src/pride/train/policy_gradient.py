@@ -36,14 +36,16 @@ GROUPS = "groups.jsonl"  # in the round's directory: each prompt's samples, rewa
 
 
 class PolicyGradientObjective:
-    """One micro-batch of samples (a row each) -> the loss summed over its units; metric sums that
-    `finish` turns into means per completion token (clip fractions, KL) or per sequence (length)."""
+    """One micro-batch of groups (a row is a prompt's samples) -> the loss summed over its units;
+    metric sums that `finish` turns into means per completion token (clip fractions, KL) or per
+    sequence (length). The prompt of a group is computed once (`layout` group) where the attention
+    backend takes the block mask, else each sample runs alone (repack)."""
 
-    layout = "repack"
     attention_weight = 0.0
 
-    def __init__(self, s: GrpoSettings, objective: str, temperature: float, max_completion_length: int):
-        self.s, self.objective = s, objective
+    def __init__(self, s: GrpoSettings, objective: str, temperature: float, max_completion_length: int,
+                 layout: str = "group"):
+        self.s, self.objective, self.layout = s, objective, layout
         self.temperature = temperature if temperature > 0 else 1.0  # greedy sampling: the model's own distribution
         self.max_completion_length = max_completion_length
         self.spec = PG_LOSSES["dapo" if objective == "rloo" else s.loss_type]
@@ -129,8 +131,9 @@ class PolicyGradientObjective:
 
 def tokenize_groups(groups: list[dict], fmt, max_length: int, max_prompt_length: int, where: str
                     ) -> tuple[list[list[Sample]], dict]:
-    """Every sample of every group as a row of one sample (example: the group, seq: the sample's
-    index in it). A completion cut to nothing by `max_length` is left out and counted."""
+    """Each group as a row of its samples (example: the group, seq: the sample's index in it), so a
+    micro-batch holds whole groups (`train.micro_batch_size` counts prompts). A completion cut to
+    nothing by `max_length` is left out and counted."""
     bos = fmt.tokenizer.bos_token_id
     rows, cut, empty = [], 0, 0
     for g, group in enumerate(groups):
@@ -140,14 +143,17 @@ def tokenize_groups(groups: list[dict], fmt, max_length: int, max_prompt_length:
             raise PrideError(f"{where} line {g + 1}: {e}") from None
         short = truncate_prompt(prompt, max_prompt_length, bos)
         budget = max(max_length - len(short), 0)
+        row = []
         for j, completion in enumerate(completions):
             kept = completion[:budget]
             cut += len(kept) < len(completion) or short != prompt
             if not kept:
                 empty += 1
                 continue
-            rows.append([completion_sample(short, kept, seq=j, example=g)])
-    return rows, {"samples": sum(len(g["responses"]) for g in groups), "kept": len(rows),
+            row.append(completion_sample(short, kept, seq=j, example=g))
+        if row:
+            rows.append(row)
+    return rows, {"samples": sum(len(g["responses"]) for g in groups), "kept": sum(map(len, rows)),
                   "cut_to_max_length": int(cut), "skipped_empty_completion": empty}
 
 
@@ -163,45 +169,55 @@ def train_groups(ctx: StageContext, groups: list[dict]) -> dict:
     rows, stats = tokenize_groups(groups, fmt, cfg.preference.max_length, cfg.preference.max_prompt_length, where)
     temperature = cfg.online.temperature if cfg.online.temperature > 0 else 1.0
     pad, batch, chunk = tokenizer.pad_token_id, cfg.preference.reference_batch_size, cfg.train.logps_chunk_size
+    layout = group_layout(model)
     started = time.perf_counter()
-    old = reference.token_logps(acc, model, rows, pad, batch, chunk, temperature, console)
+    old = reference.token_logps(acc, model, rows, pad, batch, chunk, temperature, console, layout=layout)
     ref = None
     if s.beta:
         ref_model = reference.reference_policy(cfg, acc, model)
         ref = old if ref_model is None else reference.token_logps(acc, ref_model, rows, pad, batch, chunk, temperature,
-                                                                  console, "reference log-probs")
+                                                                  console, "reference log-probs", layout)
         del ref_model
     ctx.timing["reference_s"] = time.perf_counter() - started
+    samples = [x for row in rows for x in row]  # in the order the passes return their values
     # RLOO's KL penalty in the reward: per sample, the sum of its (old - ref) token log-probs
     kl = [[0.0] * len(g["responses"]) for g in groups]
-    for row, o, r in zip(rows, old, ref or old):
-        kl[row[0].example][row[0].seq] = sum(o) - sum(r)
+    for sample, o, r in zip(samples, old, ref or old):
+        kl[sample.example][sample.seq] = sum(o) - sum(r)
     adv, flat = advantages([g["rewards"] for g in groups], objective, scale_rewards(cfg), kl, s.beta)
-    for row, values in zip(rows, old):
-        sample, g = row[0], groups[row[0].example]
+    for sample, values in zip(samples, old):
+        g = groups[sample.example]
         sample.old_logps, sample.advantage = values, adv[sample.example][sample.seq]
         sample.masked = bool(s.mask_truncated_completions and g["truncated"][sample.seq])
     if ref is not None and ref is not old:
-        for row, values in zip(rows, ref):
-            row[0].ref_token_logps = values
+        for sample, values in zip(samples, ref):
+            sample.ref_token_logps = values
     if s.drop_flat_groups:
         rows = [row for row in rows if not flat[row[0].example]]
+    trained = [x for row in rows for x in row]
     stats.update(groups=len(groups), flat_groups=sum(flat), truncated=sum(sum(g["truncated"]) for g in groups),
-                 masked=sum(bool(row[0].masked) for row in rows), trained_samples=len(rows))
+                 masked=sum(bool(x.masked) for x in trained), trained_samples=len(trained))
     if acc.is_main_process:
         write_jsonl(ctx.run_dir / GROUPS, [{**g, "advantages": a, "flat": f} for g, a, f in zip(groups, adv, flat)])
     console.print(f"[bold]{objective}[/] {stats['groups']} prompts x {len(groups[0]['responses'])} samples: "
                   f"{stats['flat_groups']} flat (all scores equal){', dropped' if s.drop_flat_groups else ''}; "
                   f"{stats['truncated']} truncated{', masked' if s.mask_truncated_completions else ''}; "
                   f"{stats['trained_samples']} samples trained")
-    if not rows or not any(not row[0].masked for row in rows):
+    if not trained or all(x.masked for x in trained):
         raise PrideError(f"{where}: no sample left to train on ({stats['flat_groups']} of {stats['groups']} prompts "
                          f"flat, {stats['masked']} masked): unset online.grpo.drop_flat_groups or "
                          "mask_truncated_completions, or raise online.temperature or online.max_new_tokens")
     ctx.write_json("data_stats.json", stats)
-    objective_ = PolicyGradientObjective(s, objective, temperature, cfg.online.max_new_tokens)
+    objective_ = PolicyGradientObjective(s, objective, temperature, cfg.online.max_new_tokens, layout)
     result = ctx.train(model, objective_, rows, [], pad)
     return {**ctx.finish(result, tokenizer, stats, "grpo"), "round": round_metrics(groups, flat, stats)}
+
+
+def group_layout(model) -> str:
+    """A group's prompt computed once where the attention backend takes the block mask (as DPO's pairs)."""
+    from pride.models import attention_backend
+
+    return "group" if attention_backend(model) in ("sdpa", "eager", "flex_attention") else "repack"
 
 
 def scale_rewards(cfg) -> str:
