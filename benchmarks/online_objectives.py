@@ -2,6 +2,7 @@
 
     python benchmarks/online_objectives.py                 # everything below, one run
     python benchmarks/online_objectives.py --only overhead
+    python benchmarks/online_objectives.py --tables          # print BENCHMARKS.md's tables from the results file
 
 The model: the ~5M-parameter Llama of serve_load.py (byte-level tokenizer, ChatML), trained
 by `pride sft` for 2 epochs on the demo's SFT rows, so it writes the demo's format but still
@@ -152,7 +153,7 @@ def run_side(name: str, model: Path, work: Path, out: Path) -> dict:
             + (f"b.side_pride({name.split()[1]!r}, Path({str(model)!r}), Path({str(work)!r}), Path({str(out)!r}))"
                if name.startswith("pride") else
                f"b.side_trl({name.split()[1]!r}, Path({str(model)!r}), Path({str(out)!r}))")
-            + "; import resource; print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            + "; print([line for line in open('/proc/self/status') if line.startswith('VmHWM')][0])")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "PRIDE_PROGRESS_SECONDS": "600"}
     started = time.perf_counter()
@@ -160,7 +161,9 @@ def run_side(name: str, model: Path, work: Path, out: Path) -> dict:
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"{name}: {proc.stderr[-3000:]}")
-    peak = int(next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("PEAK")))
+    # VmHWM: this process's own peak RSS (ru_maxrss would report the parent's when that is higher: Linux
+    # keeps it across fork and exec)
+    peak = int(next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("VmHWM")))
     trained = out / ("iteration-2" if name.startswith("pride") else "") / "model"
     return {"seconds": seconds, "per_100_prompts": seconds / PROMPTS * 100, "peak_rss_mib": peak / 1024,
             "model": str(trained)}
@@ -224,6 +227,33 @@ def overhead(model: Path, work: Path) -> dict:
     return out
 
 
+def tables(results: dict) -> str:
+    """The tables of BENCHMARKS.md, from the results file."""
+    m = results["machine"]
+    lines = [f"{m['cpu']}, {m['cores']} cores, one thread a side; torch {m['torch']}, transformers "
+             f"{m['transformers']}, trl {m['trl']}; {m['date']}; ~{results['model_parameters'] / 1e6:.1f}M parameters.", ""]
+    if "compare" in results:
+        c = results["compare"]
+        start = c["sft_start"]
+        lines += ["| side | samples | wall s per 100 prompts (median; each run) | peak RSS MiB | held-out rule score "
+                  "[95% CI] |", "| --- | --- | --- | --- | --- |"]
+        for side, v in c["sides"].items():
+            samples = PROMPTS * (K if "grpo" in side else 2)
+            h = v["held_out"]
+            lines.append(f"| {side} | {samples} | {v['per_100_prompts_median']:.1f} ({', '.join(map(str, v['per_100_prompts']))}) | "
+                         f"{v['peak_rss_mib_median']:.0f} | {h['score']:.3f} [{h['ci'][0]:.3f}, {h['ci'][1]:.3f}] |")
+        lines += ["", f"The starting SFT model scores {start['score']:.3f} [{start['ci'][0]:.3f}, {start['ci'][1]:.3f}].", ""]
+    if "overhead" in results:
+        lines += ["| save_every | round | seconds | generate | judge | reference pass | training loop | overhead | share |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for key, rounds in results["overhead"].items():
+            for r in rounds:
+                lines.append(f"| {key.split('_')[-1]} | {r['round']} | {r['seconds']:.2f} | {r['generate_s']:.2f} | "
+                             f"{r['judge_s']:.2f} | {r['reference_s']:.2f} | {r['loop_s']:.2f} | {r['overhead_s']:.2f} | "
+                             f"{r['overhead_share']:.1%} |")
+    return "\n".join(lines)
+
+
 def machine() -> dict:
     import torch
     import trl
@@ -240,7 +270,11 @@ def main() -> int:
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench-online-objectives"))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", choices=["compare", "overhead"], default=None)
+    ap.add_argument("--tables", action="store_true", help="print the tables from the results file, run nothing")
     args = ap.parse_args()
+    if args.tables:
+        print(tables(json.loads((ROOT / "benchmarks" / "results" / "online_objectives.json").read_text())))
+        return 0
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     (work / "empty.yaml").write_text("# from the command line\n")
@@ -264,7 +298,8 @@ def main() -> int:
     path = ROOT / "benchmarks" / "results" / "online_objectives.json"
     earlier = json.loads(path.read_text()) if path.exists() and args.only else {}
     path.write_text(json.dumps({**earlier, **results}, indent=1) + "\n")
-    print(f"wrote {path}")
+    print(f"wrote {path}\n")
+    print(tables({**earlier, **results}))
     return 0
 
 

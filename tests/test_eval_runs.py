@@ -168,3 +168,32 @@ def test_two_models_sharing_a_run_name_never_share_an_eval_directory(tmp_path):
     with pytest.raises(PrideError, match=r"choose another eval\.model_name"):
         claim_names(out, [("x", str(b))], "eval.model_name")
     assert claim_names(out, [("b-x", str(b))], "eval.model_name") == {"x": str(a.resolve()), "b-x": str(b.resolve())}
+
+
+class NoMessage(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server whose answer's choice has no message (it once ended in a KeyError)."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                           "choices": [{"index": 0, "finish_reason": "stop"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_an_answer_whose_choice_has_no_message_is_one_line_naming_the_url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NoMessage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        with pytest.raises(PrideError, match=rf"^{url}: not an OpenAI-compatible answer: its first choice has no "
+                                             r"message"):
+            ChatClient(url, "m", max_retries=0).text([{"role": "user", "content": "hi"}])
+    finally:
+        server.shutdown()

@@ -577,3 +577,23 @@ def test_a_round_without_pairs_says_which_of_three_causes_it_was():
     assert no_pairs(said, undecided, s, None).startswith("the judge at http://127.0.0.1:9/v1 gave no verdict")
     tied = [{"scores": [0.0, 0.0], "verdicts": [[None, 0.0], [0.0, None]]}]
     assert no_pairs(said, tied, s, None).startswith("the answers of every prompt tied or were identical")
+
+
+def test_a_judge_module_edited_redoes_the_rounds_it_judged_and_rounds_evaluate_eval_sources(tmp_path):
+    """A function judge's source file is in the round's identity (as a data file is): edited, the rounds
+    it judged are redone; a round with data.eval_sources and an eval cadence evaluates them."""
+    from pride.config import load_config
+    from pride.online.loop import run_online
+
+    pairs = write_jsonl(tmp_path / "held.jsonl", [{"prompt": f"Say {w}", "chosen": w, "rejected": w[::-1]}
+                                                  for w in ("alpha", "beta", "gamma")])
+    args = online_config(tmp_path, tmp_path / "run", "online.iterations=1", f"data.eval_sources.0.path={pairs}",
+                         "train.eval_steps=1")
+    first = run_online(load_config(None, args))
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "iteration-1" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics and all("eval/loss" in m for m in metrics)
+    assert run_online(load_config(None, args)) == first  # unchanged: skipped
+    judge = tmp_path / "rule_judge.py"
+    judge.write_text(judge.read_text() + "# edited\n")
+    again = run_online(load_config(None, args))
+    assert again[0]["identity"] != first[0]["identity"]

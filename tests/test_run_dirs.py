@@ -277,3 +277,45 @@ def test_a_run_directory_lost_mid_run_is_one_line_naming_it(tmp_path, data, monk
                 "read-only metrics": "metrics.jsonl: the filesystem became read-only",
                 "read-only checkpoint": "checkpoints: the filesystem became read-only"}[how]
     assert str(run) in lines[0] and __import__("re").search(expected, lines[0]), lines[0]
+
+
+def test_eval_checkpoints_of_a_reward_model_run_export_reward_models(tmp_path):
+    """A reward model's checkpoint is exported as what it is: a sequence-classification model whose
+    scores equal the checkpoint's weights (not a causal LM with its score head dropped)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    from pride.cli import main
+    from pride.export import exported
+    from tests.test_reward_model import preference_file
+
+    data = preference_file(tmp_path)
+    run = tmp_path / "rm"
+    assert main(["rm", "examples/configs/rm.yaml", "model.path=tiny:llama", f"data.sources.0.path={data}",
+                 "data.sources.0.columns={}", "train.max_steps=2", "train.save_steps=1", f"output_dir={run}"]) == 0
+    ckpt = run / "checkpoints" / "checkpoint-1"
+    stored = load_file(ckpt / "model.safetensors")
+    with exported(ckpt) as out:
+        model = AutoModelForSequenceClassification.from_pretrained(out)
+        assert torch.equal(model.score.weight, stored["model.score.weight"].to(model.score.weight.dtype))
+        assert json.loads((out / "config.json").read_text())["architectures"][0].endswith("ForSequenceClassification")
+
+
+def test_a_stage_whose_model_was_deleted_is_not_finished(tmp_path):
+    """--dry-run and the run itself: a stage without its outputs runs again (it was 'skip: finished
+    earlier', and the next stage then stopped on the missing directory)."""
+    import shutil
+
+    from pride.recipe import dry_run, run_recipe
+
+    data = tmp_path / "chat.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}\n')
+    path = recipe(tmp_path, data, 1e-3)
+    run_recipe(path)
+    assert dry_run(path).count("skip: finished earlier") == 2
+    shutil.rmtree(tmp_path / "r" / "sft" / "model")
+    text = dry_run(path)
+    sft, dpo = text.split("== dpo (dpo)")
+    assert "skip" not in sft and "run (not finished yet)" in sft and "runs first" in dpo
+    run_recipe(path)
+    assert (tmp_path / "r" / "sft" / "model" / "config.json").exists()
