@@ -220,3 +220,47 @@ def test_pride_plot_draws_runs_that_share_a_label_and_never_writes_over_what_it_
     for target in (runs[0] / "metrics.jsonl", runs[1] / "metrics.jsonl"):
         assert main(["plot", *map(str, runs), "-o", str(target)]) == 2
     assert (runs[0] / "metrics.jsonl").read_bytes() == before
+
+
+READ_TRACKERS = """
+import json, sys
+from mlflow.tracking import MlflowClient
+client = MlflowClient(tracking_uri=sys.argv[1])
+(run,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+mlflow = [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
+from trackio.sqlite_storage import SQLiteStorage
+(name,) = SQLiteStorage.get_runs("pride")
+logs = SQLiteStorage.get_logs(project="pride", run=name)
+print(json.dumps({"mlflow": mlflow, "trackio": [(r["step"], r["loss"]) for r in logs if "loss" in r]}))
+"""
+
+
+def test_mlflow_and_trackio_runs_finish_and_hold_the_losses(tmp_path):
+    """report_to: [mlflow, trackio], run for real (mlflow's local file store, trackio's local database):
+    each holds every step's loss as metrics.jsonl has it."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("mlflow")
+    pytest.importorskip("trackio")
+    data = write_jsonl(tmp_path / "chat.jsonl", CHATS)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {{path: 'tiny:llama'}}\ndata: {{sources: [{{path: {data}}}]}}\n"
+                   f"train: {{max_steps: 3, micro_batch_size: 2, report_to: [mlflow, trackio]}}\n"
+                   f"output_dir: {tmp_path / 'run'}\n")
+    uri = (tmp_path / "mlruns").as_uri()
+    # mlflow-skinny (the test extra) has no database store; its file store needs the opt-in of mlflow 3
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_ALLOW_FILE_STORE": "true", "TRACKIO_DIR": str(tmp_path / "trackio"),
+           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-m", "pride", "sft", str(cfg)], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    read = subprocess.run([sys.executable, "-c", READ_TRACKERS, uri], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert read.returncode == 0, read.stderr[-3000:]
+    stored = json.loads(read.stdout.strip().splitlines()[-1])
+    logged = [(m["step"], m["loss"]) for m in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())]
+    # both trackers store the Python float as logged (mlflow's file store as text, trackio as JSON): exact
+    assert [tuple(x) for x in stored["mlflow"]] == logged
+    assert [tuple(x) for x in stored["trackio"]] == logged

@@ -146,7 +146,8 @@ class TrainSettings(Section):
     on_nan: Literal["stop", "skip"] = "stop"
     report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(
         default_factory=list, description="experiment trackers (accelerate's); their files go to the run directory "
-                                          "(tensorboard) or the tracker's own place (wandb, mlflow: ./mlruns, trackio)")
+                                          "(tensorboard) or the tracker's own place (wandb; mlflow: MLFLOW_TRACKING_URI, else "
+                                          "its default, ./mlflow.db in mlflow 3; trackio: TRACKIO_DIR)")
     wandb_project: str = "pride"
     wandb_group: str | None = Field(None, description="wandb run group (LIONs: one group per model's stages)")
     lr_scaling: Literal["none", "sqrt_nodes"] = Field(
