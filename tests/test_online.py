@@ -587,13 +587,14 @@ def test_a_judge_module_edited_redoes_the_rounds_it_judged_and_rounds_evaluate_e
 
     pairs = write_jsonl(tmp_path / "held.jsonl", [{"prompt": f"Say {w}", "chosen": w, "rejected": w[::-1]}
                                                   for w in ("alpha", "beta", "gamma")])
+    judge = tmp_path / "judge_edited_later.py"  # a name no other test's tmp_path has on sys.path
+    judge.write_text(RULE_JUDGE)
     args = online_config(tmp_path, tmp_path / "run", "online.iterations=1", f"data.eval_sources.0.path={pairs}",
-                         "train.eval_steps=1")
+                         "train.eval_steps=1", "online.judge.function=judge_edited_later:judge")
     first = run_online(load_config(None, args))
     metrics = [json.loads(x) for x in (tmp_path / "run" / "iteration-1" / "metrics.jsonl").read_text().splitlines()]
     assert metrics and all("eval/loss" in m for m in metrics)
     assert run_online(load_config(None, args)) == first  # unchanged: skipped
-    judge = tmp_path / "rule_judge.py"
     judge.write_text(judge.read_text() + "# edited\n")
     again = run_online(load_config(None, args))
     assert again[0]["identity"] != first[0]["identity"]

@@ -45,8 +45,9 @@ def tiny_overrides(path: Path, files: dict, out: Path) -> list[str]:
         data = {"sft": files["chat"], "dpo": files["pref"]}.get(s.type, files["prompts"])
         sources = 2 if s.config.online.prompt_split == "per_source" and s.type in ("online", "sppo") else 1
         evaluates = s.config.train.eval_strategy == "epoch" or s.config.train.eval_steps  # needs held-out rows
+        held_out = files["pref"] if s.type in ("online", "sppo") else data  # a round evaluates preference pairs
         over += [f"{s.name}.data.sources=[{', '.join([f'{{path: {data}}}'] * sources)}]",
-                 f"{s.name}.data.eval_sources=[{f'{{path: {data}}}' if evaluates else ''}]",
+                 f"{s.name}.data.eval_sources=[{f'{{path: {held_out}}}' if evaluates else ''}]",
                  f"{s.name}.train.max_steps=2", f"{s.name}.train.max_length=256",
                  f"{s.name}.train.save_steps=null", f"{s.name}.train.report_to=[]"]
         if s.config.train.mask_embed_grad:  # the tiny vocabulary's rows

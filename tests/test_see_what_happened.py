@@ -213,7 +213,7 @@ def test_pride_plot_draws_runs_that_share_a_label_and_never_writes_over_what_it_
         run.mkdir(parents=True)
         write_jsonl(run / "metrics.jsonl", [{"step": 1, "loss": loss}, {"step": 2, "loss": loss / 2}])
         runs.append(run)
-    drawn = plot_runs([str(r) for r in runs], tmp_path / "both.png")
+    drawn = plot_runs([str(r) for r in runs], tmp_path / "both.png", command=True)
     assert sorted(drawn["loss"].values()) == [([1, 2], [0.5, 0.25]), ([1, 2], [0.9, 0.45])]
     before = (runs[0] / "metrics.jsonl").read_bytes()
     clear_inputs()

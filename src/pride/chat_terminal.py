@@ -17,8 +17,6 @@ def chat(model_ref: str, system: str | None = None, temperature: float = 0.7, ma
     from pride.models import load_model_and_tokenizer
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    if hasattr(stdin, "reconfigure"):  # bytes that are not UTF-8 become one line's refusal, not a traceback
-        stdin.reconfigure(errors="strict")
     model, tok, fmt = load_model_and_tokenizer(ModelSettings(path=model_ref), seed=seed)
     context = getattr(model.config, "max_position_embeddings", None) or 4096  # as pride serve takes it
     engine = Engine(model, tok, max_batch_size=1, offline=True)
@@ -30,8 +28,9 @@ def chat(model_ref: str, system: str | None = None, temperature: float = 0.7, ma
     while True:
         if interactive:
             print("you> ", end="", file=stdout, flush=True)
-        try:
-            line = stdin.readline()
+        raw = stdin.buffer.readline() if hasattr(stdin, "buffer") else stdin.readline()
+        try:  # a line that is not UTF-8 is refused alone, the next one is read as usual
+            line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         except UnicodeDecodeError as e:
             print(f"pride chat: that line is not UTF-8 text (byte {e.start}); type it again", file=stdout, flush=True)
             continue

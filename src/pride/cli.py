@@ -219,7 +219,7 @@ def _dispatch(args, parser) -> int:
     if args.command == "plot":
         from pride.plot import plot_runs
 
-        drawn = plot_runs(args.runs, args.output)
+        drawn = plot_runs(args.runs, args.output, command=True)
         print(f"{args.output}: {', '.join(k for k in drawn)} of {len({r for v in drawn.values() for r in v})} run(s)")
         return 0
     if args.command == "run":

@@ -148,12 +148,14 @@ def draw(series: dict[str, dict[str, tuple[list, list]]], path: Path, title: str
     return drawn
 
 
-def plot_runs(paths: list[str], out: str | Path, title: str = "training curves") -> dict:
-    """`pride plot`: the runs' curves into `out`, which may be none of the files they are read from."""
-    from pride.io import mark_inputs
-
+def plot_runs(paths: list[str], out: str | Path, title: str = "training curves", command: bool = False) -> dict:
+    """The runs' curves into `out`. `command` (`pride plot`): the files read are that command's inputs,
+    so `out` may be none of them."""
     runs = find_runs(paths)
-    mark_inputs(*(f for run in runs.values() for f in read_files(run)))
+    if command:
+        from pride.io import mark_inputs
+
+        mark_inputs(*(f for run in runs.values() for f in read_files(run)))
     return draw({label: run_series(run) for label, run in runs.items()}, Path(out), title)
 
 
