@@ -28,6 +28,7 @@ def test_corruptions_are_always_flawed_when_forced():
         assert corrupt("abc", 3, rng, force=True) != correct_answer("abc", 3)
 
 
+@pytest.mark.slow  # about a minute; CI runs it (make test-slow) and the full demo (make check-readme)
 def test_demo_quick_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
     run = subprocess.run([sys.executable, "-m", "pride", "demo", "--quick", "--output", str(out)],

@@ -531,6 +531,7 @@ SEMI_KILLER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # two 3-round runs and a kill: 20 s
 def test_semi_online_rounds_in_memory_equal_saved_rounds_and_a_kill_restarts_from_the_last_saved(tmp_path):
     """online.save_every=3 over 3 GRPO rounds: rounds 1 and 2 hand their weights on in memory (no model/),
     and every round's samples and the final weights equal those of a run that saves each round. Killed

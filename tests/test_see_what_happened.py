@@ -235,6 +235,7 @@ print(json.dumps({"mlflow": mlflow, "trackio": [(r["step"], r["loss"]) for r in 
 """
 
 
+@pytest.mark.slow  # two subprocesses importing both trackers: 11 s
 def test_mlflow_and_trackio_runs_finish_and_hold_the_losses(tmp_path):
     """report_to: [mlflow, trackio], run for real (mlflow's local file store, trackio's local database):
     each holds every step's loss as metrics.jsonl has it."""
