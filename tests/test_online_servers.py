@@ -349,7 +349,7 @@ def test_grpo_rounds_on_a_server_killed_in_round_2s_training_resume_and_equal_an
         args = [str(tmp_path / "empty.yaml"),
                 *round_args(tmp_path, start, "online.sampler=server", "online.objective=grpo",
                             "online.server_args=[--strict-seeds, --threads, '2']", "train.save_steps=1",
-                            "train.micro_batch_size=8", f"output_dir={tmp_path / name}")]
+                            "train.micro_batch_size=2", f"output_dir={tmp_path / name}")]  # 2 prompts' groups a step
         if name == "killed":
             killed = subprocess.run([sys.executable, str(tmp_path / "killer.py"), "online", *args],
                                     capture_output=True, text=True, env=env)

@@ -276,7 +276,7 @@ def online_round(device, smoke: bool, out: Path) -> dict:
 
     size = ({"sft_rows": 400, "sft_epochs": 4, "sft_micro_batch": 4, "online_prompts": 16} if smoke else
             {"sft_rows": 1200, "sft_epochs": 4, "sft_micro_batch": 4, "online_prompts": 120})
-    size.update(online_iterations=1, sppo_iterations=1, rm_iterations=1)
+    size.update(online_iterations=1, sppo_iterations=1, grpo_iterations=1, rm_iterations=1)
     run = out / "online"
     write_jsonl(run / "data" / "sft.jsonl", sft_rows(size["sft_rows"], 0))
     write_jsonl(run / "data" / "prompts.jsonl", prompt_rows(size["online_prompts"], 2))
