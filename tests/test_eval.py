@@ -242,6 +242,7 @@ def start_server(args, env=None):
     return proc, line.split("http://")[1].split()[0]
 
 
+@pytest.mark.slow  # two servers and a whole evaluation: 30 s; make test stays well under 10 minutes
 def test_serve_end_to_end_eval_with_a_second_server_as_judge(tmp_path):
     for name in ("mt_bench", "arena_hard_v0.1"):
         src = REFERENCE_DATA / name
