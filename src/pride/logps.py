@@ -69,6 +69,16 @@ class TokenLogps(nn.Module):
         return chunked_logps(lm_head, hidden, target_ids, self.chunk_size, self.softcap, self.temperature)
 
 
+BLOCK_MASK_BACKENDS = ("sdpa", "eager", "flex_attention")  # take `shared_prompt_mask`; flash-attention cannot
+
+
+def takes_block_mask(model) -> bool:
+    """Whether the model's attention takes the shared-prompt block mask (DPO's pairs, GRPO's groups)."""
+    from pride.models import attention_backend
+
+    return attention_backend(model) in BLOCK_MASK_BACKENDS
+
+
 def shared_prompt_mask(config, part: torch.Tensor, segment: torch.Tensor, position_ids: torch.Tensor,
                        dtype: torch.dtype):
     """Masks for `[prompt, chosen, rejected]` units (data.packing.collate_shared) and `[prompt,

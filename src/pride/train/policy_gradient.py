@@ -26,7 +26,7 @@ from pride.data.preference import completion_sample, truncate_prompt
 from pride.data.rows import RowError
 from pride.errors import PrideError
 from pride.io import write_jsonl
-from pride.logps import TokenLogps
+from pride.logps import TokenLogps, takes_block_mask
 from pride.losses import PG_LOSSES, policy_gradient_loss, rloo_loss
 from pride.models import disable_dropout
 from pride.online.groups import advantages
@@ -215,9 +215,7 @@ def train_groups(ctx: StageContext, groups: list[dict]) -> dict:
 
 def group_layout(model) -> str:
     """A group's prompt computed once where the attention backend takes the block mask (as DPO's pairs)."""
-    from pride.models import attention_backend
-
-    return "group" if attention_backend(model) in ("sdpa", "eager", "flex_attention") else "repack"
+    return "group" if takes_block_mask(model) else "repack"
 
 
 def scale_rewards(cfg) -> str:

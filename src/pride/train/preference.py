@@ -21,7 +21,7 @@ from pride.data import Rows, load_rows
 from pride.data.packing import Batch, Sample
 from pride.data.preference import tokenize_pairs
 from pride.errors import PrideError
-from pride.logps import attention_weight, pair_logps
+from pride.logps import attention_weight, pair_logps, takes_block_mask
 from pride.losses import LOSSES, NEEDS_WIN_PROB, PROB_COLUMNS, REFERENCE_FREE, preference_loss
 from pride.models import attention_backend, disable_dropout
 from pride.train.stage import StageContext
@@ -147,10 +147,9 @@ def attach_probs(rows: list[list[Sample]], pairs: list, loss_type: str) -> None:
 
 def pair_layout(s: PreferenceSettings, model, console=None) -> str:
     """How pairs are laid out: prompts shared where the attention backend takes a block mask."""
-    attn = attention_backend(model)
-    if s.share_prompt and attn in ("sdpa", "eager", "flex_attention"):
+    if s.share_prompt and takes_block_mask(model):
         return "shared"
     if s.share_prompt and console is not None:
-        console.print(f"preference.share_prompt: {attn} cannot take the shared-prompt block mask; "
+        console.print(f"preference.share_prompt: {attention_backend(model)} cannot take the shared-prompt block mask; "
                       "each prompt is computed twice (padding-free rows)")
     return "repack" if s.padding_free else "split"
