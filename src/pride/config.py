@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pride.errors import PrideError
-from pride.losses import LOSS_TYPES, PG_LOSS_TYPES
+from pride.losses import LOSS_TYPES, PG_LOSS_TYPES, UNPAIRED_LOSSES
 
 
 INPUT = {"input": True}  # json_schema_extra of a setting that names a local file or directory a stage reads
@@ -198,6 +198,18 @@ class PreferenceSettings(Section):
                                                     "TRL's default)")
 
 
+class KtoSettings(Section):
+    """`pride kto`: unpaired feedback (TRL's KTOConfig). Lengths, the reference model and its pass are
+    `preference`'s. The KL estimate of `kto` is formed over each optimizer step's rows on all
+    processes (`train.global_batch_size`), where TRL forms it per device."""
+
+    loss_type: Literal[UNPAIRED_LOSSES] = Field("kto", description="kto: KTO with the KL reference point; "
+                                                                  "apo_zero_unpaired: APO-zero, no KL term")
+    beta: float = Field(0.1, gt=0)
+    desirable_weight: float = Field(1.0, gt=0, description="weight of a desirable row's loss (TRL's)")
+    undesirable_weight: float = Field(1.0, gt=0, description="weight of an undesirable row's loss (TRL's)")
+
+
 class RewardSettings(Section):
     """`pride rm`: a reward model on preference pairs (TRL's RewardTrainer: Bradley-Terry)."""
 
@@ -280,9 +292,10 @@ class GrpoSettings(Section):
 class OnlineSettings(Section):
     """Online DPO (LIONs: K samples, best vs worst) and SPPO self-play iterations."""
 
-    objective: Literal["dpo", "sppo", "grpo", "rloo"] = Field(
+    objective: Literal["dpo", "sppo", "grpo", "rloo", "kto"] = Field(
         "dpo", description="dpo: best vs worst, any preference.loss_type; sppo: SPPO's win probabilities "
-                           "(online.pairs=sppo); grpo, rloo: every sample by its advantage (online.grpo)")
+                           "(online.pairs=sppo); grpo, rloo: every sample by its advantage (online.grpo); kto: "
+                           "samples above their group's mean score desirable, below undesirable (the kto section)")
 
     iterations: int = Field(2, gt=0)
     samples_per_prompt: int = Field(5, ge=2, description="K")
@@ -333,13 +346,14 @@ class OnlineSettings(Section):
         """online.objective=sppo is SPPO's pairs; the GRPO family's settings only with its objectives
         (compared with their defaults, so a run's own config.yaml reads back)."""
         group = self.objective in ("grpo", "rloo")
+        every_sample = group or self.objective == "kto"
         if self.objective == "sppo" and self.pairs != "sppo":
             object.__setattr__(self, "pairs", "sppo")
         changed = [k for k, v in self.grpo if v != GrpoSettings.model_fields[k].default]
         if not group and changed:
             raise ValueError(f"online.grpo.{changed[0]} is for online.objective grpo or rloo (this is objective "
                              f"{self.objective})")
-        if group and (self.pairs != "best_worst" or self.keep_ties):
+        if every_sample and (self.pairs != "best_worst" or self.keep_ties):
             raise ValueError(f"online.pairs and online.keep_ties make the pairs of objectives dpo and sppo; "
                              f"objective {self.objective} trains on every sample")
         if self.objective == "rloo" and self.grpo.loss_type != "dapo":
@@ -487,6 +501,7 @@ class Config(Section):
     data: DataSettings | None = None
     train: TrainSettings = Field(default_factory=TrainSettings)
     preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
+    kto: KtoSettings = Field(default_factory=KtoSettings)
     reward: RewardSettings = Field(default_factory=RewardSettings)
     online: OnlineSettings = Field(default_factory=OnlineSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
@@ -502,7 +517,7 @@ class Config(Section):
         if asked and d is not None and not d.eval_sources and not d.eval_fraction:
             raise ValueError(f"{asked} evaluates on held-out rows, and there are none: set data.eval_sources or "
                              "data.eval_fraction, or leave it unset")
-        if asked and self.online.objective in ("grpo", "rloo"):
+        if asked and self.online.objective in ("grpo", "rloo", "kto"):
             raise ValueError(f"{asked}: online.objective={self.online.objective} trains on its own samples and has no "
                              "held-out loss to evaluate; leave it unset (pride eval scores the rounds' models)")
         return self

@@ -368,3 +368,26 @@ def rloo_loss(logp_seq: Tensor, old_seq: Tensor, adv_seq: Tensor, epsilon: float
     exp(sum_t logp - sum_t old). [sequences] -> [sequences]."""
     ratio = torch.exp(logp_seq - old_seq)
     return clipped_surrogate(ratio, adv_seq, epsilon, epsilon if epsilon_high is None else epsilon_high)
+
+
+# ---------------------------------------------------------------- unpaired feedback (pride kto)
+#
+# Notation (every tensor of shape [rows]): r = pi - ref, a row's summed completion log-ratio;
+# `desirable` its label; z the KL estimate, detached and clamped at 0 (KTO's reference point).
+
+UNPAIRED_LOSSES = ("kto", "apo_zero_unpaired")
+
+
+def unpaired_loss(loss_type: str, r: Tensor, desirable: Tensor, z: Tensor, beta: float,
+                  desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> Tensor:
+    """Per-row loss as trl 1.16's KTOTrainer, weighted by the row's label:
+    kto (eq. 7 of the KTO paper): 1 - sigmoid(beta (r - z)) if desirable, else 1 - sigmoid(beta (z - r));
+    apo_zero_unpaired (the APO paper's eq. 7 unpaired, D'Oosterlinck et al. 2024, arXiv:2408.06266):
+    1 - sigmoid(beta r) if desirable, else sigmoid(beta r) (no z). Averaged over rows, TRL's loss."""
+    if loss_type == "kto":
+        good, bad = 1 - torch.sigmoid(beta * (r - z)), 1 - torch.sigmoid(beta * (z - r))
+    elif loss_type == "apo_zero_unpaired":
+        good, bad = 1 - torch.sigmoid(beta * r), torch.sigmoid(beta * r)
+    else:
+        raise PrideError(f"unknown unpaired loss_type {loss_type!r} (known: {', '.join(UNPAIRED_LOSSES)})")
+    return torch.where(desirable, desirable_weight * good, undesirable_weight * bad)

@@ -19,6 +19,8 @@ KEY_SETTINGS = {
            "reward.center_rewards_coefficient"),
     "dpo": ("train.learning_rate", "train.epochs", "train.max_steps", "preference.loss_type", "preference.beta",
             "preference.gamma", "preference.nll_weight", "preference.max_length"),
+    "kto": ("train.learning_rate", "train.epochs", "train.max_steps", "kto.loss_type", "kto.beta",
+            "kto.desirable_weight", "kto.undesirable_weight", "preference.max_length"),
     "grpo": ("train.learning_rate", "train.max_steps", "online.objective", "online.samples_per_prompt",
              "online.grpo.loss_type", "online.grpo.scale_rewards", "online.grpo.epsilon", "online.grpo.epsilon_high",
              "online.grpo.beta", "online.grpo.importance_sampling_level"),
@@ -52,6 +54,7 @@ def model_card(cfg, kind: str, summary: dict) -> str:
         meta["datasets"] = hub_data
     what = {"sft": "supervised fine-tuning", "dpo": "preference training (the DPO family)",
             "rm": "a reward model (Bradley-Terry; AutoModelForSequenceClassification, one output)",
+            "kto": f"unpaired feedback ({cfg.kto.loss_type}: answers labelled desirable or undesirable)",
             "grpo": f"online policy-gradient rounds ({cfg.online.objective}: each sample by its advantage)"}[kind]
     settings = {k: _get(cfg, k) for k in KEY_SETTINGS[kind] if _get(cfg, k) is not None}
     final = {k: v for k, v in (summary.get("final") or {}).items() if isinstance(v, (int, float))}

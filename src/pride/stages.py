@@ -26,6 +26,8 @@ STAGES: dict[str, StageKind] = {
     "sft": StageKind("supervised fine-tuning (packing, assistant-only loss)", "pride.train.sft:run_sft"),
     "dpo": StageKind("offline preference training (DPO family, precomputed reference log-probs)",
                      "pride.train.preference:run_preference"),
+    "kto": StageKind("unpaired feedback: KTO on rows labelled desirable or not (TRL's KTOTrainer)",
+                     "pride.train.unpaired:run_unpaired"),
     "rm": StageKind("reward model: Bradley-Terry on preference pairs (TRL's RewardTrainer)",
                     "pride.train.reward:run_reward", policy=False),
     "online": StageKind("online DPO / SPPO: sample K per prompt, judge, pair, train, repeat",

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pride.config import DataSettings, SourceSettings
-from pride.data.rows import Conversation, PreferencePair, RowError, detect_kind, map_columns, normalize
+from pride.data.rows import (Conversation, LabeledCompletion, PreferencePair, RowError, detect_kind, map_columns,
+                             normalize)
 from pride.data.sources import BadRow, read_source
 from pride.errors import PrideError
 
-Want = Literal["conversation", "preference", "any"]
+Want = Literal["conversation", "preference", "unpaired", "any"]
+UNPAIR_CHUNK = 1000  # TRL's unpair_preference_dataset maps in batches of datasets' default size
 
 
 @dataclass
@@ -39,6 +41,8 @@ def read_rows(src: SourceSettings, want: Want, on_bad_row: str, stats: dict) -> 
             if layout is None:
                 layout = detect_kind(row)
                 _check_layout(layout, want, src)
+                if want == "unpaired" and layout == "prompt_completion":
+                    layout = "unpaired"
             item = normalize(row, layout)
         except RowError as e:
             problem = str(e).replace("field '<row>': ", "")
@@ -62,6 +66,9 @@ def _check_layout(layout: str, want: Want, src: SourceSettings) -> None:
     if want == "conversation" and layout == "preference":
         raise PrideError(f"{src.path}: has preference rows (chosen/rejected); this stage needs conversations "
                          "('messages' or 'prompt'+'completion')")
+    if want == "unpaired" and layout not in ("preference", "prompt_completion"):
+        raise PrideError(f"{src.path}: has {layout} rows; this stage needs unpaired feedback ('prompt', 'completion', "
+                         "'label') or preference pairs ('prompt', 'chosen', 'rejected'), which it splits")
     if want == "preference" and layout != "preference":
         raise PrideError(f"{src.path}: has {layout} rows; this stage needs preference rows "
                          "('prompt', 'chosen', 'rejected')")
@@ -119,8 +126,26 @@ def load_rows(data: DataSettings | None, want: Want, seed: int, in_memory: dict[
         if n_eval >= len(train):
             raise PrideError(f"data.eval_fraction={data.eval_fraction} leaves no training rows ({len(train)} rows)")
         evals, train = train[:n_eval], train[n_eval:]
+    if want == "unpaired":
+        train, evals = unpair(train), unpair(evals)
     stats["train_rows"], stats["eval_rows"] = len(train), len(evals)
     return Rows(train, evals, stats)
 
 
-__all__ = ["Conversation", "PreferencePair", "Rows", "load_rows", "read_rows", "dedup", "take_fraction"]
+def unpair(rows: list) -> list[LabeledCompletion]:
+    """Preference pairs as unpaired feedback, as TRL's `unpair_preference_dataset` splits them: per
+    chunk of 1000 rows, every chosen answer (desirable) in order, then every rejected one; a pair's
+    two halves stay on the side of the eval split they were drawn to. Unpaired rows keep their place
+    among the chosen ones."""
+    out: list[LabeledCompletion] = []
+    for start in range(0, len(rows), UNPAIR_CHUNK):
+        chunk = rows[start:start + UNPAIR_CHUNK]
+        pairs = [r for r in chunk if isinstance(r, PreferencePair)]
+        out += [LabeledCompletion(r.prompt, r.chosen, True, f"{r.where} (chosen)") if isinstance(r, PreferencePair)
+                else r for r in chunk]
+        out += [LabeledCompletion(r.prompt, r.rejected, False, f"{r.where} (rejected)") for r in pairs]
+    return out
+
+
+__all__ = ["Conversation", "LabeledCompletion", "PreferencePair", "Rows", "dedup", "load_rows", "read_rows", "take_fraction",
+           "unpair"]

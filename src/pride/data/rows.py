@@ -14,6 +14,9 @@ Accepted layouts (column names can be mapped per source with `columns:`):
   and/or `chosen_probs` (P(chosen beats rejected), for `sppo_single`), optionally
   `chosen_score`/`rejected_score`; for reward models, `margin` (TRL's: how much better chosen is)
 * prompt only: `prompt` (a string or message list), for online rounds and evaluation
+* unpaired feedback (KTO): `prompt`, `completion`, `label` (true: desirable, a thumbs up;
+  false: undesirable); read so only by a stage that asks for it (`want="unpaired"`), where
+  preference rows are split into one desirable and one undesirable row, as TRL splits them
 
 Problems raise `RowError` with the field path; the caller adds the file and line.
 """
@@ -32,7 +35,8 @@ ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "chatgpt": "assistant", "bing": "assistant"}
 FIELDS = ("messages", "prompt", "completion", "chosen", "rejected", "chosen_win_prob",
-          "rejected_win_prob", "chosen_probs", "chosen_score", "rejected_score", "margin", "subset")
+          "rejected_win_prob", "chosen_probs", "chosen_score", "rejected_score", "margin", "subset", "label")
+LABELS = {"true": True, "false": False}  # the strings a label may be (any case), besides a boolean, 0 or 1
 
 
 class RowError(ValueError):
@@ -66,6 +70,19 @@ class PreferencePair:
 
     def key(self) -> tuple:
         return ("p", tuple((m["role"], m["content"]) for m in self.prompt), self.chosen, self.rejected)
+
+
+@dataclass
+class LabeledCompletion:
+    """Unpaired feedback: one answer to a prompt, desirable (label True) or not (KTO's rows)."""
+
+    prompt: list[dict]
+    completion: str
+    label: bool
+    where: str = field(default="", compare=False)
+
+    def key(self) -> tuple:
+        return ("u", tuple((m["role"], m["content"]) for m in self.prompt), self.completion, self.label)
 
 
 def detect_kind(row: dict) -> str:
@@ -162,6 +179,9 @@ def normalize(row: dict, layout: str, allow_empty: bool = False) -> Conversation
         return Conversation(prompt + [{"role": "assistant", "content": completion}])
     if layout == "preference":
         return _preference(row, allow_empty)
+    if layout == "unpaired":
+        prompt = _prompt(row.get("prompt"), "prompt")
+        return LabeledCompletion(prompt, _completion(row.get("completion"), "completion", prompt), _label(row))
     if layout == "prompt":  # prompts alone: for sampling (online rounds, evaluation)
         return Conversation(_prompt(row.get("prompt"), "prompt"))
     raise PrideError(f"unknown row layout {layout!r}")
@@ -259,6 +279,20 @@ def _score(row: dict, name: str) -> float | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise RowError(name, f"expected a finite number, got {v!r}")
     return float(v)
+
+
+def _label(row: dict) -> bool:
+    """KTO's label: a boolean; 0/1 and "true"/"false" (any case) are taken too."""
+    if "label" not in row or row["label"] is None:
+        raise RowError("label", "missing: unpaired rows need label true (desirable) or false (undesirable)")
+    v = row["label"]
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    if isinstance(v, str) and v.strip().lower() in LABELS:
+        return LABELS[v.strip().lower()]
+    raise RowError("label", f"expected true or false (or 1/0, \"true\"/\"false\"), got {v!r}")
 
 
 def _text(row: dict, name: str) -> str | None:

@@ -166,6 +166,28 @@ def epoch_schedule(n_rows: int, micro_batch_size: int, per_step: int, seed: int,
     return [mbs[i:i + per_step] for i in range(0, len(mbs), per_step)]
 
 
+def schedule_size(n_rows: int, cfg: TrainSettings, world: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps) of `n_rows` rows on `world` processes."""
+    per_step = world * cfg.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(math.ceil(n_rows / cfg.micro_batch_size) / per_step)
+    return steps_per_epoch, cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+
+
+def planned_steps(n_rows: int, cfg: TrainSettings, world: int, seed: int) -> list[list[list[int]]]:
+    """Every step's micro-batches (row indices) as `train` will take them: what an objective whose
+    data depends on a step's rows (KTO's mismatched pairs) prepares ahead."""
+    steps_per_epoch, total_steps = schedule_size(n_rows, cfg, world)
+    per_step = world * cfg.gradient_accumulation_steps
+    epochs = {}
+    out = []
+    for step in range(total_steps):
+        epoch, k = divmod(step, steps_per_epoch)
+        if epoch not in epochs:
+            epochs = {epoch: epoch_schedule(n_rows, cfg.micro_batch_size, per_step, seed, epoch)}
+        out.append(epochs[epoch][k])
+    return out
+
+
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -347,8 +369,7 @@ def train(
     per_step = acc.num_processes * cfg.gradient_accumulation_steps
     if not rows:
         raise PrideError("no training rows left after tokenization and filtering")
-    steps_per_epoch = math.ceil(math.ceil(len(rows) / cfg.micro_batch_size) / per_step)
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    steps_per_epoch, total_steps = schedule_size(len(rows), cfg, acc.num_processes)
     if sum(objective.units([r]) for r in rows) == 0:
         raise PrideError("nothing to train: no row has a trained token (check data.train_on and the chat template)")
 
@@ -491,6 +512,8 @@ def _step(acc: Accelerator, wrapper, objective: Objective, rows, step_mbs: list[
     sums = {n: torch.zeros((), device=acc.device) for n in names}
     local_tokens = 0
     wrapper.train()
+    if hasattr(objective, "prepare"):  # a value over the whole step's rows, before any of its losses (KTO's KL)
+        objective.prepare(acc, wrapper, rows, step_mbs, plan, batch_for)
     for i, (mb, weight) in enumerate(plan):
         batch = batch_for(mb, rows)
         sync = i == len(plan) - 1
@@ -529,6 +552,11 @@ def evaluate(acc: Accelerator, wrapper, objective: Objective, eval_rows, micro_b
     names = ["loss", *objective.metric_names]
     sums = {n: torch.zeros((), device=acc.device) for n in names}
     units = sum(objective.units([eval_rows[i] for i in mb]) for mb in mbs)
+    if hasattr(objective, "prepare"):  # over the whole eval set; ranks run as many micro-batches
+        mine = mbs[rank::world]
+        n_local = math.ceil(len(mbs) / world)
+        objective.prepare(acc, wrapper, eval_rows, mbs,
+                          [(mb, 1.0) for mb in mine] + [(mbs[0], 0.0)] * (n_local - len(mine)), batch_for)
     with torch.no_grad():
         for mb in mbs[rank::world]:
             with acc.autocast():
