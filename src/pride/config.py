@@ -353,6 +353,9 @@ class OnlineSettings(Section):
         if not group and changed:
             raise ValueError(f"online.grpo.{changed[0]} is for online.objective grpo or rloo (this is objective "
                              f"{self.objective})")
+        if every_sample and (self.mix_offline is not None or self.pair_fraction != 1.0):
+            raise ValueError(f"online.mix_offline and online.pair_fraction mix the pairs of objectives dpo and sppo; "
+                             f"objective {self.objective} trains on every sample of its own")
         if every_sample and (self.pairs != "best_worst" or self.keep_ties):
             raise ValueError(f"online.pairs and online.keep_ties make the pairs of objectives dpo and sppo; "
                              f"objective {self.objective} trains on every sample")

@@ -25,6 +25,13 @@ def sample_rewards(judged: dict) -> list[float]:
     return [sum(sigmoid(matrix[i][j]) for j in range(k) if j != i) / (k - 1) for i in range(k)]
 
 
+def kto_labels(rewards: list[float]) -> list[bool | None]:
+    """Online KTO's labels of a group: desirable above the group's mean reward, undesirable below, None
+    (a tie, dropped and counted) at it. Every sample off the mean trains; none waits for a partner."""
+    mean = sum(rewards) / len(rewards)
+    return [True if r > mean else False if r < mean else None for r in rewards]
+
+
 def _std(x: torch.Tensor, dim=None) -> torch.Tensor:
     """Bessel-corrected standard deviation (trl's nanstd without NaNs: torch.std)."""
     return x.std() if dim is None else x.std(dim=dim)

@@ -26,7 +26,7 @@ from pathlib import Path
 from rich.table import Table
 
 from pride.config import Config, DataSettings, SourceSettings, urls as urls_of
-from pride.data import Conversation, load_rows, read_rows
+from pride.data import Conversation, Rows, load_rows, read_rows
 from pride.data.rows import normalize
 from pride.errors import PrideError
 from pride.io import append_jsonl, make_dir, read_jsonl, read_jsonl_tolerant, write_jsonl
@@ -38,6 +38,7 @@ from pride.online.samplers import make_sampler, sampler_kind, stream_samples
 from pride.identity import round_identity
 from pride.rundir import ITERATIONS, iteration_dir, model_dir, read_iteration, start_round, write_iteration
 from pride.train.stage import StageContext
+from pride.train.unpaired import train_unpaired
 
 
 # ------------------------------------------------------------------ resumable work
@@ -235,6 +236,22 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
         return ({**round_summary(n, prompts, k, scores, timing, it_dir, round_ctx), **trained["round"]},
                 handed_on(round_ctx))
 
+    if s.objective == "kto":
+        rows, records, ties = labelled_samples(generations, scores, it_dir / FEEDBACK)
+        if acc.is_main_process:
+            write_jsonl(it_dir / FEEDBACK, records)
+        acc.wait_for_everyone()
+        if not rows:
+            raise PrideError(f"iteration {n}: every sample scored its group's mean, so none is labelled: "
+                             f"{no_pairs(generations, scores, s, state.get('urls'))}")
+        t = time.perf_counter()
+        round_ctx = ctx.within(train_cfg, it_dir, live, save)
+        train_unpaired(round_ctx, Rows(rows, [], {}))
+        timing["train_s"] = time.perf_counter() - t
+        desirable = sum(r.label for r in rows)
+        return ({**round_summary(n, prompts, k, scores, timing, it_dir, round_ctx), "desirable": desirable,
+                 "undesirable": len(rows) - desirable, "dropped_tie": ties}, handed_on(round_ctx))
+
     pairs, dropped = [], {"identical": 0, "tie": 0}
     for g, sc in zip(generations, scores):
         pair, why = make_pair(g, sc, s.pairs, s.keep_ties)
@@ -259,6 +276,29 @@ def run_iteration(ctx: StageContext, n: int, prompts: list[dict], model_ref: str
 
     return ({**round_summary(n, prompts, k, scores, timing, it_dir, round_ctx), "pairs": len(pairs),
              "dropped_identical": dropped["identical"], "dropped_tie": dropped["tie"]}, handed_on(round_ctx))
+
+
+FEEDBACK = "feedback.jsonl"  # online.objective kto: a round's labelled samples
+
+
+def labelled_samples(generations: list[dict], scores: list[dict], path: Path) -> tuple[list, list[dict], int]:
+    """Each sample off its group's mean reward as a row of unpaired feedback (`groups.kto_labels`),
+    in prompt then sample order; the lines of `path` that record them; how many sat at the mean
+    (ties, dropped)."""
+    from pride.data.rows import LabeledCompletion
+    from pride.online.groups import kto_labels, sample_rewards
+
+    rows, records, ties = [], [], 0
+    for g, sc in zip(generations, scores):
+        rewards = sample_rewards(sc)
+        for j, (answer, label) in enumerate(zip(g["responses"], kto_labels(rewards))):
+            if label is None:
+                ties += 1
+                continue
+            rows.append(LabeledCompletion(g["prompt"], answer, label, f"{path} line {len(rows) + 1}"))
+            records.append({"prompt_id": g["prompt_id"], "sample": j, "prompt": g["prompt"], "completion": answer,
+                            "label": label, "reward": rewards[j]})
+    return rows, records, ties
 
 
 def handed_on(round_ctx: StageContext) -> tuple | None:
@@ -409,13 +449,15 @@ def run_online(cfg: Config) -> list[dict]:
 
 def iteration_table(history: list[dict]) -> Table:
     table = Table(title="online iterations: judge scores of each iteration's own samples")
-    groups = any("pairs" not in h for h in history)  # the GRPO family trains every sample: no pairs, flat groups
-    for col in ("iteration", "prompts", "score mean", "score std", *(("flat groups", "trained") if groups else
-                                                                      ("pairs", "dropped")),
-                "sample s", "judge s", "train s"):
+    kto = any("desirable" in h for h in history)  # online KTO: labelled samples, ties at the mean dropped
+    groups = not kto and any("pairs" not in h for h in history)  # the GRPO family: flat groups, samples trained
+    middle_cols = ("desirable", "undesirable", "ties") if kto else ("flat groups", "trained") if groups else \
+        ("pairs", "dropped")
+    for col in ("iteration", "prompts", "score mean", "score std", *middle_cols, "sample s", "judge s", "train s"):
         table.add_column(col, justify="right")
     for h in history:
-        middle = ((f"{h.get('flat_group_fraction', 0):.0%}", str(h.get("trained_samples", ""))) if groups else
+        middle = ((str(h["desirable"]), str(h["undesirable"]), str(h["dropped_tie"])) if kto else
+                  (f"{h.get('flat_group_fraction', 0):.0%}", str(h.get("trained_samples", ""))) if groups else
                   (str(h["pairs"]), str(h["dropped_identical"] + h["dropped_tie"])))
         table.add_row(str(h["iteration"]), str(h["prompts"]), f"{h['score_mean']:.4f}", f"{h['score_std']:.4f}",
                       *middle, f"{h['sample_s']:.1f}", f"{h['judge_s']:.1f}", f"{h['train_s']:.1f}")
