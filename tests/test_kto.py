@@ -218,3 +218,61 @@ def test_only_desirable_rows_and_one_row_steps_are_refused(tmp_path):
     with pytest.raises(PrideError, match="global_batch_size to 2"):
         run_unpaired(load_config(None, kto_args(data, tmp_path / "b", "train.global_batch_size=1",
                                                 "train.micro_batch_size=1")))
+
+
+# ---------------------------------------------------------------- online KTO
+
+
+ROUND_KILLER = """
+import os, signal, sys
+import pride.train.loop as loop
+real = loop.save_checkpoint
+def save_checkpoint(acc, run_dir, step, *args, **kwargs):
+    out = real(acc, run_dir, step, *args, **kwargs)
+    if step == 6:  # the round's second checkpoint is on disk; its training is half done
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+loop.save_checkpoint = save_checkpoint
+from pride.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_online_kto_round_labels_by_group_mean_and_resumes_after_kill(tmp_path):
+    """One round of online.objective=kto: samples above their prompt's mean score are desirable, below
+    undesirable, at the mean dropped and counted. Killed with SIGKILL after its second checkpoint, the
+    re-run resumes from it and ends with the weights of an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from pride.cli import main
+    from pride.online.groups import kto_labels
+    from tests.test_online import online_config
+
+    assert kto_labels([1.0, 3.0, 2.0, 2.0]) == [False, True, None, None]
+    (tmp_path / "empty.yaml").write_text("# from the command line\n")
+    common = [str(tmp_path / "empty.yaml"), *online_config(tmp_path, tmp_path / "x"), "online.objective=kto",
+              "online.iterations=1", "train.save_steps=3", "train.learning_rate=1e-3"]
+    assert main(["online", *common, f"output_dir={tmp_path / 'straight'}"]) == 0
+    (tmp_path / "killer.py").write_text(ROUND_KILLER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    args = ["online", *common, f"output_dir={tmp_path / 'run'}"]
+    killed = subprocess.run([sys.executable, str(tmp_path / "killer.py"), *args], capture_output=True, text=True,
+                            env=env)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (tmp_path / "run" / "iteration-1" / "model").exists()
+    resumed = subprocess.run([sys.executable, "-m", "pride", *args], capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stderr and "checkpoint-6" in resumed.stderr
+    a, b = (tmp_path / run / "iteration-1" for run in ("straight", "run"))
+    feedback_ = [json.loads(x) for x in (b / "feedback.jsonl").read_text().splitlines()]
+    assert (a / "feedback.jsonl").read_text() == (b / "feedback.jsonl").read_text()
+    record = json.loads((b / "iteration.json").read_text())
+    scores = [json.loads(x)["scores"] for x in (b / "scores.jsonl").read_text().splitlines()]
+    labels = [kto_labels(s) for s in scores]
+    assert record["dropped_tie"] == sum(x is None for g in labels for x in g) > 0
+    assert [(r["prompt_id"], r["sample"], r["label"]) for r in feedback_] == \
+        [(f"p{i}", j, x) for i, g in enumerate(labels) for j, x in enumerate(g) if x is not None]
+    assert record["desirable"] + record["undesirable"] == len(feedback_)
+    first, second = (load_file(str(d / "model" / "model.safetensors")) for d in (a, b))
+    for k in first:  # resume restores the exact weights, optimizer and data position: rounding only
+        torch.testing.assert_close(first[k], second[k], atol=1e-6, rtol=0, msg=k)
