@@ -276,3 +276,20 @@ def test_online_kto_round_labels_by_group_mean_and_resumes_after_kill(tmp_path):
     first, second = (load_file(str(d / "model" / "model.safetensors")) for d in (a, b))
     for k in first:  # resume restores the exact weights, optimizer and data position: rounding only
         torch.testing.assert_close(first[k], second[k], atol=1e-6, rtol=0, msg=k)
+
+
+def test_data_inspect_shows_labels_and_a_recipe_runs_a_kto_stage(tmp_path):
+    from pride.data.inspect import inspect
+    from pride.recipe import run_recipe
+
+    data = write_rows(tmp_path / "f.jsonl", feedback(10, seed=5))
+    cfg = load_config(None, ["model.path=tiny:llama", f"data.sources.0.path={data}", "kto.beta=0.2"])
+    counts = inspect(cfg, n=1, export=str(tmp_path / "rows.jsonl"), color="never")
+    labels = [json.loads(x)["label"] for x in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert counts["desirable"] == sum(labels) and counts["undesirable"] == len(labels) - sum(labels) == 10 - sum(labels)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model: {{path: 'tiny:llama'}}\noutput_dir: {tmp_path / 'out'}\nseed: 0\nstages:\n"
+                      f"  - {{name: unpaired, type: kto, data: {{sources: [{{path: {data}}}]}}, "
+                      f"train: {{max_steps: 2, micro_batch_size: 4}}, kto: {{undesirable_weight: 1.3}}}}\n")
+    run_recipe(recipe)
+    assert (tmp_path / "out" / "unpaired" / "model" / "model.safetensors").is_file()

@@ -47,6 +47,7 @@ TINY = {
         SFT_YAML, ["train.max_steps=2"], 0),
     "pride dpo examples/configs/dpo.yaml": (None, [], 0),
     "pride dpo my.yaml preference.loss_type=ipo preference.beta=0.5": (DPO_YAML, ["train.max_steps=1"], 0),
+    "pride kto examples/configs/kto.yaml": (None, [], 0),
     # an untrained tiny model scores 0 on the demo's judge (every answer tied): a judge that separates noise
     "pride online examples/configs/online.yaml": (None, [
         "online.judge.function=tests.test_readme_commands:distinct_characters", "data.max_rows=4", "online.iterations=1", "online.samples_per_prompt=3", "online.max_new_tokens=8",

@@ -90,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("-n", "--rows", type=int, default=3, help="rows to show")
     insp.add_argument("--export", default=None, metavar="FILE.jsonl",
                       help="write every kept row as training sees it (token ids, labels)")
-    insp.add_argument("--stage", choices=["sft", "dpo", "rm"], default=None,
-                      help="whose rows: preference pairs as dpo or rm trains them (default: rm when the config has a "
-                           "reward section)")
+    insp.add_argument("--stage", choices=["sft", "dpo", "rm", "kto"], default=None,
+                      help="whose rows: preference pairs as dpo or rm trains them, labelled rows (or pairs split) as "
+                           "kto trains them (default: rm or kto when the config has a reward or kto section)")
     insp.add_argument("--color", choices=["auto", "always", "never"], default="auto",
                       help="trained tokens in colour (auto: on a terminal), else between ⟦ ⟧")
     return parser

@@ -17,12 +17,14 @@ from pride.errors import PrideError
 from pride.io import read_record
 
 PANELS = [("loss", "training loss"), ("eval/loss", "eval loss"), ("lr", "learning rate"),
-          ("grad_norm", "gradient norm"), ("rewards/margins", "DPO reward margin"),
+          ("grad_norm", "gradient norm"), ("rewards/margins", "reward margin (DPO: chosen - rejected; KTO: their means)"),
+          ("rewards/chosen", "reward of chosen (KTO: desirable) answers"),
+          ("rewards/rejected", "reward of rejected (KTO: undesirable) answers"),
           ("rewards/accuracies", "DPO reward accuracy"), ("margin", "reward model margin"),
           ("accuracy", "reward model accuracy"), ("eval/accuracy", "reward model eval accuracy"),
           ("clip_ratio/low_mean", "GRPO: tokens clipped low (ratio < 1-eps, A < 0)"),
           ("clip_ratio/high_mean", "GRPO: tokens clipped high (ratio > 1+eps_high, A > 0)"),
-          ("kl", "GRPO: KL to the reference (k3)"), ("completion_length", "GRPO: completion length (tokens)"),
+          ("kl", "KL (GRPO: k3 to the reference; KTO: its reference point z)"), ("completion_length", "GRPO: completion length (tokens)"),
           ("judge", "online: judge score of each round's samples"),
           ("reward_std", "GRPO: reward std of each round's samples"),
           ("flat_groups", "GRPO: share of prompts whose K scores are all equal")]

@@ -1,7 +1,7 @@
 """`pride run RECIPE.yaml`: the stages a recipe lists, each in its own run directory.
 
-A recipe is one YAML file: shared sections (`model`, `train`, `preference`, `online`,
-`eval`, `seed`), `output_dir`, and `stages`, each with a `name`, a `type` (sft | dpo | rm |
+A recipe is one YAML file: shared sections (`model`, `train`, `preference`, `kto`, `online`,
+`eval`, `seed`), `output_dir`, and `stages`, each with a `name`, a `type` (sft | dpo | kto | rm |
 online | sppo | eval) and its own sections, merged over the shared ones. A stage starts
 from the policy of the stage before it (or of the stage named in `from`); the first from
 `model.path`. An rm stage's reward model is no policy: a later online stage judges with it
@@ -35,7 +35,7 @@ from pride.rundir import final_model, read_stage, write_stage
 from pride.stages import STAGES
 
 StageType = Literal[tuple(STAGES)]
-SHARED = ("model", "data", "train", "preference", "reward", "online", "eval", "seed")
+SHARED = ("model", "data", "train", "preference", "kto", "reward", "online", "eval", "seed")
 STAGE_REF = "stage:"  # online.judge.path: stage:NAME, the reward model an earlier rm stage trained
 
 

@@ -7,7 +7,9 @@ SFT `{"input_ids", "labels"}` (labels -100 where not trained, unshifted as in tr
 preference `{"prompt_ids", "chosen_ids", "rejected_ids"}` (completions without the prompt), a
 reward model's pairs (`--stage rm`, or a config with a `reward` section) `{"chosen_ids",
 "rejected_ids"}` (each whole conversation, cut as `reward.max_length` and `truncation_side` say;
-its last token, where the score is read, is the one marked).
+its last token, where the score is read, is the one marked), unpaired feedback (`--stage kto`, or a
+config with a `kto` section) `{"prompt_ids", "completion_ids", "label"}`, shown with each row's label
+and counted per label.
 With `train.packing: split` each line is one training row cut from the stream of samples, with
 `segment_lengths` (attention stays within a segment; a cut sample's target across the cut is -100).
 """
@@ -59,6 +61,14 @@ def training_view(cfg: Config, fmt, rows: list, stage: str | None = None) -> tup
     each conversation whole and cut as `reward.max_length` and `truncation_side` say."""
     convs = [r for r in rows if isinstance(r, Conversation)]
     pairs = [r for r in rows if isinstance(r, PreferencePair)]
+    if stage == "kto":
+        from pride.train.unpaired import tokenize_unpaired
+
+        p = cfg.preference
+        data = tokenize_unpaired(rows, fmt, p.max_length, p.max_prompt_length, on_bad_row=cfg.data.on_bad_row,
+                                 header_in_completion=p.header_in_completion)
+        return "kto", [{"prompt_ids": pr, "completion_ids": c, "label": rows[i].label}
+                       for (pr, c), i in zip(data.ids, data.kept)]
     if pairs and stage == "rm":
         from pride.train.reward import tokenize_reward_pairs
 
@@ -87,9 +97,11 @@ def inspect(cfg: Config, n: int = 3, console: Console | None = None, export: str
                                  no_color=color == "never")
     colored = color == "always" or (color == "auto" and console.is_terminal)
     tokenizer, fmt = load_chat(cfg.model)
-    rows = load_rows(cfg.data, want="any", seed=cfg.seed)
     if stage is None and cfg.reward.model_fields_set:  # a reward model's config (pride rm): its own cut
         stage = "rm"
+    if stage is None and cfg.kto.model_fields_set:  # unpaired feedback's config (pride kto)
+        stage = "kto"
+    rows = load_rows(cfg.data, want="unpaired" if stage == "kto" else "any", seed=cfg.seed)
     kind, lines = training_view(cfg, fmt, rows.train, stage)
     console.print(f"[bold]template[/]: {fmt.name}   [bold]train_on[/]: {cfg.data.train_on}")
     sequences = [_shown(kind, line) for line in lines]
@@ -104,7 +116,8 @@ def inspect(cfg: Config, n: int = 3, console: Console | None = None, export: str
     flat = [s for seqs in sequences for s in seqs]
     lengths = [len(ids) for _, ids, _ in flat]
     trained = [sum(mask) for _, _, mask in flat]
-    limit = {"preference": cfg.preference.max_length, "rm": cfg.reward.max_length}.get(kind, cfg.train.max_length)
+    limit = {"preference": cfg.preference.max_length, "kto": cfg.preference.max_length,
+             "rm": cfg.reward.max_length}.get(kind, cfg.train.max_length)
     counts = {
         "train_rows": len(rows.train),
         "kept_rows": len(lines),
@@ -118,6 +131,9 @@ def inspect(cfg: Config, n: int = 3, console: Console | None = None, export: str
         "tokens_per_sequence_max": max(lengths, default=0),
         "at_max_length": sum(1 for n_ in lengths if n_ >= limit),
     }
+    if kind == "kto":
+        counts["desirable"] = sum(line["label"] for line in lines)
+        counts["undesirable"] = len(lines) - counts["desirable"]
     table = Table(title="counts", show_header=False)
     for k, v in counts.items():
         table.add_row(k, str(v))
@@ -133,6 +149,10 @@ def inspect(cfg: Config, n: int = 3, console: Console | None = None, export: str
 def _shown(kind: str, line: dict) -> list[tuple[str, list[int], list[bool]]]:
     if kind == "sft":
         return [("", line["input_ids"], [x != IGNORE for x in line["labels"]])]
+    if kind == "kto":
+        p = line["prompt_ids"]
+        label = "desirable (label true)" if line["label"] else "undesirable (label false)"
+        return [(label, p + line["completion_ids"], [False] * len(p) + [True] * len(line["completion_ids"]))]
     if kind == "rm":  # a reward model scores the whole conversation at its last token
         return [(label, line[key], [False] * (len(line[key]) - 1) + [True])
                 for label, key in (("chosen", "chosen_ids"), ("rejected", "rejected_ids"))]
