@@ -3,12 +3,15 @@
     python benchmarks/compare_trl.py --stage dpo --shape small-128k --device cpu --steps 12
     python benchmarks/compare_trl.py --stage dpo --data long-prompt ...
     python benchmarks/compare_trl.py --stage dpo --shape 1b --device cuda --attn flash_attention_2 --peak-tflops 989
+    python benchmarks/compare_trl.py --stage kto --shape small-128k --device cpu --steps 12
+    python benchmarks/compare_trl.py --stage rm --shape small-128k --device cpu --steps 12
 
 Each side runs in its own subprocess (clean peak-memory numbers) and prints one JSON line:
 tokens/s (non-padding tokens of the timed steps, counted as the data's own tokens: a
 shared prompt counts for both sequences), seconds/step, peak memory (CUDA max allocated on
-GPU, peak RSS on CPU); the parent then prints the ratios. DPO runs three sides: `pride`
-(prompt computed once), `pride-unshared` (`preference.share_prompt=false`) and `trl`.
+GPU, the process's own peak RSS, VmHWM, on CPU); the parent then prints the ratios. DPO runs
+three sides: `pride` (prompt computed once), `pride-unshared` (`preference.share_prompt=false`)
+and `trl`. KTO (`KTOTrainer`) and the reward model (`RewardTrainer`) run `pride` and `trl`.
 
 * Model: a random-init Llama-3-like model (`--shape`, `--vocab`), identical on every side.
 * Data: random-letter texts (`--data standard`: prompts 30-600 tokens, answers 10-800;
@@ -20,7 +23,13 @@ GPU, peak RSS on CPU); the parent then prints the ratios. DPO runs three sides: 
   model-FLOPs utilisation (pride skips the LM head at prompt positions, so its useful
   FLOPs per token are fewer than 6N: the same formula on both sides compares speed).
 * SFT: packing on both sides (BFD into rows of --max-length), loss on answer tokens.
-  DPO: reference log-probs precomputed on both sides (before the timed steps).
+  DPO and KTO: reference log-probs precomputed on both sides (before the timed steps); KTO's
+  rows are the answers of the DPO data (alternately the chosen and the rejected one, labelled
+  so), and each step also runs its mismatched rows for the KL term without gradients (both
+  sides; pride over the step's rows, TRL over the device batch: the same rows at one process).
+  Tokens counted: the rows' own, not the mismatched ones. Reward model: each pair's two
+  sequences (prompt + answer + EOS), the same token ids on both sides, a score head on the
+  same model, no truncation.
 * Timed: steps after --warmup; tokens are counted from the batches actually collated.
 """
 
@@ -80,6 +89,9 @@ def make_data(stage: str, n: int, seed: int, data: str = "standard", fixed_lengt
         prompt = text(rng, p_len)
         if stage == "sft":
             rows.append({"prompt": prompt, "completion": text(rng, a_len)})
+        elif stage == "kto":  # unpaired: one answer per prompt, labels alternating
+            good = len(rows) % 2 == 0
+            rows.append({"prompt": prompt, "completion": text(rng, c_len if good else r_len), "label": good})
         else:
             rows.append({"prompt": prompt, "chosen": text(rng, c_len), "rejected": text(rng, r_len)})
     return rows
@@ -102,7 +114,9 @@ def build(shape: str, device: str, vocab: int | None = None, attn: str = "sdpa")
 def peak_memory(torch, device: str) -> float:
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
+    # VmHWM: this process's own peak RSS (ru_maxrss keeps the parent's peak across fork and exec on Linux)
+    with open("/proc/self/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith("VmHWM"))) / 1024  # KiB -> MiB
 
 
 def summarize(side, args, step_times, batch_tokens, accumulation, torch, extra=None) -> dict:
@@ -136,6 +150,9 @@ class Counted:
         self.counts.append(batch.n_tokens)
         self.computed.append(batch.n_computed or batch.n_tokens)
         return self.objective(model, batch)
+
+    def __getattr__(self, name):  # the objective's own hooks (wrap, prepare, finish)
+        return getattr(self.objective, name)
 
 
 def run_pride(args) -> dict:
@@ -171,6 +188,19 @@ def run_pride(args) -> dict:
         rows, stats = build_rows(samples, args.max_length, packing=True)
         objective = SftObjective()
         extra = {"packing_efficiency": stats["packing_efficiency"]}
+    elif args.stage == "kto":
+        rows, objective, extra = kto_rows(args, acc, cfg, model, tok, data, ids)
+    elif args.stage == "rm":
+        from pride.config import RewardSettings
+        from pride.models import with_score_head
+        from pride.scores import scored_sample
+        from pride.train.reward import RewardObjective
+
+        model = with_score_head(model, 0).to(args.device)
+        model.set_attn_implementation(args.attn)
+        rows = [[scored_sample(ids(r["prompt"] + r["chosen"]) + [eos], 0, i),
+                 scored_sample(ids(r["prompt"] + r["rejected"]) + [eos], 1, i)] for i, r in enumerate(data)]
+        objective, extra = RewardObjective(RewardSettings()), {}
     else:
         rows = [pair_samples(ids(r["prompt"]), ids(r["chosen"]) + [eos], ids(r["rejected"]) + [eos], example=i)
                 for i, r in enumerate(data)]
@@ -196,6 +226,31 @@ def run_pride(args) -> dict:
           pad_id=tok.pad_token_id, run_dir=args.out, seed=args.seed, on_step_end=on_step_end)
     extra["computed_fraction"] = round(sum(objective.computed) / sum(objective.counts), 4)
     return summarize(args.side, args, step_times, batch_tokens, args.accumulation, torch, extra)
+
+
+def kto_rows(args, acc, cfg, model, tok, data, ids):
+    """KTO's rows with their reference sums, and the reference sums of every mismatched pair the
+    timed run meets, as `pride kto` precomputes them (`pride.train.unpaired`)."""
+    from pride.config import KtoSettings
+    from pride.data.preference import completion_sample
+    from pride.reference import compute_pair_logps
+    from pride.train.unpaired import MismatchedPairs, UnpairedData, UnpairedObjective, needed_pairs
+
+    eos = tok.eos_token_id
+    pc = [(ids(r["prompt"]), ids(r["completion"]) + [eos]) for r in data]
+    rows = [[completion_sample(p, c, 0 if r["label"] else 1, i)] for i, ((p, c), r) in enumerate(zip(pc, data))]
+    unpaired = UnpairedData(rows, list(range(len(rows))), ["ok"] * len(rows), ids=pc)
+    pairs = MismatchedPairs([unpaired], max_length=10**9)
+    wanted = needed_pairs(list(range(len(rows))), [], cfg, acc.num_processes, args.seed, kl=True)
+    keys = [key for ex in sorted(wanted) for key in wanted[ex]]
+    ref = compute_pair_logps(acc, model, pairs.reference_rows(keys), tok.pad_token_id, batch_size=args.batch,
+                             layout="shared")
+    values = {key: (c, kl) for key, c, kl in zip(keys, ref.chosen.tolist(), ref.rejected.tolist())}
+    for row in rows:
+        if row[0].example in wanted:
+            row[0].ref_logps = values[wanted[row[0].example][0]][0]
+    pairs.reference = {key: kl for key, (_, kl) in values.items()}
+    return rows, UnpairedObjective(KtoSettings(), pairs), {"reference_pairs": len(keys)}
 
 
 # ------------------------------------------------------------------ TRL
@@ -244,6 +299,26 @@ def run_trl(args) -> dict:
                             completion_only_loss=True, **common)
         trainer = trl.SFTTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(enc), processing_class=tok,
                                  callbacks=[Timer()])
+    elif args.stage == "kto":
+        cfg = trl.KTOConfig(precompute_ref_log_probs=True, beta=0.1, max_length=None,
+                            precompute_ref_batch_size=args.batch, **common)
+        trainer = trl.KTOTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(data), processing_class=tok,
+                                 callbacks=[Timer()])
+    elif args.stage == "rm":
+        from pride.models import with_score_head
+
+        model = with_score_head(model, 0).to(args.device)
+        model.set_attn_implementation(args.attn)
+        eos = tok.eos_token_id
+
+        def ids(s):
+            return tok(s, add_special_tokens=False)["input_ids"]
+
+        enc = [{"chosen_ids": ids(r["prompt"] + r["chosen"]) + [eos], "rejected_ids": ids(r["prompt"] + r["rejected"])
+                + [eos]} for r in data]
+        cfg = trl.RewardConfig(max_length=None, **common)
+        trainer = trl.RewardTrainer(model=model, args=cfg, train_dataset=Dataset.from_list(enc), processing_class=tok,
+                                    callbacks=[Timer()])
     else:
         cfg = trl.DPOConfig(precompute_ref_log_probs=True, beta=0.1, loss_type=["sigmoid"], max_length=None,
                             precompute_ref_batch_size=args.batch, **common)
@@ -270,12 +345,13 @@ def run_trl(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", choices=["sft", "dpo"], default="dpo")
+    ap.add_argument("--stage", choices=["sft", "dpo", "kto", "rm"], default="dpo")
     ap.add_argument("--shape", choices=list(SHAPES), default="small-128k")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--steps", type=int, default=12, help="optimizer steps, warm-up included")
     ap.add_argument("--warmup", type=int, default=2, help="steps left out of the timing")
-    ap.add_argument("--batch", type=int, default=4, help="sequences (SFT: packed rows; DPO: pairs) per micro-batch")
+    ap.add_argument("--batch", type=int, default=4,
+                    help="per micro-batch: SFT packed rows, DPO and reward-model pairs, KTO rows")
     ap.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimizer step (both sides)")
     ap.add_argument("--max-length", type=int, default=2048, help="SFT packed row length")
     ap.add_argument("--rows", type=int, default=256, help="synthetic rows generated")

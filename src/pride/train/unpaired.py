@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pride import reference
-from pride.config import Config
+from pride.config import Config, TrainSettings
 from pride.data import Rows, load_rows
 from pride.data.packing import Batch, Sample
 from pride.data.preference import PairData, completion_sample, truncate_prompt
@@ -223,7 +223,8 @@ def train_unpaired(ctx: StageContext, rows: Rows) -> dict:
     ctx.write_json("data_stats.json", stats)
 
     pairs = MismatchedPairs([train_data, eval_data], p.max_length) if s.loss_type == "kto" else None
-    wanted = needed_pairs(train_data, eval_data, cfg, world, pairs is not None)
+    wanted = needed_pairs([row[0].example for row in train_data.rows], [row[0].example for row in eval_data.rows],
+                          cfg.train, world, cfg.seed, pairs is not None)
     if p.reference == "live":
         raise PrideError("preference.reference=live: kto precomputes its reference log-probs (of every row and of "
                          "every mismatched pair); leave preference.reference unset")
@@ -261,11 +262,12 @@ def check_labels(stats: dict, s, console) -> None:
                       f"[{und_low}, {und_high}] (not both)")
 
 
-def needed_pairs(train: UnpairedData, eval_: UnpairedData, cfg: Config, world: int, kl: bool
+def needed_pairs(examples: list[int], eval_examples: list[int], train: TrainSettings, world: int, seed: int, kl: bool
                  ) -> dict[int, list[tuple[int, int]]]:
     """Per row (example), the (example, partner) pairs the run meets: each step's mismatched pairs
-    over the loop's schedule, and the eval set's over its whole order. Without a KL term, the row
-    with itself (the reference pass then gives its own completion's sum)."""
+    over the loop's schedule of the training rows (`examples`, in row order), and the eval set's
+    over its whole order. Without a KL term, the row with itself (the reference pass then gives
+    its own completion's sum)."""
     wanted: dict[int, list[tuple[int, int]]] = {}
 
     def add(pair):
@@ -273,13 +275,11 @@ def needed_pairs(train: UnpairedData, eval_: UnpairedData, cfg: Config, world: i
         if pair not in seen:
             seen.append(pair)
 
-    examples = [row[0].example for row in train.rows]
-    eval_examples = [row[0].example for row in eval_.rows]
     if not kl:
         for ex in examples + eval_examples:
             add((ex, ex))
         return wanted
-    for step in planned_steps(len(train.rows), cfg.train, world, cfg.seed):
+    for step in planned_steps(len(examples), train, world, seed):
         for pair in partners([examples[i] for mb in step for i in mb]):
             add(pair)
     for pair in partners(eval_examples):  # evaluation forms z over the whole eval set, in its order
