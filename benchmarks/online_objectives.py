@@ -2,6 +2,7 @@
 
     python benchmarks/online_objectives.py                 # everything below, one run
     python benchmarks/online_objectives.py --only overhead
+    python benchmarks/online_objectives.py --only compare --sides "pride kto"   # one side, merged into the results
     python benchmarks/online_objectives.py --tables          # print BENCHMARKS.md's tables from the results file
 
 The model: the ~5M-parameter Llama of serve_load.py (byte-level tokenizer, ChatML), trained
@@ -19,6 +20,9 @@ and groups whose K scores differ. Built once into --work and reused.
    * `trl grpo`: `GRPOTrainer` (trl, transformers' `generate`: no vLLM on a CPU), its
      defaults (loss `dapo`, `scale_rewards` group, epsilon 0.2, beta 0), each step sampling its
      own 8 prompts from the current policy;
+   * `pride kto`: `online.objective: kto`, the same rounds and K=4 samples as `pride grpo`
+     (512 samples): each sample above its prompt's mean score desirable, below undesirable,
+     ties dropped; 32 rows per step, `kto` loss, beta 0.1 (no TRL side: TRL has no online KTO);
    * `pride dpo` and `trl online-dpo`: online DPO on the same 128 prompts, two samples each
      (256 samples a side): pride with K=2 (best vs worst of the two), TRL's experimental
      `OnlineDPOTrainer` (two completions per prompt, the reward function picks), beta 0.1,
@@ -97,8 +101,9 @@ def side_pride(objective: str, model: Path, work: Path, out: Path) -> None:
     rows = [{"prompt": p} for p in prompts(PROMPTS, 7)]
     data = work / "data" / "bench_prompts.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    k = K if objective == "grpo" else 2
-    per_step = PER_STEP // k  # prompts per step: a prompt's group (grpo) or its pair (dpo)
+    k = 2 if objective == "dpo" else K
+    # a step's micro-batch: prompts (a group for grpo, a pair for dpo) or kto's rows (samples)
+    per_step = PER_STEP if objective == "kto" else PER_STEP // k
     args = ["online", str(work / "empty.yaml"), f"model.path={model}", f"data.sources.0.path={data}",
             "data.shuffle=false", f"output_dir={out}", "online.iterations=2", "online.prompt_split=split",
             f"online.samples_per_prompt={k}", "online.temperature=1.0", f"online.max_new_tokens={MAX_NEW}",
@@ -181,8 +186,10 @@ def held_out(model: str) -> dict:
     return {"score": float(np.mean(per)), "ci": [lo, hi]}
 
 
-def compare(model: Path, work: Path, repeats: int) -> dict:
-    sides = ["pride grpo", "trl grpo", "pride dpo", "trl online-dpo"]
+SIDES = ["pride grpo", "trl grpo", "pride kto", "pride dpo", "trl online-dpo"]
+
+
+def compare(model: Path, work: Path, repeats: int, sides: list[str]) -> dict:
     runs: dict = {s: [] for s in sides}
     for r in range(repeats):
         for s in sides:  # alternating, so a slow minute of this shared machine hits every side alike
@@ -238,7 +245,7 @@ def tables(results: dict) -> str:
         lines += ["| side | samples | wall s per 100 prompts (median; each run) | peak RSS MiB | held-out rule score "
                   "[95% CI] |", "| --- | --- | --- | --- | --- |"]
         for side, v in c["sides"].items():
-            samples = PROMPTS * (K if "grpo" in side else 2)
+            samples = PROMPTS * (2 if "dpo" in side else K)
             h = v["held_out"]
             lines.append(f"| {side} | {samples} | {v['per_100_prompts_median']:.1f} ({', '.join(map(str, v['per_100_prompts']))}) | "
                          f"{v['peak_rss_mib_median']:.0f} | {h['score']:.3f} [{h['ci'][0]:.3f}, {h['ci'][1]:.3f}] |")
@@ -270,6 +277,8 @@ def main() -> int:
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench-online-objectives"))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", choices=["compare", "overhead"], default=None)
+    ap.add_argument("--sides", nargs="+", choices=SIDES, default=SIDES,
+                    help="compare: which sides (the others' results stay as the results file has them)")
     ap.add_argument("--tables", action="store_true", help="print the tables from the results file, run nothing")
     args = ap.parse_args()
     if args.tables:
@@ -293,10 +302,15 @@ def main() -> int:
         results["overhead"] = overhead(model, work)
         print(json.dumps(results["overhead"], indent=1), flush=True)
     if args.only in (None, "compare"):
-        results["compare"] = compare(model, work, args.repeats)
+        results["compare"] = compare(model, work, args.repeats, args.sides)
         print(json.dumps(results["compare"], indent=1), flush=True)
     path = ROOT / "benchmarks" / "results" / "online_objectives.json"
     earlier = json.loads(path.read_text()) if path.exists() and args.only else {}
+    if "compare" in results and args.sides != SIDES and "compare" in earlier:  # one side again: keep the others'
+        sides = {**earlier["compare"]["sides"], **results["compare"]["sides"]}
+        results["compare"]["sides"] = {s: sides[s] for s in SIDES if s in sides}
+        results["compare"]["runs_of"] = {**earlier["compare"].get("runs_of", {}),
+                                         **{s: results["machine"]["date"] for s in args.sides}}
     path.write_text(json.dumps({**earlier, **results}, indent=1) + "\n")
     print(f"wrote {path}\n")
     print(tables({**earlier, **results}))

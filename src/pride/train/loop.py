@@ -383,8 +383,11 @@ def train(
     if cfg.optimizer == "rmsprop":  # SPPO's published runs
         optimizer = torch.optim.RMSprop(_param_groups(wrapper, cfg.weight_decay), lr=lr)
     else:
-        optimizer = torch.optim.AdamW(_param_groups(wrapper, cfg.weight_decay), lr=lr,
-                                      betas=(cfg.adam_beta1, cfg.adam_beta2))
+        groups = _param_groups(wrapper, cfg.weight_decay)
+        # fused: one kernel for all parameters, no per-parameter temporaries (HF Trainer's default
+        # adamw_torch_fused); the same update, computed in another order of float operations
+        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in groups for p in g["params"])
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), fused=fused)
     scheduler = _scheduler(cfg, optimizer, total_steps)
     # an online stage trains a round after a round on one accelerator: what the last round prepared and
     # registered would be saved into this round's checkpoints too (model_1, a second scheduler), and a
