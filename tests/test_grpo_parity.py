@@ -28,6 +28,7 @@ from pride.data.packing import collate  # noqa: E402
 from pride.models import load_model_and_tokenizer  # noqa: E402
 from pride.online.groups import advantages  # noqa: E402
 from pride.train.policy_gradient import PolicyGradientObjective, tokenize_groups  # noqa: E402
+from tests.parity import assert_same_gradients  # noqa: E402
 
 K = 4
 GROUPS = [
@@ -161,11 +162,7 @@ def test_grpo_loss_and_gradients_match_trl(start, trainers, loss_type, level, be
     ours, our_grads, our_adv = pride_loss(start, settings, moved, temperature, layout)
     torch.testing.assert_close(our_adv, their_adv, atol=1e-6, rtol=0)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
-    assert our_grads.keys() == their_grads.keys()
-    for name in our_grads:
-        diff = (our_grads[name] - their_grads[name]).abs().max().item()
-        scale_ = their_grads[name].abs().max().item()
-        assert diff <= 1e-6 + 1e-4 * scale_, (name, diff, scale_)
+    assert_same_gradients(our_grads, their_grads)
 
 
 @pytest.mark.parametrize("normalize", [False, True])
@@ -221,7 +218,4 @@ def test_rloo_advantages_loss_and_gradients_match_rloo_trainer(start, tmp_path_f
     ours = loss_sum / objective.units(rows)
     ours.backward()
     torch.testing.assert_close(ours.detach(), loss.detach(), atol=1e-5, rtol=1e-5)
-    for name, p in model.named_parameters():
-        diff = (p.grad - their_grads[name]).abs().max().item()
-        scale_ = their_grads[name].abs().max().item()
-        assert diff <= 1e-6 + 1e-4 * scale_, (name, diff, scale_)
+    assert_same_gradients({n: p.grad for n, p in model.named_parameters()}, their_grads)

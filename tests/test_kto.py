@@ -22,6 +22,7 @@ from pride.logps import TokenLogps
 from pride.models import load_model_and_tokenizer
 from pride.reference import compute_pair_logps
 from pride.train.unpaired import MismatchedPairs, UnpairedObjective, partners, run_unpaired, tokenize_unpaired
+from tests.parity import assert_same_gradients
 
 ROWS = [("What is 2+2?", "4", True), ("Name a colour.", "Loud.", False), ("Say hi in French.", "Bonjour !", True),
         ("Capital of Italy?", "Milan is the capital.", False), ("Capital of Italy?", "Rome.", True),
@@ -153,12 +154,7 @@ def test_loss_and_gradients_match_kto_trainer(setup, tmp_path, loss_type, weight
     loss = loss_sum / len(data.rows)
     loss.backward()
     torch.testing.assert_close(loss.detach(), trl_loss, atol=1e-5, rtol=1e-5)
-    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-    assert grads.keys() == trl_grads.keys()
-    for name in grads:
-        diff = (grads[name] - trl_grads[name]).abs().max().item()
-        scale = trl_grads[name].abs().max().item()
-        assert diff <= 1e-6 + 1e-4 * scale, (name, diff, scale)
+    assert_same_gradients({n: p.grad for n, p in model.named_parameters() if p.grad is not None}, trl_grads)
 
 
 # ---------------------------------------------------------------- the stage

@@ -21,6 +21,7 @@ from pride.models import load_model_and_tokenizer
 from pride.scores import SequenceScores, conversation_ids
 from pride.train.reward import RewardObjective, tokenize_reward_pairs
 from tests.conftest import write_jsonl
+from tests.parity import assert_same_gradients
 
 ROWS = [("What is 2+2?", "4", "5", 1.0), ("Name a colour.", "Blue, like the sky.", "Loud.", 0.5),
         ("Say hi in French.", "Bonjour !", "Hello", 2.0), ("Capital of Italy?", "Rome.", "Milan is the capital.", 0.0)]
@@ -78,11 +79,8 @@ def test_loss_and_gradients_match_trl_reward_trainer(rm, tmp_path, margin, cente
     loss.backward()
     torch.testing.assert_close(loss.detach(), trl_loss, atol=1e-5, rtol=1e-5)
     grads = {n: p.grad for n, p in ours.named_parameters() if p.grad is not None}
-    assert grads.keys() == trl_grads.keys() and "score.weight" in grads
-    for name in grads:
-        diff = (grads[name] - trl_grads[name]).abs().max().item()
-        scale = trl_grads[name].abs().max().item()
-        assert diff <= 1e-6 + 1e-4 * scale, (name, diff, scale)
+    assert "score.weight" in grads
+    assert_same_gradients(grads, trl_grads)
 
 
 def test_scores_are_read_at_the_last_token_whatever_the_padding(rm):

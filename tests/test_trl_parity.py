@@ -18,6 +18,7 @@ from pride.logps import TokenLogps  # noqa: E402
 from pride.models import load_model_and_tokenizer  # noqa: E402
 from pride.reference import attach, compute_pair_logps  # noqa: E402
 from pride.train.preference import PreferenceObjective  # noqa: E402
+from tests.parity import assert_same_gradients  # noqa: E402
 
 TRL_LOSSES = ["sigmoid", "hinge", "ipo", "robust", "bco_pair", "nca_pair", "sppo_hard", "apo_zero", "apo_down"]
 ROWS = [("What is 2+2?", "4", "5"), ("Name a colour.", "Blue, like the sky.", "Loud."),
@@ -91,9 +92,4 @@ def test_loss_and_gradients_match_trl(setup, loss_type):
     loss.backward()
     # TRL pads and runs each sequence alone, pride packs: fp32 summation order only (as packing's tests)
     torch.testing.assert_close(loss.detach(), trl_loss, atol=1e-5, rtol=1e-5)
-    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-    assert grads.keys() == trl_grads.keys()
-    for name in grads:
-        diff = (grads[name] - trl_grads[name]).abs().max().item()
-        scale = trl_grads[name].abs().max().item()
-        assert diff <= 1e-6 + 1e-4 * scale, (name, diff, scale)
+    assert_same_gradients({n: p.grad for n, p in model.named_parameters() if p.grad is not None}, trl_grads)

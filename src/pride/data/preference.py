@@ -43,25 +43,33 @@ def truncate_prompt(prompt: list[int], limit: int, bos: int | None) -> list[int]
     return prompt[len(prompt) - limit:]
 
 
+def encode_cut(fmt: ChatFormat, prompt: list[dict], completions: list[str], max_length: int, max_prompt_length: int,
+               header_in_completion: bool = False) -> tuple[list[int], list[list[int]], list[bool]]:
+    """A prompt and its completions as ids (`ChatFormat.encode_pair`), cut as preference data is
+    (module docstring): the prompt's end within `max_prompt_length`, each completion's start within
+    what `max_length` leaves. Also, per completion, whether its sequence was cut. Raises RowError."""
+    ids, answers = fmt.encode_pair(prompt, completions, header_in_completion)
+    short = truncate_prompt(ids, max_prompt_length, fmt.tokenizer.bos_token_id)
+    budget = max(max_length - len(short), 0)
+    kept = [a[:budget] for a in answers]
+    return short, kept, [short != ids or len(k) < len(a) for k, a in zip(kept, answers)]
+
+
 def tokenize_pairs(pairs: list[PreferencePair], fmt: ChatFormat, max_length: int, max_prompt_length: int,
                    first_example: int = 0, on_bad_row: str = "error", keep_identical: bool = False,
                    header_in_completion: bool = False) -> PairData:
-    bos = fmt.tokenizer.bos_token_id
     rows, kept, status, ids = [], [], [], []
     truncated = 0
     for i, pair in enumerate(pairs):
         try:
-            prompt, (chosen, rejected) = fmt.encode_pair(pair.prompt, [pair.chosen, pair.rejected],
-                                                         header_in_completion)
+            short, (c, r), cut = encode_cut(fmt, pair.prompt, [pair.chosen, pair.rejected], max_length,
+                                            max_prompt_length, header_in_completion)
         except RowError as e:
             if on_bad_row == "error":
                 raise PrideError(f"{pair.where}: {e}") from None
             status.append("unrenderable")
             continue
-        short = truncate_prompt(prompt, max_prompt_length, bos)
-        budget = max_length - len(short)
-        c, r = chosen[:max(budget, 0)], rejected[:max(budget, 0)]
-        truncated += (short != prompt) or len(c) < len(chosen) or len(r) < len(rejected)
+        truncated += any(cut)
         if not c or not r:
             status.append("empty_completion")
             continue

@@ -22,7 +22,7 @@ import torch
 from pride import reference
 from pride.config import GrpoSettings
 from pride.data.packing import Batch, Sample
-from pride.data.preference import completion_sample, truncate_prompt
+from pride.data.preference import completion_sample, encode_cut
 from pride.data.rows import RowError
 from pride.errors import PrideError
 from pride.io import write_jsonl
@@ -134,19 +134,16 @@ def tokenize_groups(groups: list[dict], fmt, max_length: int, max_prompt_length:
     """Each group as a row of its samples (example: the group, seq: the sample's index in it), so a
     micro-batch holds whole groups (`train.micro_batch_size` counts prompts). A completion cut to
     nothing by `max_length` is left out and counted."""
-    bos = fmt.tokenizer.bos_token_id
     rows, cut, empty = [], 0, 0
     for g, group in enumerate(groups):
         try:
-            prompt, completions = fmt.encode_pair(group["prompt"], group["responses"])
+            short, completions, flags = encode_cut(fmt, group["prompt"], group["responses"], max_length,
+                                                   max_prompt_length)
         except RowError as e:
             raise PrideError(f"{where} line {g + 1}: {e}") from None
-        short = truncate_prompt(prompt, max_prompt_length, bos)
-        budget = max(max_length - len(short), 0)
+        cut += sum(flags)
         row = []
-        for j, completion in enumerate(completions):
-            kept = completion[:budget]
-            cut += len(kept) < len(completion) or short != prompt
+        for j, kept in enumerate(completions):
             if not kept:
                 empty += 1
                 continue

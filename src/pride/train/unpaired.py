@@ -26,7 +26,7 @@ from pride import reference
 from pride.config import Config, TrainSettings
 from pride.data import Rows, load_rows
 from pride.data.packing import Batch, Sample
-from pride.data.preference import PairData, completion_sample, truncate_prompt
+from pride.data.preference import PairData, completion_sample, encode_cut
 from pride.data.rows import LabeledCompletion, RowError
 from pride.errors import PrideError
 from pride.logps import sequence_logps
@@ -56,20 +56,18 @@ def tokenize_unpaired(items: list[LabeledCompletion], fmt, max_length: int, max_
                       ) -> UnpairedData:
     """As DPO's pairs (`tokenize_pairs`): the prompt as inference sees it, cut to its end within
     `max_prompt_length`; the completion, the rest of the whole rendering, cut to `max_length`."""
-    bos = fmt.tokenizer.bos_token_id
     rows, kept, status, ids, where = [], [], [], [], []
     truncated = 0
     for i, item in enumerate(items):
         try:
-            prompt, (completion,) = fmt.encode_pair(item.prompt, [item.completion], header_in_completion)
+            short, (kept_ids,), (cut,) = encode_cut(fmt, item.prompt, [item.completion], max_length,
+                                                    max_prompt_length, header_in_completion)
         except RowError as e:
             if on_bad_row == "error":
                 raise PrideError(f"{item.where}: {e}") from None
             status.append("unrenderable")
             continue
-        short = truncate_prompt(prompt, max_prompt_length, bos)
-        kept_ids = completion[:max(max_length - len(short), 0)]
-        truncated += short != prompt or len(kept_ids) < len(completion)
+        truncated += cut
         if not kept_ids:
             status.append("empty_completion")
             continue
