@@ -160,6 +160,12 @@ def _read_with_datasets(path: Path | None, src: SourceSettings, kind: str) -> It
     import datasets
 
     name = str(path) if path is not None else src.path
+    weights = kind == "dir" and (any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin")))
+    if weights and (path / "config.json").is_file():
+        raise PrideError(f"{name}: a model directory (config.json and weights), not data; data.sources[].path names "
+                         "a data file (.jsonl, .json, .parquet, .arrow, .csv) or a dataset directory")
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a file it cannot parse: pride's one line says so
     try:
         if kind in ("parquet", "arrow", "csv"):
             ds = datasets.load_dataset(kind, data_files=str(path), split="train")
@@ -183,8 +189,12 @@ def _read_with_datasets(path: Path | None, src: SourceSettings, kind: str) -> It
                 ds = datasets.load_dataset(name, src.subset, split=src.split)
     except PrideError:
         raise
-    except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
-        raise PrideError(f"{name}: could not load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    except (FileNotFoundError, ValueError, ConnectionError, OSError, datasets.exceptions.DatasetGenerationError) as e:
+        cause = e.__cause__ if isinstance(e, datasets.exceptions.DatasetGenerationError) and e.__cause__ else e
+        raise PrideError(f"{name}: could not load ({type(cause).__name__}: "
+                         f"{str(cause).splitlines()[0] if str(cause) else ''})") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     label = f"{name}[{src.split}]" if kind in ("dir", "hub") else name
     for i, row in enumerate(ds):
         yield f"{label} row {i}", row
