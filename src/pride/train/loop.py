@@ -174,7 +174,7 @@ def schedule_size(n_rows: int, cfg: TrainSettings, world: int) -> tuple[int, int
 
 
 def planned_steps(n_rows: int, cfg: TrainSettings, world: int, seed: int) -> list[list[list[int]]]:
-    """Every step's micro-batches (row indices) as `train` will take them: what an objective whose
+    """Every step's micro-batches (row indices): the schedule `train` takes, and what an objective whose
     data depends on a step's rows (KTO's mismatched pairs) prepares ahead."""
     steps_per_epoch, total_steps = schedule_size(n_rows, cfg, world)
     per_step = world * cfg.gradient_accumulation_steps
@@ -366,7 +366,6 @@ def train(
     The caller saves the final model (unwrapped) afterwards."""
     acc = accelerator
     console = console or Console(stderr=True, soft_wrap=True)
-    per_step = acc.num_processes * cfg.gradient_accumulation_steps
     if not rows:
         raise PrideError("no training rows left after tokenization and filtering")
     steps_per_epoch, total_steps = schedule_size(len(rows), cfg, acc.num_processes)
@@ -417,17 +416,14 @@ def train(
         return collate([source[i] for i in idx], pad_id, flat=flat, layout=objective.layout,
                        attention_weight=objective.attention_weight).to(acc.device)
 
-    schedules: dict[int, list] = {}
+    plan = planned_steps(len(rows), cfg, acc.num_processes, seed)
     result = TrainResult(steps=start_step, prepared=wrapper)
     skipped = 0
     tokens_seen, t0 = 0, time.perf_counter()
     progress = Phase(console, "train", total_steps, "steps", enabled=acc.is_main_process, completed=start_step)
     with progress:
         for step in range(start_step, total_steps):
-            epoch, k = divmod(step, steps_per_epoch)
-            if epoch not in schedules:
-                schedules = {epoch: epoch_schedule(len(rows), cfg.micro_batch_size, per_step, seed, epoch)}
-            step_mbs = schedules[epoch][k]
+            step_mbs = plan[step]
             logged, grad_norm, units, local_tokens = _step(acc, wrapper, objective, rows, step_mbs, batch_for,
                                                            cfg.max_grad_norm, mask_grads)
             if not math.isfinite(logged["loss"]) or grad_norm is None or not math.isfinite(grad_norm):

@@ -200,6 +200,13 @@ def train_unpaired(ctx: StageContext, rows: Rows) -> dict:
     mismatched pair the run will meet, train, save."""
     cfg, console = ctx.cfg, ctx.console
     s, p = cfg.kto, cfg.preference
+    if p.reference == "live":
+        raise PrideError("preference.reference=live: kto precomputes its reference log-probs (of every row and of "
+                         "every mismatched pair); leave preference.reference unset")
+    if s.loss_type == "kto" and cfg.train.micro_batch_size * ctx.acc.num_processes * \
+            cfg.train.gradient_accumulation_steps < 2:
+        raise PrideError("kto.loss_type=kto estimates its KL term from each step's rows paired with one another: "
+                         "a step of one row pairs it with itself. Set train.global_batch_size to 2 or more")
     model, tokenizer, fmt = ctx.load_model()
     if p.disable_dropout:
         disable_dropout(model)
@@ -214,28 +221,21 @@ def train_unpaired(ctx: StageContext, rows: Rows) -> dict:
                   f"empty completion, {stats['skipped_unrenderable']} the template cannot render; truncated "
                   f"{stats['truncated']})")
     check_labels(train_data.stats, s, console)
-    world = ctx.acc.num_processes
-    if s.loss_type == "kto" and cfg.train.micro_batch_size * world * cfg.train.gradient_accumulation_steps < 2:
-        raise PrideError("kto.loss_type=kto estimates its KL term from each step's rows paired with one another: "
-                         "a step of one row pairs it with itself. Set train.global_batch_size to 2 or more")
     ctx.write_json("data_stats.json", stats)
 
-    pairs = MismatchedPairs([train_data, eval_data], p.max_length) if s.loss_type == "kto" else None
+    kl = s.loss_type == "kto"
+    pairs = MismatchedPairs([train_data, eval_data], p.max_length)
     wanted = needed_pairs([row[0].example for row in train_data.rows], [row[0].example for row in eval_data.rows],
-                          cfg.train, world, cfg.seed, pairs is not None)
-    if p.reference == "live":
-        raise PrideError("preference.reference=live: kto precomputes its reference log-probs (of every row and of "
-                         "every mismatched pair); leave preference.reference unset")
+                          cfg.train, ctx.acc.num_processes, cfg.seed, kl)
     started = time.perf_counter()
-    values = reference_values(ctx, model, tokenizer, train_data, eval_data, wanted, pair_layout(p, model))
+    values = reference_values(ctx, model, tokenizer, train_data, eval_data, wanted, pairs, pair_layout(p, model))
     ctx.timing["reference_s"] = time.perf_counter() - started
     for data in (train_data, eval_data):
         for row in data.rows:  # a row the run never meets (train.max_steps ends first) needs none
             if row[0].example in wanted:
                 row[0].ref_logps = values[wanted[row[0].example][0]][0]
-    if pairs is not None:
-        pairs.reference = {key: kl for key, (_, kl) in values.items()}
-    objective = UnpairedObjective(s, pairs)
+    pairs.reference = {key: value for key, (_, value) in values.items()}
+    objective = UnpairedObjective(s, pairs if kl else None)
     result = ctx.train(model, objective, train_data.rows, eval_data.rows, tokenizer.pad_token_id)
     return ctx.finish(result, tokenizer, stats, "kto")
 
@@ -286,20 +286,17 @@ def needed_pairs(examples: list[int], eval_examples: list[int], train: TrainSett
 
 
 def reference_values(ctx, model, tokenizer, train: UnpairedData, eval_: UnpairedData,
-                     wanted: dict[int, list[tuple[int, int]]], layout: str) -> dict[tuple[int, int], tuple[float, float]]:
+                     wanted: dict[int, list[tuple[int, int]]], pairs: MismatchedPairs, layout: str
+                     ) -> dict[tuple[int, int], tuple[float, float]]:
     """(example, partner) -> (reference sum of the row's own completion, of the partner's completion
     after the row's prompt), through DPO's cached reference pass (one file per split)."""
     out = {}
+    where = {row[0].example: w for d in (train, eval_) for row, w in zip(d.rows, d.where)}
     for data, name in ((train, "reference_logps.parquet"), (eval_, "reference_logps_eval.parquet")):
-        if not data.rows:
-            continue
-        where = {row[0].example: w for d in (train, eval_) for row, w in zip(d.rows, d.where)}
         keys = [pair for row in data.rows for pair in wanted.get(row[0].example, [])]
         if not keys:
             continue
-        mismatched = MismatchedPairs([train, eval_], ctx.cfg.preference.max_length)
-        ref_rows = mismatched.reference_rows(keys)
-        pair_data = PairData(ref_rows, list(range(len(keys))), ["ok"] * len(keys))
+        pair_data = PairData(pairs.reference_rows(keys), list(range(len(keys))), ["ok"] * len(keys))
         labels = [where[a] if a == b else f"{where[a]} with the completion of {where[b]}" for a, b in keys]
         logps = reference.precompute(ctx, model, tokenizer, pair_data, labels, ctx.run_dir / name, layout)
         for k, key in enumerate(keys):
