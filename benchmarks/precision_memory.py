@@ -3,8 +3,9 @@
     python benchmarks/precision_memory.py
 
 Loads a Llama-3-like model the way pride does for training (`load_for_training`'s
-`apply_precision`), runs one AdamW step of the training loop's optimizer through accelerate
-(autocast as `make_accelerator` sets it), then counts the bytes of what stays alive between
+`apply_precision`), runs one AdamW step through accelerate (autocast as `make_accelerator` sets
+it; the loop's AdamW is fused where it can be, which keeps the same state tensors: exp_avg and
+exp_avg_sq in the weights' dtype), then counts the bytes of what stays alive between
 steps: weights, gradients (before `zero_grad`) and optimizer state. Counted from the
 tensors themselves, so the numbers are exact and the same on any machine; autocast's
 transient low-precision copies of the weights during a forward are not included.

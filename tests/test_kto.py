@@ -289,3 +289,43 @@ def test_data_inspect_shows_labels_and_a_recipe_runs_a_kto_stage(tmp_path):
                       f"train: {{max_steps: 2, micro_batch_size: 4}}, kto: {{undesirable_weight: 1.3}}}}\n")
     run_recipe(recipe)
     assert (tmp_path / "out" / "unpaired" / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("good,bad,weights,warns", [(7, 5, (1.0, 1.0), True), (7, 5, (1.0, 1.2), False),
+                                                    (3, 9, (2.5, 1.0), True), (3, 9, (3.2, 1.0), False),
+                                                    (9, 3, (1.0, 2.0), True)])
+def test_weight_warning_is_trls(setup, tmp_path, caplog, good, bad, weights, warns):
+    """pride warns exactly when KTOTrainer warns (its `_prepare_dataset`, the KTO paper's eq. 8),
+    recommending the same ranges: TRL's own code runs on the same label counts and weights."""
+    import io
+    import logging
+    import re
+
+    from accelerate.state import AcceleratorState, PartialState
+    from datasets import Dataset
+    from rich.console import Console
+
+    from pride.train.unpaired import check_labels
+
+    trl = pytest.importorskip("trl")
+    ref, policy, tok, fmt = setup
+    rows = [{"prompt": "q", "completion": "a", "label": i < good} for i in range(good + bad)]
+    AcceleratorState._reset_state(True)
+    PartialState._reset_state()
+    args = trl.KTOConfig(output_dir=str(tmp_path), desirable_weight=weights[0], undesirable_weight=weights[1],
+                         per_device_train_batch_size=2, report_to="none", use_cpu=True, bf16=False, fp16=False)
+    with caplog.at_level(logging.WARNING, logger="trl.trainer.kto_trainer"):
+        trl.KTOTrainer(model=copy.deepcopy(policy), ref_model=copy.deepcopy(ref), args=args,
+                       train_dataset=Dataset.from_list(rows), processing_class=tok)
+    AcceleratorState._reset_state(True)
+    PartialState._reset_state()
+    theirs = [r.getMessage() for r in caplog.records if "desirable_weight in" in r.getMessage()]
+    out = io.StringIO()
+    check_labels({"desirable": good, "undesirable": bad},
+                 KtoSettings(desirable_weight=weights[0], undesirable_weight=weights[1]),
+                 Console(file=out, width=400))
+    ours = [line for line in out.getvalue().splitlines() if "desirable_weight in" in line]
+    assert len(ours) == len(theirs) == int(warns)
+    ranges = r"desirable_weight in \[([^\]]+)\].*undesirable_weight in \[([^\]]+)\]"
+    if theirs:
+        assert re.search(ranges, ours[0]).groups() == re.search(ranges, theirs[0]).groups()
